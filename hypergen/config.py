@@ -1,0 +1,116 @@
+"""Configuration dataclasses: one per concern, validated on construction, JSON-serialisable."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+DEFAULT_BASE_MODEL = "smollm2-135m"
+DEFAULT_ENCODER = "all-minilm-l6-v2"
+
+
+def _from_dict(cls, data: dict[str, Any]):
+    """Build a dataclass from a dict, failing on unknown keys (typos must not pass silently)."""
+    names = {f.name for f in fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown keys {sorted(unknown)}; expected {sorted(names)}")
+    return cls(**data)
+
+
+@dataclass
+class LoraSpec:
+    """What the hypernetwork emits: LoRA factors for these module kinds in every layer.
+
+    Args:
+        rank: LoRA rank r; A is (r, in), B is (out, r).
+        alpha: scaling numerator; the update is ``B @ A * alpha / r`` (as in peft).
+        target_modules: module-name suffixes to adapt, e.g. ``["q_proj", "v_proj"]``.
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ValueError(f"LoraSpec.rank must be >= 1, got {self.rank}")
+        if self.alpha <= 0:
+            raise ValueError(f"LoraSpec.alpha must be > 0, got {self.alpha}")
+        if not self.target_modules:
+            raise ValueError("LoraSpec.target_modules must name at least one module")
+        self.target_modules = list(self.target_modules)
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoraSpec:
+        return _from_dict(cls, data)
+
+
+@dataclass
+class EncoderConfig:
+    """Which conditioner turns a condition into a vector.
+
+    Args:
+        kind: conditioner kind, a key of ``hypergen.conditions.CONDITIONERS`` (``"text"``).
+        name: built-in name, local folder or Hub id of the encoder model.
+    """
+
+    kind: str = "text"
+    name: str = DEFAULT_ENCODER
+
+    def __post_init__(self):
+        if not self.kind:
+            raise ValueError("EncoderConfig.kind must be set")
+        if not self.name:
+            raise ValueError("EncoderConfig.name must be set")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
+        return _from_dict(cls, data)
+
+
+@dataclass
+class HyperNetConfig:
+    """Shape of the hypernetwork (see ``hypergen.hypernet``).
+
+    Args:
+        condition_dim: size of the conditioner's output vector.
+        hidden_dim: width of the task projection, the embeddings and the trunk.
+        num_blocks: residual MLP blocks in the shared trunk.
+        dropout: dropout on the condition projection (regularises over descriptions).
+        lora: what to emit.
+    """
+
+    condition_dim: int = 384
+    hidden_dim: int = 128
+    num_blocks: int = 2
+    dropout: float = 0.0
+    lora: LoraSpec = field(default_factory=LoraSpec)
+
+    def __post_init__(self):
+        if isinstance(self.lora, dict):
+            self.lora = LoraSpec.from_dict(self.lora)
+        for name in ("condition_dim", "hidden_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"HyperNetConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_blocks < 0:
+            raise ValueError(f"HyperNetConfig.num_blocks must be >= 0, got {self.num_blocks}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"HyperNetConfig.dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HyperNetConfig:
+        return _from_dict(cls, data)

