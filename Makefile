@@ -30,3 +30,16 @@ serve:
 
 bench:
 	$(PYTHON) benchmarks/generation.py
+
+# Meta-training pipeline (see README "Meta-train"); data and runs live under $HYPERGEN_HOME.
+data:
+	$(PYTHON) training/prepare_data.py
+
+loras:
+	$(PYTHON) training/train_lora.py --config training/configs/loras_smollm2.yaml
+
+train:
+	accelerate launch training/meta_train.py --config training/configs/smollm2.yaml
+
+eval:
+	$(PYTHON) -m evaluation --config evaluation/configs/smollm2.yaml

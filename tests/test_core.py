@@ -279,3 +279,32 @@ def test_conditioner_dim_mismatch_is_clear(llama, llama_dir):
     generator = AdapterGenerator.create(llama[0], llama_dir, HashingConditioner("hash-16"), EncoderConfig("hashing", "hash-16"))
     with pytest.raises(ValueError, match="gives 8-d vectors but the hypernetwork expects 16"):
         AdapterGenerator(generator.hypernet, HashingConditioner("hash-8"), generator.meta)
+
+
+# --- text batches -------------------------------------------------------------------------------
+
+
+def test_tokenize_pairs_labels_only_completion(tokenizer):
+    from hypergen.text_batches import IGNORE_INDEX, tokenize_pairs
+
+    batch = tokenize_pairs(tokenizer, ["Q: What is 2 plus 3?\nA:", "Hi"], [" 5", " positive"], max_length=6)
+    completion = tokenizer(" positive", add_special_tokens=False).input_ids
+    row = batch["labels"][1]
+    assert row[row != IGNORE_INDEX].tolist() == completion
+    assert batch["input_ids"].shape[1] <= 6 and batch["attention_mask"][0].sum() == 6  # prompt cut from the left
+    assert batch["labels"][0][batch["labels"][0] != IGNORE_INDEX].tolist() == tokenizer(" 5", add_special_tokens=False).input_ids
+
+
+def test_completion_logprobs_matches_manual(llama):
+    from hypergen.text_batches import completion_logprobs, tokenize_pairs
+
+    model, tokenizer = llama
+    batch = tokenize_pairs(tokenizer, ["The cat", "What is"], [" sits on the mat", " 5"])
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    total, count = completion_logprobs(logits, batch["labels"])
+    logp = torch.log_softmax(logits[0], -1)
+    labels = batch["labels"][0]
+    manual = sum(logp[t - 1, labels[t]] for t in range(1, labels.shape[0]) if labels[t] >= 0)
+    torch.testing.assert_close(total[0], manual)
+    assert count.tolist() == [(batch["labels"][i] >= 0).sum().item() for i in range(2)]
