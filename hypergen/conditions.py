@@ -61,7 +61,9 @@ class TextConditioner:
         self.name = name
         self.max_chars = max_chars
         self.model = SentenceTransformer(_builtin_encoder_path(name), device=str(device))
-        self.dim = self.model.get_sentence_embedding_dimension()
+        # renamed in sentence-transformers 6; keep working with older releases
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = get_dim()
 
     def normalize(self, condition: Any) -> str:
         """Canonical description: a non-empty string with whitespace collapsed."""

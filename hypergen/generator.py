@@ -94,11 +94,21 @@ class AdapterGenerator:
         device = next(self.hypernet.parameters()).device
         return self.conditioner.encode(list(conditions)).to(device)
 
-    def generate(self, conditions: Sequence[Any]) -> LoraWeights:
-        """One adapter per condition, in one batched forward pass (no gradients)."""
+    def generate(self, conditions: Sequence[Any], autocast_dtype: torch.dtype | None = None) -> LoraWeights:
+        """One adapter per condition, in one batched forward pass (no gradients).
+
+        Args:
+            conditions: e.g. task descriptions for a text conditioner.
+            autocast_dtype: run encoder and hypernetwork under autocast in this dtype
+                (``torch.bfloat16`` is ~3x faster on CPUs with AMX and on GPUs; adapters then
+                carry bf16 rounding). None keeps float32.
+        """
         if not conditions:
             raise ValueError("generate needs at least one condition")
-        with torch.inference_mode():
+        device = next(self.hypernet.parameters()).device
+        with torch.inference_mode(), torch.autocast(
+            device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+        ):
             return self.hypernet(self.encode(conditions))
 
     def save_peft(self, lora: LoraWeights, out_dir: str | Path, dtype: torch.dtype = torch.float32) -> Path:
