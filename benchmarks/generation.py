@@ -22,7 +22,7 @@ from hypergen.generator import AdapterGenerator
 from hypergen.models import load_base_model
 from hypergen.text_batches import tokenize_pairs
 
-WORDS = "answer classify translate dates sentiment arithmetic riddles logic names sports french code".split()
+WORDS = ["answer", "classify", "translate", "dates", "sentiment", "arithmetic", "riddles", "logic", "names", "sports", "french", "code"]
 
 
 def descriptions(n: int, offset: int) -> list[str]:

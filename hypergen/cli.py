@@ -15,7 +15,13 @@ from pathlib import Path
 
 import torch
 
-from hypergen.config import DEFAULT_BASE_MODEL, DEFAULT_ENCODER, EncoderConfig, HyperNetConfig, LoraSpec
+from hypergen.config import (
+    DEFAULT_BASE_MODEL,
+    DEFAULT_ENCODER,
+    EncoderConfig,
+    HyperNetConfig,
+    LoraSpec,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -121,9 +121,8 @@ def test_base_model_unchanged_and_hooks_removed(llama, llama_generator):
     model, tokenizer = llama
     before = {k: v.clone() for k, v in model.state_dict().items()}
     lora = llama_generator.generate(DESCRIPTIONS[:1])
-    with pytest.raises(RuntimeError, match="boom"):
-        with apply_adapters(model, lora):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), apply_adapters(model, lora):
+        raise RuntimeError("boom")
     with torch.no_grad(), apply_adapters(model, lora):
         model(**_inputs(tokenizer, ["hello"]))
     assert all(not m._forward_hooks for m in model.modules())
@@ -206,12 +205,12 @@ def test_peft_export_loads_and_matches(arch, request, tmp_path):
         assert (theirs - _logits(model, batch)).abs().max() > 1e-3, "the adapter must matter"
 
 
-def test_load_peft_roundtrip(llama, llama_generator, tmp_path):
-    model, tokenizer = llama
+def test_load_peft_roundtrip(llama_generator, tmp_path):
     lora = llama_generator.generate(DESCRIPTIONS[1:2])
     folder = llama_generator.save_peft(lora, tmp_path / "a")
     loaded, config = load_peft(folder)
-    assert loaded.module_names == sorted(lora.module_names) or set(loaded.module_names) == set(lora.module_names)
+    assert config["r"] == 4
+    assert set(loaded.module_names) == set(lora.module_names)
     assert loaded.scaling == lora.scaling
     for name in lora.module_names:
         torch.testing.assert_close(loaded.A[name], lora.A[name])
