@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 import tarfile
@@ -27,6 +26,8 @@ from collections import Counter
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
+
+from hypergen.models import hypergen_home
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,7 @@ MARKER = ".complete.json"  # written last; its presence means the cache is whole
 
 def default_cache() -> Path:
     """The default cache folder: `$HYPERGEN_HOME/data/bigbench` (HYPERGEN_HOME: ~/.cache/hypergen)."""
-    home = os.environ.get("HYPERGEN_HOME") or os.path.join("~", ".cache", "hypergen")
-    return Path(home).expanduser() / "data" / "bigbench"
+    return hypergen_home().expanduser() / "data" / "bigbench"
 
 
 def download_sdist(dest: Path) -> Path:
