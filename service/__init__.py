@@ -1,0 +1,162 @@
+"""The adapter service: HTTP API, adapter store, batched completions with per-request adapters.
+
+    app = create_app()              # config: defaults < config file < HYPERGEN_* env < overrides
+    hypergen serve --port 8000      # production: waitress (service/server.py)
+
+Nothing loads at import or in ``create_app``: the models, the store and the batcher are built on
+first use (``service.runtime``); ``hypergen serve`` loads them before it starts listening.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, g, request
+
+DEFAULTS: dict[str, Any] = {
+    # models
+    "CHECKPOINT": None,  # folder; None: the repo's trained default, else an untrained one
+    "BASE_MODEL": None,  # None: the checkpoint's base model
+    "DEVICE": "cpu",
+    "DTYPE": "float32",
+    "TORCH_THREADS": None,  # None: torch's default
+    # store
+    "STORE": None,  # folder; None: $HYPERGEN_HOME/store
+    "LRU_SIZE": 64,  # adapters whose tensors stay in memory
+    # batching
+    "MAX_BATCH": 16,
+    "BATCH_WINDOW_MS": 10,  # wait this long for a batch to fill ...
+    "BATCH_MAX_WAIT_MS": 100,  # ... or this long while requests being prepared will join it
+    "MAX_QUEUE": 256,
+    "REQUEST_TIMEOUT_S": 300,
+    # limits
+    "API_KEYS": [],  # empty: no authentication
+    "MAX_CONTENT_LENGTH": 1 << 20,  # bytes of request body
+    "MAX_DESCRIPTION_CHARS": 2000,
+    "MAX_DESCRIPTIONS": 16,  # per POST /v1/adapters
+    "MAX_PROMPTS": 16,  # per POST /v1/completions
+    "MAX_PROMPT_TOKENS": 1024,
+    "MAX_TOKENS": 512,
+    "DEFAULT_MAX_TOKENS": 64,
+    "PAGE_SIZE": 20,
+    "MAX_PAGE_SIZE": 100,
+}
+_POSITIVE_INTS = (
+    "LRU_SIZE",
+    "MAX_BATCH",
+    "MAX_QUEUE",
+    "MAX_CONTENT_LENGTH",
+    "MAX_DESCRIPTION_CHARS",
+    "MAX_DESCRIPTIONS",
+    "MAX_PROMPTS",
+    "MAX_PROMPT_TOKENS",
+    "MAX_TOKENS",
+    "DEFAULT_MAX_TOKENS",
+    "PAGE_SIZE",
+    "MAX_PAGE_SIZE",
+)
+
+
+def create_app(
+    test_config: Mapping[str, Any] | None = None,
+    engine=None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Flask:
+    """Build the Flask app.
+
+    Args:
+        test_config: used instead of the config file and the environment (tests).
+        engine: a ready ``service.engine.Engine`` (tests); None loads one on first use.
+        overrides: applied last (``hypergen serve`` flags); ``CONFIG_FILE`` here or in
+            ``$HYPERGEN_CONFIG_FILE`` names a JSON or TOML config file.
+    """
+    app = Flask(__name__)
+    app.config.from_mapping(DEFAULTS)
+    overrides = dict(overrides or {})
+    if test_config is None:
+        config_file = overrides.pop("CONFIG_FILE", None) or os.environ.get("HYPERGEN_CONFIG_FILE")
+        if config_file:
+            _load_file(app, config_file)
+        app.config.from_prefixed_env("HYPERGEN")
+    else:
+        app.config.from_mapping(test_config)
+    app.config.from_mapping(overrides)
+    _check_config(app.config)
+
+    from service import api, web
+    from service.errors import register_error_handlers
+    from service.runtime import init_app
+
+    init_app(app, engine)
+    register_error_handlers(app)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(web.bp)
+    _count_requests(app)
+    return app
+
+
+def _load_file(app: Flask, path: str) -> None:
+    if Path(path).suffix == ".toml":
+        try:
+            import tomllib
+        except ImportError as err:  # Python 3.10
+            raise ValueError(f"{path}: TOML config files need Python 3.11+; use JSON") from err
+
+        app.config.from_file(path, load=tomllib.load, text=False)
+    else:
+        app.config.from_file(path, load=json.load)
+
+
+def _check_config(config) -> None:
+    """Coerce and validate; a ValueError names the key (typos must not pass silently)."""
+    keys = config["API_KEYS"]
+    if isinstance(keys, str):  # HYPERGEN_API_KEYS=key1,key2
+        keys = [k.strip() for k in keys.split(",") if k.strip()]
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        raise ValueError(
+            "API_KEYS must be a list of non-empty strings (or one comma-separated string)"
+        )
+    config["API_KEYS"] = keys
+    for key in _POSITIVE_INTS:
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    for key in ("BATCH_WINDOW_MS", "BATCH_MAX_WAIT_MS", "REQUEST_TIMEOUT_S"):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"{key} must be a number >= 0, got {value!r}")
+    if config["DEFAULT_MAX_TOKENS"] > config["MAX_TOKENS"]:
+        raise ValueError("DEFAULT_MAX_TOKENS must not exceed MAX_TOKENS")
+    if config["DTYPE"] not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"DTYPE must be float32, float16 or bfloat16, got {config['DTYPE']!r}")
+
+
+def _count_requests(app: Flask) -> None:
+    """Requests and latencies per route template (not raw path: bounded label values)."""
+
+    @app.before_request
+    def start_timer():
+        g.start = time.perf_counter()
+
+    @app.after_request
+    def record(response):
+        from service.runtime import get_runtime
+
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics = get_runtime().metrics
+        metrics.inc(
+            "hypergen_requests_total",
+            route=route,
+            method=request.method,
+            status=response.status_code,
+        )
+        if "start" in g:
+            metrics.observe(
+                "hypergen_request_duration_seconds", time.perf_counter() - g.start, route=route
+            )
+        return response

@@ -7,7 +7,14 @@ import torch
 from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
 
-from hypergen import AdapterGenerator, EncoderConfig, HyperNetConfig, TextConditioner, apply_adapters, load_base_model
+from hypergen import (
+    AdapterGenerator,
+    EncoderConfig,
+    HyperNetConfig,
+    TextConditioner,
+    apply_adapters,
+    load_base_model,
+)
 from tests.conftest import randomize_
 
 pytestmark = pytest.mark.slow

@@ -1,0 +1,584 @@
+"""The JSON API under ``/v1``: adapters, and OpenAI-compatible completions that apply them.
+
+    POST   /v1/adapters                  {"description": ...} or {"descriptions": [...]}
+    GET    /v1/adapters                  ?limit=&offset=   newest first
+    GET    /v1/adapters/<id>             metadata
+    GET    /v1/adapters/<id>/download    zip of the PEFT folder
+    DELETE /v1/adapters/<id>
+    GET    /v1/models                    the base model and stored adapters (OpenAI shape)
+    POST   /v1/completions               OpenAI completions; ``model`` = an adapter id
+    POST   /v1/chat/completions          OpenAI chat completions; same adapter choice
+
+An adapter is chosen by ``model`` = its id (the LoRAX convention), or by the extra field
+``adapter_description`` (generated on the fly and stored); ``model`` = ``base`` or the base
+model's name runs the bare model. Adapters are applied as tensors, never through files.
+"""
+
+from __future__ import annotations
+
+import hmac
+import io
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
+from functools import partial
+from typing import Any
+
+from flask import Blueprint, current_app, g, request, send_file, url_for
+
+from hypergen.adapters import LoraWeights
+from service.batcher import Overloaded
+from service.decoding import Job, SamplingParams
+from service.errors import APIError
+from service.runtime import get_runtime
+from service.store import valid_id
+
+bp = Blueprint("api", __name__, url_prefix="/v1")
+
+ADAPTER_DTYPES = ("float32", "bfloat16", "float16")
+CHAT_ROLES = ("system", "user", "assistant")
+MAX_STOP = 4
+MAX_STOP_CHARS = 200
+
+
+# --- request helpers -----------------------------------------------------------------------------
+
+
+@bp.before_request
+def require_api_key():
+    """With ``API_KEYS`` set, every /v1 route needs ``Authorization: Bearer <key>`` (or ``X-API-Key``)."""
+    keys = current_app.config["API_KEYS"]
+    if not keys:
+        return
+    auth = request.headers.get("Authorization", "")
+    given = (
+        auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("X-API-Key", "")
+    )
+    if not given or not any(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
+        raise APIError(
+            401,
+            "missing or invalid API key: send 'Authorization: Bearer <key>'",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": 'Bearer realm="hypergen"'},
+        )
+
+
+def _body() -> dict[str, Any]:
+    """The request's JSON object (any content type, so plain ``curl -d`` works)."""
+    body = request.get_json(force=True, silent=True)
+    if body is None:
+        raise APIError(400, "the request body must be valid JSON")
+    if not isinstance(body, dict):
+        raise APIError(400, f"the request body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _reject_unknown(body: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise APIError(
+            400, f"unknown field(s) {unknown}; expected some of {sorted(allowed)}", param=unknown[0]
+        )
+
+
+def _int(body: dict, key: str, default: int | None, lo: int, hi: int) -> int | None:
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise APIError(400, f"'{key}' must be an integer", param=key)
+    if not lo <= value <= hi:
+        raise APIError(400, f"'{key}' must be between {lo} and {hi}, got {value}", param=key)
+    return value
+
+
+def _float(
+    body: dict, key: str, default: float, lo: float, hi: float, lo_open: bool = False
+) -> float:
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise APIError(400, f"'{key}' must be a number", param=key)
+    if not (lo < value if lo_open else lo <= value) or value > hi:
+        interval = f"{'(' if lo_open else '['}{lo}, {hi}]"
+        raise APIError(400, f"'{key}' must be in {interval}, got {value}", param=key)
+    return float(value)
+
+
+def _query_int(key: str, default: int, lo: int, hi: int) -> int:
+    raw = request.args.get(key)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise APIError(
+            400, f"query parameter '{key}' must be an integer between {lo} and {hi}", param=key
+        )
+    return int(raw)
+
+
+def _description(value: Any, param: str) -> str:
+    """Checks one description and returns its normalised form."""
+    limit = current_app.config["MAX_DESCRIPTION_CHARS"]
+    if not isinstance(value, str):
+        raise APIError(400, f"'{param}' must be a string", param=param)
+    if len(value) > limit:
+        raise APIError(
+            400, f"'{param}' is {len(value)} characters; the limit is {limit}", param=param
+        )
+    try:
+        return get_runtime().engine.normalize(value)
+    except ValueError as err:
+        raise APIError(400, f"'{param}': {err}", param=param) from err
+
+
+def _adapter_id_arg(adapter_id: str) -> str:
+    if not valid_id(adapter_id):
+        raise APIError(
+            400,
+            "an adapter id is 64 lowercase hexadecimal characters",
+            param="id",
+            code="invalid_id",
+        )
+    return adapter_id
+
+
+def _metadata(record: dict[str, Any]) -> dict[str, Any]:
+    """A stored record as the API shows it (with its download URL and the untrained warning)."""
+    out = dict(record)
+    out["download_url"] = url_for("api.download_adapter", adapter_id=record["id"], _external=True)
+    if record.get("untrained"):
+        out["warning"] = "made by an UNTRAINED hypernetwork: this adapter is a no-op"
+    return out
+
+
+# --- adapters ------------------------------------------------------------------------------------
+
+
+def _store_adapters(normalized: list[str], dtype: str) -> list[tuple[dict, bool]]:
+    """(record, created) per normalised description; new ones are generated in one forward pass."""
+    runtime = get_runtime()
+    engine, store = runtime.engine, runtime.store
+    ids = [engine.adapter_id(n, dtype) for n in normalized]
+    known = {i: store.get(i) for i in ids}
+    todo = {i: n for i, n in zip(ids, normalized) if known[i] is None}
+    made = dict(zip(todo, engine.make_adapters(list(todo.values()), dtype))) if todo else {}
+    results = []
+    for adapter_id, description in zip(ids, normalized):
+        if known[adapter_id] is not None:
+            runtime.metrics.inc("hypergen_adapter_lookups_total", source="store")
+            results.append((known[adapter_id], False))
+            continue
+        record, created = _put(adapter_id, description, made[adapter_id], dtype)
+        known[adapter_id] = record  # a repeat in the same batch is served from the store
+        source = "generated" if created else "store"
+        runtime.metrics.inc("hypergen_adapter_lookups_total", source=source)
+        results.append((record, created))
+    return results
+
+
+def _put(adapter_id: str, description: str, lora: LoraWeights, dtype: str) -> tuple[dict, bool]:
+    runtime = get_runtime()
+    engine = runtime.engine
+    info = engine.info()
+    record = {
+        "object": "adapter",
+        "condition": {"kind": engine.condition_kind, "description": description},
+        "base_model": engine.base_model,
+        "base_model_id": engine.base_model_id,
+        "checkpoint": {k: info["checkpoint"][k] for k in ("name", "hash", "trained_steps")},
+        "untrained": engine.untrained,
+        "lora": engine.adapter_settings(dtype),
+        "format": "peft-lora",
+    }
+    header = {
+        "hypergen_id": adapter_id,
+        "hypergen_checkpoint": engine.checkpoint_hash,
+        "hypergen_condition": description,
+    }
+    record, created = runtime.store.put(
+        adapter_id, record, lambda folder: engine.save_adapter(lora, folder, dtype, header)
+    )
+    runtime.store.cache.put(adapter_id, lora)  # rounded to dtype: equal to what the folder holds
+    return record, created
+
+
+@bp.post("/adapters")
+def create_adapters():
+    body = _body()
+    _reject_unknown(body, {"description", "descriptions", "dtype"})
+    if ("description" in body) == ("descriptions" in body):
+        raise APIError(
+            400, "send exactly one of 'description' (a string) or 'descriptions' (a list)"
+        )
+    dtype = body.get("dtype", "float32")
+    if dtype not in ADAPTER_DTYPES:
+        raise APIError(400, f"'dtype' must be one of {list(ADAPTER_DTYPES)}", param="dtype")
+    if "description" in body:
+        normalized = [_description(body["description"], "description")]
+    else:
+        raw, limit = body["descriptions"], current_app.config["MAX_DESCRIPTIONS"]
+        if not isinstance(raw, list) or not raw:
+            raise APIError(
+                400, "'descriptions' must be a non-empty list of strings", param="descriptions"
+            )
+        if len(raw) > limit:
+            raise APIError(
+                400,
+                f"'descriptions' holds {len(raw)} items; the limit is {limit}",
+                param="descriptions",
+            )
+        normalized = [_description(d, f"descriptions[{i}]") for i, d in enumerate(raw)]
+    results = _store_adapters(normalized, dtype)
+    status = 201 if any(created for _, created in results) else 200
+    if "description" in body:
+        record = results[0][0]
+        location = url_for("api.get_adapter", adapter_id=record["id"])
+        return _metadata(record), status, {"Location": location}
+    return {"object": "list", "data": [_metadata(r) for r, _ in results]}, status
+
+
+@bp.get("/adapters")
+def list_adapters():
+    config = current_app.config
+    limit = _query_int("limit", config["PAGE_SIZE"], 1, config["MAX_PAGE_SIZE"])
+    offset = _query_int("offset", 0, 0, 2**31)
+    records, total = get_runtime().store.list(limit, offset)
+    return {
+        "object": "list",
+        "data": [_metadata(r) for r in records],
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+        "has_more": offset + len(records) < total,
+    }
+
+
+def _record_or_404(adapter_id: str) -> dict[str, Any]:
+    record = get_runtime().store.get(_adapter_id_arg(adapter_id))
+    if record is None:
+        raise APIError(404, f"adapter {adapter_id} not found", param="id", code="adapter_not_found")
+    return record
+
+
+@bp.get("/adapters/<adapter_id>")
+def get_adapter(adapter_id: str):
+    return _metadata(_record_or_404(adapter_id))
+
+
+@bp.get("/adapters/<adapter_id>/download")
+def download_adapter(adapter_id: str):
+    _record_or_404(adapter_id)
+    try:
+        data = get_runtime().store.zip_bytes(adapter_id)
+    except FileNotFoundError as err:  # deleted meanwhile
+        raise APIError(404, f"adapter {adapter_id} not found", code="adapter_not_found") from err
+    return send_file(
+        io.BytesIO(data),
+        mimetype="application/zip",
+        as_attachment=True,
+        download_name=f"hypergen-{adapter_id[:16]}.zip",
+    )
+
+
+@bp.delete("/adapters/<adapter_id>")
+def delete_adapter(adapter_id: str):
+    if not get_runtime().store.delete(_adapter_id_arg(adapter_id)):
+        raise APIError(404, f"adapter {adapter_id} not found", param="id", code="adapter_not_found")
+    return {"id": adapter_id, "object": "adapter", "deleted": True}
+
+
+@bp.get("/models")
+def list_models():
+    engine = get_runtime().engine
+    records, _ = get_runtime().store.list(limit=current_app.config["MAX_PAGE_SIZE"])
+    base = {"id": engine.base_model, "object": "model", "created": 0, "owned_by": "hypergen"}
+    adapters = [
+        {
+            "id": r["id"],
+            "object": "model",
+            "created": r["created"],
+            "owned_by": "hypergen",
+            "parent": r["base_model"],
+        }
+        for r in records
+    ]
+    return {"object": "list", "data": [base, *adapters]}
+
+
+# --- completions ---------------------------------------------------------------------------------
+
+
+def _resolve_adapter(body: dict[str, Any]) -> tuple[str, LoraWeights | None, Callable | None]:
+    """(the model name to echo, the adapter to apply or None for the bare model, and for a new
+    adapter the call that stores it: run it once the jobs are queued, so the disk write overlaps
+    the forward pass instead of delaying the first token)."""
+    runtime = get_runtime()
+    engine, store = runtime.engine, runtime.store
+    base_names = {"base", engine.base_model, engine.base_model_id}
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise APIError(400, "'model' must be a string", param="model")
+    if body.get("adapter_description") is not None:
+        description = _description(body["adapter_description"], "adapter_description")
+        adapter_id = engine.adapter_id(description)
+        if model not in (None, adapter_id, *base_names):
+            raise APIError(
+                400,
+                "'model' names another adapter than 'adapter_description'; send one of them",
+                param="model",
+            )
+        lora, source = store.weights(adapter_id)
+        store_later = None
+        if lora is None:
+            lora = engine.make_adapters([description])[0]
+            store_later = partial(_put, adapter_id, description, lora, "float32")
+            source = "generated"
+        runtime.metrics.inc(
+            "hypergen_adapter_lookups_total", source="store" if source == "disk" else source
+        )
+        return adapter_id, lora, store_later
+    if not model:
+        raise APIError(
+            400, "'model' is required: an adapter id, or 'base' for the bare model", param="model"
+        )
+    if model in base_names:
+        return model, None, None
+    lora, source = store.weights(model) if valid_id(model) else (None, "missing")
+    if lora is None:
+        raise APIError(
+            404,
+            f"model '{model}' not found: use an adapter id from POST /v1/adapters, 'base', "
+            "or send 'adapter_description'",
+            param="model",
+            code="model_not_found",
+        )
+    if source == "disk":
+        try:
+            engine.check_adapter(lora)
+        except ValueError as err:
+            store.cache.pop(model)
+            raise APIError(422, str(err), param="model", code="adapter_incompatible") from err
+    runtime.metrics.inc(
+        "hypergen_adapter_lookups_total", source="store" if source == "disk" else source
+    )
+    return model, lora, None
+
+
+_UNSUPPORTED = {  # field: (allowed values, what to say)
+    "stream": ((None, False), "streaming is not supported"),
+    "n": ((None, 1), "only n=1 is supported (send several prompts instead)"),
+    "best_of": ((None, 1), "best_of is not supported"),
+    "echo": ((None, False), "echo is not supported"),
+    "logprobs": ((None, False), "logprobs are not supported"),
+    "top_logprobs": ((None, 0), "logprobs are not supported"),
+    "suffix": ((None,), "suffix is not supported"),
+    "tools": ((None, []), "tools are not supported"),
+    "functions": ((None, []), "functions are not supported"),
+    "frequency_penalty": ((None, 0), "frequency_penalty is not supported"),
+    "presence_penalty": ((None, 0), "presence_penalty is not supported"),
+}
+
+
+def _sampling(body: dict[str, Any], max_tokens_keys: tuple[str, ...]) -> SamplingParams:
+    for key, (allowed, why) in _UNSUPPORTED.items():
+        if key in body and body[key] not in allowed:
+            raise APIError(400, f"'{key}': {why}", param=key)
+    config = current_app.config
+    max_tokens = None
+    for key in max_tokens_keys:
+        max_tokens = _int(body, key, max_tokens, 1, config["MAX_TOKENS"])
+    stop = body.get("stop")
+    if stop is None:
+        stop = []
+    elif isinstance(stop, str):
+        stop = [stop]
+    if (
+        not isinstance(stop, list)
+        or len(stop) > MAX_STOP
+        or not all(isinstance(s, str) and s for s in stop)
+    ):
+        raise APIError(
+            400,
+            f"'stop' must be a non-empty string or a list of up to {MAX_STOP} of them",
+            param="stop",
+        )
+    if any(len(s) > MAX_STOP_CHARS for s in stop):
+        raise APIError(
+            400, f"each 'stop' string must be at most {MAX_STOP_CHARS} characters", param="stop"
+        )
+    ignore_eos = body.get("ignore_eos", False)
+    if not isinstance(ignore_eos, bool):
+        raise APIError(400, "'ignore_eos' must be a boolean", param="ignore_eos")
+    return SamplingParams(
+        max_tokens=max_tokens or config["DEFAULT_MAX_TOKENS"],
+        temperature=_float(body, "temperature", 0.0, 0.0, 2.0),
+        top_p=_float(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
+        stop=tuple(stop),
+        seed=_int(body, "seed", None, -(2**63), 2**63 - 1),
+        ignore_eos=ignore_eos,
+    )
+
+
+def _check_prompt(ids: list[int], params: SamplingParams, param: str) -> list[int]:
+    engine, config = get_runtime().engine, current_app.config
+    if not ids:
+        raise APIError(400, f"'{param}' must not be empty", param=param)
+    if len(ids) > config["MAX_PROMPT_TOKENS"]:
+        raise APIError(
+            400,
+            f"'{param}' is {len(ids)} tokens; the limit is {config['MAX_PROMPT_TOKENS']}",
+            param=param,
+        )
+    if engine.max_positions and len(ids) + params.max_tokens > engine.max_positions:
+        raise APIError(
+            400,
+            f"{len(ids)} prompt tokens + max_tokens {params.max_tokens} exceed the model's context "
+            f"of {engine.max_positions}",
+            param="max_tokens",
+        )
+    return ids
+
+
+@contextmanager
+def _announced():
+    """Tell the batcher, from the start of a completion request, that its jobs are coming (see
+    ``service.batcher``); withdrawn if the request fails before they are queued."""
+    batcher = get_runtime().batcher
+    batcher.announce()
+    g.announced = True
+    try:
+        yield
+    finally:
+        if g.pop("announced", False):
+            batcher.withdraw()
+
+
+def _run(jobs: list[Job], while_waiting: Callable | None = None):
+    """Queue the jobs, run ``while_waiting`` (if any), wait for the jobs and count tokens."""
+    runtime = get_runtime()
+    try:
+        futures = runtime.batcher.submit(jobs, announced=g.pop("announced", False))
+    except Overloaded as err:
+        raise APIError(
+            503, f"the server is busy: {err}", code="overloaded", headers={"Retry-After": "1"}
+        ) from err
+    if while_waiting is not None:
+        while_waiting()
+    timeout = float(current_app.config["REQUEST_TIMEOUT_S"])
+    deadline = time.monotonic() + timeout
+    try:
+        results = [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in futures]
+    except FutureTimeout as err:
+        raise APIError(504, f"generation took longer than {timeout:g} s", code="timeout") from err
+    prompt = sum(r.prompt_tokens for r in results)
+    completion = sum(r.completion_tokens for r in results)
+    runtime.metrics.inc("hypergen_tokens_total", prompt, kind="prompt")
+    runtime.metrics.inc("hypergen_tokens_total", completion, kind="completion")
+    usage = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    return results, usage
+
+
+@bp.post("/completions")
+def completions():
+    with _announced():
+        return _completions(_body())
+
+
+def _completions(body: dict[str, Any]):
+    params = _sampling(body, ("max_tokens",))
+    prompt = body.get("prompt")
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    limit = current_app.config["MAX_PROMPTS"]
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise APIError(
+            400, "'prompt' must be a string or a non-empty list of strings", param="prompt"
+        )
+    if len(prompts) > limit:
+        raise APIError(
+            400, f"'prompt' holds {len(prompts)} prompts; the limit is {limit}", param="prompt"
+        )
+    model, lora, store_later = _resolve_adapter(body)
+    engine = get_runtime().engine
+    jobs = [Job(_check_prompt(engine.encode(p), params, "prompt"), lora, params) for p in prompts]
+    results, usage = _run(jobs, store_later)
+    return {
+        "id": f"cmpl-{uuid.uuid4().hex}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": i, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason}
+            for i, r in enumerate(results)
+        ],
+        "usage": usage,
+    }
+
+
+def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise APIError(
+            400, "'messages' must be a non-empty list of {role, content} objects", param="messages"
+        )
+    out = []
+    for i, message in enumerate(messages):
+        param = f"messages[{i}]"
+        if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
+            raise APIError(
+                400,
+                f"'{param}' must be an object whose 'role' is one of {list(CHAT_ROLES)}",
+                param=param,
+            )
+        content = message.get("content")
+        if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+            if not all(
+                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                for p in content
+            ):
+                raise APIError(400, f"'{param}.content' parts must be text parts", param=param)
+            content = "".join(p["text"] for p in content)
+        if not isinstance(content, str):
+            raise APIError(400, f"'{param}.content' must be a string", param=param)
+        out.append({"role": message["role"], "content": content})
+    return out
+
+
+@bp.post("/chat/completions")
+def chat_completions():
+    with _announced():
+        return _chat_completions(_body())
+
+
+def _chat_completions(body: dict[str, Any]):
+    params = _sampling(body, ("max_tokens", "max_completion_tokens"))
+    messages = _messages(body)
+    model, lora, store_later = _resolve_adapter(body)
+    try:
+        ids = get_runtime().engine.encode_chat(messages)
+    except ValueError as err:
+        raise APIError(400, str(err), param="messages") from err
+    (result,), usage = _run(
+        [Job(_check_prompt(ids, params, "messages"), lora, params)], store_later
+    )
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.text},
+                "logprobs": None,
+                "finish_reason": result.finish_reason,
+            }
+        ],
+        "usage": usage,
+    }

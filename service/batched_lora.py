@@ -1,0 +1,113 @@
+"""Many requests' LoRA adapters stacked into one batch, in the layout the serving hooks want.
+
+Axes: b row (one request each), n token, r rank, i in, o out.
+
+``hypergen.adapters.LoraWeights`` holds a batch of adapters from one generator (same modules,
+rank and scaling). A serving batch mixes requests whose adapters may come from different
+checkpoints (other ranks, scalings or modules) and requests with no adapter at all. ``BatchedLora``
+makes them one batch without changing any row's math:
+
+- the scaling is folded into B: ``s * B (A x) = (s B) (A x)``;
+- ranks are zero-padded to the largest: extra rank columns add ``0``;
+- a row with no adapter, or an adapter without some module, gets zero factors there.
+
+It implements the protocol of ``hypergen.apply.apply_adapters`` (``module_names``,
+``forward_hook``, ``__len__``) with factors stored pre-transposed, A^T (b, i, r) and
+(s B)^T (b, r, o), so a hook is two ``bmm`` calls adding in place into the module's output:
+about 2.5x cheaper per call than the general ``einsum`` path, which matters in decoding, where
+a step is one token per row. Inference only (the in-place add is not for autograd).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+from hypergen.adapters import LoraWeights
+
+
+class BatchedLora:
+    """Per-row LoRA factors for a serving batch.
+
+    Args:
+        At: ``{module: (b, i, r)}`` transposed down-projections.
+        Bt: ``{module: (b, r, o)}`` transposed up-projections, scaling already applied.
+    """
+
+    def __init__(self, At: dict[str, Tensor], Bt: dict[str, Tensor]):
+        if At.keys() != Bt.keys():
+            raise ValueError("BatchedLora: At and Bt must cover the same modules")
+        sizes = {t.shape[0] for t in [*At.values(), *Bt.values()]}
+        if len(sizes) != 1:
+            raise ValueError(f"BatchedLora: inconsistent batch sizes {sorted(sizes)}")
+        self.At, self.Bt = At, Bt
+
+    @classmethod
+    def stack(
+        cls,
+        adapters: Sequence[LoraWeights | None],
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> BatchedLora | None:
+        """One row per entry of ``adapters`` (each a one-adapter ``LoraWeights`` or None).
+
+        Returns None when no row has an adapter (the batch runs on the bare model).
+        """
+        present = [a for a in adapters if a is not None]
+        if not present:
+            return None
+        for a in present:
+            assert len(a) == 1, f"stack takes one adapter per row, got a batch of {len(a)}"
+        rank = max(a.rank for a in present)
+        names = list(dict.fromkeys(name for a in present for name in a.module_names))
+        scales = torch.tensor([a.scaling if a is not None else 0.0 for a in adapters], dtype=dtype)
+        scales = rearrange(scales, "b -> b 1 1").to(device)
+        At, Bt = {}, {}
+        for name in names:
+            ref = next(a for a in present if name in a.A)
+            i, o = ref.A[name].shape[2], ref.B[name].shape[1]
+            a_rows, b_rows = [], []
+            for a in adapters:
+                if a is None or name not in a.A:
+                    a_rows.append(ref.A[name].new_zeros(1, rank, i))
+                    b_rows.append(ref.B[name].new_zeros(1, o, rank))
+                    continue
+                pad = rank - a.rank  # zero rank columns add nothing
+                a_rows.append(F.pad(a.A[name], (0, 0, 0, pad)) if pad else a.A[name])
+                b_rows.append(F.pad(a.B[name], (0, pad)) if pad else a.B[name])
+            A = torch.cat(a_rows).to(device, dtype)  # (b r i)
+            B = torch.cat(b_rows).to(device, dtype) * scales  # (b o r) * (b 1 1)
+            At[name] = rearrange(A, "b r i -> b i r").contiguous()
+            Bt[name] = rearrange(B, "b o r -> b r o").contiguous()
+        return cls(At, Bt)
+
+    @property
+    def module_names(self) -> list[str]:
+        return list(self.At)
+
+    def __len__(self) -> int:
+        return next(iter(self.At.values())).shape[0]
+
+    def select(self, rows: Tensor | Sequence[int]) -> BatchedLora:
+        """The rows still decoding (finished rows leave the batch)."""
+        return BatchedLora(
+            {k: v[rows] for k, v in self.At.items()}, {k: v[rows] for k, v in self.Bt.items()}
+        )
+
+    def forward_hook(self, name: str):
+        """Adds ``x A^T (s B)^T`` row by row into the output of module ``name``."""
+        At, Bt = self.At[name], self.Bt[name]
+
+        def hook(module, args, output):
+            x = args[0]
+            assert x.dim() == 3 and x.shape[0] == At.shape[0], (
+                f"{name}: expected (b={At.shape[0]}, n, i) inputs, got {tuple(x.shape)}"
+            )
+            h = torch.bmm(x, At)  # (b n r)
+            return output.baddbmm_(h, Bt)  # (b n o) += (b n r) @ (b r o)
+
+        return hook

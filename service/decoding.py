@@ -1,0 +1,220 @@
+"""Batched text generation with a KV cache: one prefill, then one token per row per step.
+
+Axes: b row (one prompt each), n token, v vocabulary.
+
+Rows are left-padded so that every row's last prompt token sits in the last column; position ids
+count real tokens only, so a row's numbers are the same as when it runs alone. A row leaves the
+batch as soon as it finishes (end-of-sequence, a stop string or its own ``max_tokens``): its KV
+cache rows and its adapter rows are dropped, so short requests do not pay for long ones.
+
+The model call is a parameter (``forward``): the engine passes one that applies per-row adapters
+(``service.batched_lora``); the benchmark passes PEFT's ``adapter_names`` path through the very
+same loop.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+import threading
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from hypergen.adapters import LoraWeights
+
+# forward(rows, input_ids, attention_mask, position_ids, cache) -> (b, v) next-token logits, where
+# ``rows`` are the indices (into the original jobs) of the rows still in the batch.
+Forward = Callable[[Tensor, Tensor, Tensor, Tensor, object], Tensor]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one prompt is continued.
+
+    Args:
+        max_tokens: the most tokens to generate.
+        temperature: 0 for greedy decoding, else the softmax temperature.
+        top_p: nucleus sampling mass (1 keeps the whole distribution).
+        stop: strings that end the completion (not included in the text).
+        seed: seeds this row's sampler; None draws a fresh seed.
+        ignore_eos: keep going past end-of-sequence (benchmarks).
+    """
+
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    ignore_eos: bool = False
+
+    def __post_init__(self):
+        if self.max_tokens < 1:
+            raise ValueError(f"SamplingParams.max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"SamplingParams.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
+        if any(not s for s in self.stop):
+            raise ValueError("SamplingParams.stop must not contain empty strings")
+
+
+@dataclass
+class Job:
+    """One prompt to continue, with its own adapter (None: the bare model) and sampling."""
+
+    prompt_ids: list[int]
+    adapter: LoraWeights | None = None
+    params: SamplingParams = field(default_factory=SamplingParams)
+
+    def __post_init__(self):
+        if not self.prompt_ids:
+            raise ValueError("Job.prompt_ids must hold at least one token")
+
+
+@dataclass
+class Completion:
+    """What one job produced. ``token_ids`` excludes the end-of-sequence token."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (eos or a stop string) or "length"
+    prompt_tokens: int
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+def model_call_names(model: torch.nn.Module) -> tuple[str, str | None]:
+    """Names of the KV-cache and logits-to-keep arguments of ``model.forward`` (they changed
+    across transformers versions: ``past_key_values`` -> ``cache``, ``num_logits_to_keep`` ->
+    ``logits_to_keep``)."""
+    params = inspect.signature(model.forward).parameters
+    cache = "cache" if "cache" in params else "past_key_values"
+    keep = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
+    return cache, keep
+
+
+def left_pad(prompts: Sequence[list[int]], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Prompts -> input_ids, attention_mask, position_ids, all (b, n), padded on the left."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, ids in enumerate(prompts):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        mask[row, width - len(ids) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return input_ids, mask, positions
+
+
+def _sample(logits: Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+    """One token from a (v,) logits row: argmax, or temperature + nucleus sampling."""
+    if params.temperature == 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    if params.top_p < 1:
+        sorted_probs, order = probs.sort(descending=True)
+        before = sorted_probs.cumsum(-1) - sorted_probs  # mass strictly above each token
+        sorted_probs[before >= params.top_p] = 0  # the top token always survives
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _first_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Index where the earliest stop string starts in ``text``, or None."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def generate(
+    jobs: Sequence[Job],
+    forward: Forward,
+    cache: object,
+    tokenizer,
+    eos_ids: set[int],
+    device: torch.device | str = "cpu",
+    tokenizer_lock: threading.Lock | None = None,
+    on_first_token: Callable[[], None] | None = None,
+) -> list[Completion]:
+    """Continue every job's prompt in one batch; each row stops on its own.
+
+    Args:
+        jobs: the prompts, with their sampling parameters (``Job.adapter`` is the caller's:
+            ``forward`` applies whatever adapters the rows need).
+        forward: one model call (see ``Forward``).
+        cache: an empty KV cache (e.g. ``transformers.DynamicCache``), filled in place.
+        tokenizer: decodes tokens for stop strings and the returned text.
+        eos_ids: tokens that end a row (unless ``ignore_eos``).
+        device: where inputs are built.
+        tokenizer_lock: held while decoding text (fast tokenizers are not thread-safe).
+        on_first_token: called once, after the prefill has chosen every row's first token.
+    """
+    lock = tokenizer_lock or nullcontext()
+    b = len(jobs)
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids), 0)
+    )
+    input_ids, mask, positions = (
+        t.to(device) for t in left_pad([j.prompt_ids for j in jobs], pad_id)
+    )
+    generators = []
+    for job in jobs:
+        seed = job.params.seed if job.params.seed is not None else random.randrange(2**63)
+        generators.append(torch.Generator().manual_seed(seed))
+
+    generated: list[list[int]] = [[] for _ in jobs]
+    texts: list[str | None] = [None] * b
+    finish: list[str | None] = [None] * b
+    rows = torch.arange(b)  # original indices of the rows still decoding
+    logits = forward(rows, input_ids, mask, positions, cache)  # (b v)
+    next_position = positions[:, -1] + 1  # (b,)
+    if on_first_token is not None:
+        on_first_token()
+    while True:
+        chosen = []
+        greedy = logits.argmax(-1).tolist()  # one op for all rows; sampling rows redo theirs
+        for k, row in enumerate(rows.tolist()):
+            job = jobs[row]
+            token = (
+                greedy[k]
+                if job.params.temperature == 0
+                else _sample(logits[k], job.params, generators[row])
+            )
+            chosen.append(token)
+            if token in eos_ids and not job.params.ignore_eos:
+                finish[row] = "stop"
+                continue
+            generated[row].append(token)
+            if job.params.stop:
+                with lock:
+                    text = tokenizer.decode(generated[row], skip_special_tokens=True)
+                cut = _first_stop(text, job.params.stop)
+                if cut is not None:
+                    texts[row], finish[row] = text[:cut], "stop"
+                    continue
+            if len(generated[row]) >= job.params.max_tokens:
+                finish[row] = "length"
+        keep = torch.tensor([finish[row] is None for row in rows.tolist()])
+        if not keep.any():
+            break
+        step_ids = torch.tensor(chosen, device=device)[keep][:, None]  # (b 1)
+        if not keep.all():  # finished rows leave the batch
+            kept = keep.nonzero().squeeze(1).to(device)
+            cache.batch_select_indices(kept)
+            mask, next_position, rows = mask[kept], next_position[kept], rows[keep]
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+        logits = forward(rows, step_ids, mask, next_position[:, None], cache)
+        next_position = next_position + 1
+
+    with lock:
+        for row in range(b):
+            if texts[row] is None:
+                texts[row] = tokenizer.decode(generated[row], skip_special_tokens=True)
+    return [
+        Completion(texts[row], generated[row], finish[row], len(jobs[row].prompt_ids))
+        for row in range(b)
+    ]

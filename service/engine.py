@@ -1,0 +1,302 @@
+"""Engine: the frozen base LM, its tokenizer and the adapter generator, loaded once per process.
+
+The engine makes adapters (``adapter_id``, ``make_adapters``), checks adapters read from the
+store against the base model, tokenizes prompts, and runs one batch of completions with a
+different adapter per row (``complete``). It holds no request state: the batcher
+(``service.batcher``) decides what runs together.
+
+Which checkpoint: the one configured, else the trained default shipped in the repository
+(``checkpoints/smollm2-minilm``), else an UNTRAINED one built on first start under
+``$HYPERGEN_HOME/checkpoints`` (its adapters are exact no-ops; the service labels it everywhere).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hypergen.adapters import LoraWeights
+from hypergen.apply import apply_adapters
+from hypergen.checkpoint import CONFIG_NAME, checkpoint_hash, meta_dict
+from hypergen.export import save_peft
+from hypergen.generator import AdapterGenerator
+from hypergen.models import hypergen_home, load_base_model
+from hypergen.targets import find_targets
+from service.batched_lora import BatchedLora
+from service.decoding import Completion, Job, generate, model_call_names
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "smollm2-minilm"
+UNTRAINED_CHECKPOINT = "untrained-smollm2-minilm"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+UNTRAINED_WARNING = (
+    "UNTRAINED hypernetwork: its adapters are exact no-ops (outputs equal the base model's) "
+    "until a trained checkpoint is configured"
+)
+
+
+def resolve_checkpoint(configured: str | Path | None = None, home: Path | None = None) -> Path:
+    """The checkpoint folder to serve.
+
+    Args:
+        configured: an explicit folder; it must exist (a typo must not silently serve another).
+        home: cache root for the untrained fallback (default ``hypergen_home()``).
+
+    Returns:
+        ``configured``, else the repository's trained default if present, else an untrained
+        SmolLM2 + MiniLM checkpoint, built with ``hypergen.cli.init_checkpoint`` on first use.
+    """
+    if configured:
+        folder = Path(configured)
+        if not (folder / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"checkpoint {folder} does not exist (no {CONFIG_NAME})")
+        return folder
+    if (DEFAULT_CHECKPOINT / CONFIG_NAME).is_file():
+        return DEFAULT_CHECKPOINT
+    folder = (home or hypergen_home()) / "checkpoints" / UNTRAINED_CHECKPOINT
+    if not (folder / CONFIG_NAME).is_file():
+        from hypergen.cli import init_checkpoint
+
+        logger.warning(
+            "no trained checkpoint at %s: building an UNTRAINED one in %s",
+            DEFAULT_CHECKPOINT,
+            folder,
+        )
+        init_checkpoint(out=str(folder))
+    return folder
+
+
+class Engine:
+    """Base LM + tokenizer + adapter generator.
+
+    Args:
+        model: the frozen causal LM (never modified; adapters are applied by hooks).
+        tokenizer: its tokenizer (needs a pad or eos token).
+        generator: makes adapters for ``model``.
+        checkpoint: the generator's checkpoint folder (hashed into adapter ids).
+        device: where inputs and adapters go.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        generator: AdapterGenerator,
+        checkpoint: str | Path,
+        device: torch.device | str = "cpu",
+    ):
+        self.model, self.tokenizer, self.generator = model, tokenizer, generator
+        self.checkpoint = Path(checkpoint)
+        self.checkpoint_hash = checkpoint_hash(self.checkpoint)
+        self.device = torch.device(device)
+        self.dtype = next(model.parameters()).dtype
+        self.base_model = generator.meta.base_model
+        self.base_model_id = generator.base_model_id
+        eos = {tokenizer.eos_token_id} | set(
+            _as_list(getattr(model.generation_config, "eos_token_id", None))
+        )
+        self.eos_ids = {int(t) for t in eos if t is not None}
+        self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        self._cache_kw, self._keep_kw = model_call_names(model)
+        # Fast tokenizers are not thread-safe ("Already borrowed"); the encoder has one too.
+        self.tokenizer_lock = threading.Lock()
+        self._generator_lock = threading.Lock()
+
+    @classmethod
+    def load(
+        cls,
+        checkpoint: str | Path | None = None,
+        base_model: str | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+    ) -> Engine:
+        """Load everything once (see ``resolve_checkpoint``); ``base_model`` overrides the
+        checkpoint's (e.g. a local copy of the same model)."""
+        import peft  # noqa: F401 - imported once here, not on the first adapter written (seconds)
+
+        folder = resolve_checkpoint(checkpoint)
+        name = base_model or json.loads((folder / CONFIG_NAME).read_text())["base_model"]
+        model, tokenizer = load_base_model(name, dtype=DTYPES[dtype], device=device)
+        generator = AdapterGenerator.from_pretrained(folder, device=device, base_model=model)
+        engine = cls(model, tokenizer, generator, folder, device=device)
+        logger.info(
+            "engine: %s + %s (%s)", name, folder, "UNTRAINED" if engine.untrained else "trained"
+        )
+        return engine
+
+    # --- description -----------------------------------------------------------------------
+
+    @property
+    def untrained(self) -> bool:
+        return self.generator.meta.untrained
+
+    @property
+    def condition_kind(self) -> str:
+        return self.generator.conditioner.kind
+
+    def info(self) -> dict[str, Any]:
+        """What /healthz and adapter metadata say about the served models."""
+        meta = meta_dict(self.generator.meta)
+        info = {
+            "base_model": self.base_model,
+            "base_model_id": self.base_model_id,
+            "checkpoint": {
+                "name": self.checkpoint.name,
+                "hash": self.checkpoint_hash,
+                "untrained": self.untrained,
+                "trained_steps": meta["trained_steps"],
+                "encoder": meta["encoder"],
+            },
+            "lora": self.adapter_settings("float32"),
+        }
+        if self.untrained:
+            info["warning"] = UNTRAINED_WARNING
+        return info
+
+    def adapter_settings(self, dtype: str) -> dict[str, Any]:
+        spec = self.generator.hypernet.config.lora
+        return {
+            "rank": spec.rank,
+            "alpha": spec.alpha,
+            "target_modules": list(spec.target_modules),
+            "dtype": dtype,
+        }
+
+    # --- adapters --------------------------------------------------------------------------
+
+    def normalize(self, condition: Any) -> str:
+        """The canonical condition (raises ValueError with a message for bad input)."""
+        return self.generator.conditioner.normalize(condition)
+
+    def adapter_id(self, normalized: str, dtype: str = "float32") -> str:
+        """Content hash of (checkpoint, normalised condition, adapter settings): 64 hex digits."""
+        payload = {
+            "checkpoint": self.checkpoint_hash,
+            "condition": {"kind": self.condition_kind, "value": normalized},
+            "adapter": self.adapter_settings(dtype),
+        }
+        return hashlib.sha256(
+            json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
+
+    def make_adapters(self, normalized: Sequence[str], dtype: str = "float32") -> list[LoraWeights]:
+        """One adapter per condition, in one forward pass of the hypernetwork.
+
+        Factors are rounded to ``dtype`` (the dtype they are stored in), so what is served equals
+        what is downloaded.
+        """
+        with self._generator_lock:
+            lora = self.generator.generate(list(normalized))
+        lora = lora.to(dtype=DTYPES[dtype]).to(self.device, torch.float32)
+        return [lora.select(i) for i in range(len(normalized))]
+
+    def save_adapter(
+        self, lora: LoraWeights, folder: Path, dtype: str, metadata: dict[str, str]
+    ) -> Path:
+        """Write one adapter as a PEFT LoRA folder (atomically)."""
+        return save_peft(
+            lora,
+            self.generator.targets,
+            folder,
+            base_model_name_or_path=self.base_model_id,
+            dtype=DTYPES[dtype],
+            metadata=metadata,
+        )
+
+    def check_adapter(self, lora: LoraWeights) -> None:
+        """Raise ValueError unless every module of ``lora`` exists in the base model with the
+        adapter's in/out sizes (adapters read from the store may come from other checkpoints)."""
+        kinds = sorted({name.rsplit(".", 1)[-1] for name in lora.module_names})
+        try:
+            shapes = {
+                t.name: (t.in_features, t.out_features) for t in find_targets(self.model, kinds)
+            }
+        except ValueError as err:
+            raise ValueError(
+                f"the adapter does not fit the served base model {self.base_model}: {err}"
+            ) from err
+        for name in lora.module_names:
+            want = (lora.A[name].shape[2], lora.B[name].shape[1])
+            if shapes.get(name) != want:
+                raise ValueError(
+                    f"adapter module {name} {want} does not fit the served base model "
+                    f"{self.base_model} ({shapes.get(name, 'missing')})"
+                )
+
+    # --- text ------------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        with self.tokenizer_lock:
+            return list(self.tokenizer(text, add_special_tokens=True).input_ids)
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """Messages -> prompt tokens through the model's chat template (ValueError if none)."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(
+                f"base model {self.base_model} has no chat template; use /v1/completions"
+            )
+        with self.tokenizer_lock:
+            text = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
+            )
+            return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def complete(self, jobs: Sequence[Job], on_first_token=None) -> list[Completion]:
+        """Run ``jobs`` as one batch, row k under ``jobs[k].adapter``."""
+        adapters = BatchedLora.stack(
+            [job.adapter for job in jobs], dtype=self.dtype, device=self.device
+        )
+        current = [adapters]
+
+        def forward(rows, input_ids, attention_mask, position_ids, cache):
+            lora = current[0]
+            if lora is not None and len(lora) != len(rows):
+                lora = current[0] = adapters.select(rows.to(self.device))
+            kwargs = {self._cache_kw: cache, "use_cache": True}
+            if self._keep_kw:
+                kwargs[self._keep_kw] = 1
+            with apply_adapters(self.model, lora) if lora is not None else nullcontext():
+                out = self.model(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids,
+                    **kwargs,
+                )
+            return out.logits[:, -1]
+
+        with torch.inference_mode():
+            return generate(
+                jobs,
+                forward,
+                new_cache(self.model),
+                self.tokenizer,
+                self.eos_ids,
+                self.device,
+                tokenizer_lock=self.tokenizer_lock,
+                on_first_token=on_first_token,
+            )
+
+
+def new_cache(model: torch.nn.Module):
+    """An empty dynamic KV cache for ``model``."""
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # transformers < 4.56
+        return DynamicCache()
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple, set)) else [value]

@@ -1,0 +1,112 @@
+"""The service's long-lived parts, built lazily into ``app.extensions["hypergen"]``.
+
+``init_app(app)`` attaches a ``Runtime``; the engine (models), the store and the batcher are
+built on first use, once, under a lock, from ``app.config``. Tests pass a ready ``engine``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from flask import Flask, current_app
+
+from hypergen.models import hypergen_home
+from service.batcher import Batcher
+from service.engine import Engine
+from service.errors import EngineUnavailable
+from service.metrics import Metrics, service_metrics
+from service.store import AdapterStore
+
+logger = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Engine + store + batcher + metrics of one app.
+
+    Args:
+        config: the app's config (read when a part is first built).
+        engine: a ready engine (tests); None loads one from the config on first use.
+    """
+
+    def __init__(self, config, engine: Engine | None = None):
+        self.config = config
+        self._engine, self._store, self._batcher = engine, None, None
+        self._lock = threading.RLock()
+        self.metrics: Metrics = service_metrics(
+            queue_depth=lambda: self._batcher.waiting if self._batcher else 0,
+            cached_adapters=lambda: len(self._store.cache) if self._store else 0,
+        )
+
+    @property
+    def engine(self) -> Engine:
+        with self._lock:
+            if self._engine is None:
+                if self.config.get("TORCH_THREADS"):
+                    import torch
+
+                    torch.set_num_threads(int(self.config["TORCH_THREADS"]))
+                try:
+                    self._engine = Engine.load(
+                        self.config["CHECKPOINT"],
+                        self.config["BASE_MODEL"],
+                        self.config["DEVICE"],
+                        self.config["DTYPE"],
+                    )
+                except (OSError, ValueError) as err:  # FileNotFoundError is an OSError
+                    raise EngineUnavailable(f"models failed to load: {err}") from err
+            return self._engine
+
+    @property
+    def engine_loaded(self) -> bool:
+        return self._engine is not None
+
+    @property
+    def store(self) -> AdapterStore:
+        with self._lock:
+            if self._store is None:
+                root = (
+                    Path(self.config["STORE"])
+                    if self.config["STORE"]
+                    else hypergen_home() / "store"
+                )
+                self._store = AdapterStore(root, cache_size=int(self.config["LRU_SIZE"]))
+            return self._store
+
+    @property
+    def batcher(self) -> Batcher:
+        with self._lock:
+            if self._batcher is None:
+                engine = self.engine
+                self._batcher = Batcher(
+                    lambda jobs: engine.complete(jobs),  # looked up per batch (tests patch it)
+                    max_batch=int(self.config["MAX_BATCH"]),
+                    window_s=float(self.config["BATCH_WINDOW_MS"]) / 1000,
+                    max_wait_s=float(self.config["BATCH_MAX_WAIT_MS"]) / 1000,
+                    max_queue=int(self.config["MAX_QUEUE"]),
+                    on_batch=self._record_batch,
+                )
+            return self._batcher
+
+    def _record_batch(self, size: int, seconds: float) -> None:
+        self.metrics.observe("hypergen_batch_size", size)
+        self.metrics.observe("hypergen_batch_duration_seconds", seconds)
+
+    def close(self) -> None:
+        """Stop the batcher and close the store (tests, server shutdown)."""
+        with self._lock:
+            if self._batcher is not None:
+                self._batcher.close()
+            if self._store is not None:
+                self._store.close()
+
+
+def init_app(app: Flask, engine: Engine | None = None) -> Runtime:
+    runtime = Runtime(app.config, engine)
+    app.extensions["hypergen"] = runtime
+    return runtime
+
+
+def get_runtime() -> Runtime:
+    return current_app.extensions["hypergen"]

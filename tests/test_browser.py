@@ -1,0 +1,132 @@
+"""The web page in a real headless browser (Debian's chromium + chromium-driver, driven by
+selenium): describe a task, get the adapter and its download link, run a prompt with and without
+it side by side; an untrained checkpoint is labelled on the page. Loopback only."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import urllib.request
+
+import pytest
+import torch
+
+from hypergen import AdapterGenerator
+from service import create_app
+from service.engine import Engine
+from service.server import BackgroundServer
+from tests.conftest import ENCODER
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+WAIT_S = 30
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium; install it with `apt-get install chromium chromium-driver` (make install)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="hypergen-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-extensions",
+        "--disable-default-apps",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(WAIT_S)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def serve(tmp_path):
+    running = []
+
+    def start(engine: Engine):
+        app = create_app({"STORE": str(tmp_path / f"store{len(running)}")}, engine=engine)
+        server = BackgroundServer(app, threads=8)
+        running.append((app, server))
+        return server.url
+
+    yield start
+    for app, server in running:
+        server.stop()
+        app.extensions["hypergen"].close()
+
+
+def _wait(driver, condition):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(condition)
+
+
+def test_page_makes_an_adapter_and_compares_outputs(browser, serve, checkpoint_dir):
+    from selenium.webdriver.common.by import By
+
+    url = serve(Engine.load(checkpoint_dir))
+    browser.get(url + "/")
+    find = lambda element_id: browser.find_element(By.ID, element_id)
+    _wait(browser, lambda d: "checkpoint" in find("status").text)
+    assert not find("untrained").is_displayed()
+
+    find("description").send_keys("Translate English to French.")
+    find("generate").click()
+    _wait(browser, lambda d: re.fullmatch(r"[0-9a-f]{64}", find("adapter-id").text))
+    adapter_id = find("adapter-id").text
+    href = find("download").get_attribute("href")
+    assert href.startswith(url) and href.endswith(f"/v1/adapters/{adapter_id}/download")
+    with urllib.request.urlopen(href, timeout=WAIT_S) as response:  # what the link serves
+        assert response.headers["Content-Type"] == "application/zip" and response.read(2) == b"PK"
+
+    find("prompt").send_keys("The cat sits on the mat.")
+    max_tokens = find("max-tokens")
+    max_tokens.clear()
+    max_tokens.send_keys("8")
+    find("run").click()
+    done = lambda d: all(
+        find(i).get_attribute("data-state") == "done" for i in ("output-base", "output-adapter")
+    )
+    _wait(browser, done)
+    assert not find("error").is_displayed()
+    assert find("output-base").text != find("output-adapter").text, "the adapter changes the answer"
+
+
+def test_page_labels_an_untrained_checkpoint(
+    browser, serve, llama, llama_dir, conditioner, tmp_path
+):
+    from selenium.webdriver.common.by import By
+
+    folder = AdapterGenerator.create(llama[0], llama_dir, conditioner, ENCODER).save_pretrained(
+        tmp_path / "untrained"
+    )
+    url = serve(Engine.load(folder))
+    browser.get(url + "/")
+    banner = browser.find_element(By.ID, "untrained")
+    _wait(browser, lambda d: banner.is_displayed())
+    assert "UNTRAINED" in banner.text and "UNTRAINED" in browser.find_element(By.ID, "status").text
