@@ -9,15 +9,13 @@ Reading accepts LoRAs trained elsewhere, so they can be served or used as recons
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from hypergen.adapters import LoraWeights
+from hypergen.atomic import atomic_folder
 from hypergen.targets import AdapterTarget
 
 CONFIG_NAME = "adapter_config.json"
@@ -74,17 +72,9 @@ def save_peft(
         tensors[f"{_PREFIX}{name}.lora_B.weight"] = lora.B[name][0].to(dtype).contiguous()
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as tmp:
         config.save_pretrained(tmp)
         save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt", **(metadata or {})})
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

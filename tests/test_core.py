@@ -307,3 +307,18 @@ def test_completion_logprobs_matches_manual(llama):
     manual = sum(logp[t - 1, labels[t]] for t in range(1, labels.shape[0]) if labels[t] >= 0)
     torch.testing.assert_close(total[0], manual)
     assert count.tolist() == [(batch["labels"][i] >= 0).sum().item() for i in range(2)]
+
+
+def test_written_folders_are_readable_by_others(llama_generator, tmp_path):
+    """Folders are built under mkdtemp (mode 0700) and renamed: they must end with normal modes."""
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        ckpt = llama_generator.save_pretrained(tmp_path / "ckpt")
+        peft_dir = llama_generator.save_peft(llama_generator.generate(["x"]), tmp_path / "peft")
+    finally:
+        os.umask(umask)
+    assert (ckpt.stat().st_mode & 0o777) == 0o755
+    assert (peft_dir.stat().st_mode & 0o777) == 0o755
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary folder left behind"
