@@ -1,0 +1,282 @@
+"""Meta-training recipe and LoRA library on a tiny Llama and a toy BIG-bench-format suite (CPU, fast)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from peft import PeftModel
+from safetensors.torch import load_file
+
+from hypergen import (
+    AdapterGenerator,
+    LoraWeights,
+    find_targets,
+    load_base_model,
+    load_peft,
+    lora_delta_weight,
+)
+from training.config import LoraTrainConfig, MetaTrainConfig, load_config
+from training.data import MixtureSampler, load_task_data, shard
+from training.objectives import delta_w_loss
+
+TINY = Path(__file__).resolve().parents[1] / "training" / "configs" / "tiny.yaml"
+WORDS = ["cat", "dog", "sun", "mat", "day", "red", "sea", "hat"]
+
+
+def write_toy_suite(root: Path) -> tuple[Path, Path]:
+    """Six generative toy tasks (four train, two held out) and their split YAML."""
+    suite = root / "suite"
+    for t in range(6):
+        rng = random.Random(t)
+        examples = [
+            {"input": f"{rng.choice(WORDS)} {rng.choice(WORDS)} {i}", "target": WORDS[(t + i) % 3]}
+            for i in range(12)
+        ]
+        folder = suite / f"toy_{t}"
+        folder.mkdir(parents=True)
+        (folder / "task.json").write_text(
+            json.dumps(
+                {
+                    "name": f"toy_{t}",
+                    "description": f"Toy task {t}: answer with a word about the {WORDS[t]}.",
+                    "keywords": ["toy", WORDS[t]],
+                    "examples": examples,
+                }
+            )
+        )
+    split = root / "split.yaml"
+    split.write_text(
+        "train_tasks: [toy_0, toy_1, toy_2, toy_3]\nheldout_tasks: [toy_4, toy_5]\nseed: 0\ntest_fraction: 0.25\n"
+    )
+    return suite, split
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory, llama_dir) -> dict[str, str]:
+    suite, split = write_toy_suite(tmp_path_factory.mktemp("toy"))
+    return {"base_model": llama_dir, "data_dir": str(suite), "split": str(split)}
+
+
+def overrides(toy: dict[str, str], out: Path, **extra) -> list[str]:
+    items = {**toy, "output_dir": str(out), **extra}
+    return [f"{k}={v}" for k, v in items.items()]
+
+
+def run_meta_train(toy, out: Path, **extra):
+    from training import meta_train
+
+    return meta_train.main(["--config", str(TINY), *overrides(toy, out, **extra)])
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(Path(folder) / "model.safetensors")
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+# --- config ------------------------------------------------------------------------------------
+
+
+def test_unknown_config_key_fails(tmp_path):
+    with pytest.raises(ValueError, match="unknown config key.*stepz"):
+        load_config(MetaTrainConfig, TINY, ["stepz=3"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: 3\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match="learning_rate"):
+        load_config(MetaTrainConfig, bad)
+    with pytest.raises(ValueError, match="objective"):
+        load_config(MetaTrainConfig, TINY, ["objective=dpo"])
+    with pytest.raises(ValueError, match="key=value"):
+        load_config(LoraTrainConfig, None, ["steps"])
+
+
+def test_overrides_are_typed():
+    config = load_config(
+        MetaTrainConfig, TINY, ["steps=7", "lr=3e-4", "target_modules=[q_proj]", "resume=true"]
+    )
+    assert (config.steps, config.lr, config.target_modules, config.resume) == (
+        7,
+        3e-4,
+        ["q_proj"],
+        True,
+    )
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+def test_batches_are_deterministic_and_mix_tasks(toy):
+    data = load_task_data(toy["split"], toy["data_dir"])
+    assert data.train_tasks == ["toy_0", "toy_1", "toy_2", "toy_3"]
+    assert data.heldout_tasks == ["toy_4", "toy_5"]
+    sampler = MixtureSampler(data.train_examples, data.train_phrasings, seed=3)
+    again = MixtureSampler(data.train_examples, data.train_phrasings, seed=3)
+    batch = sampler.batch(5, 16)
+    assert batch == again.batch(5, 16) and batch != sampler.batch(6, 16)
+    assert len({s.task for s in batch}) > 1
+    assert all(s.condition in data.train_phrasings[s.task] for s in batch)
+    # process slices of every micro-step put back together are the global batch
+    pieces = [shard(batch, 2, 2, rank) for rank in range(2)]
+    assert [s for m in range(2) for rank in range(2) for s in pieces[rank][m]] == batch
+
+
+# --- objectives --------------------------------------------------------------------------------
+
+
+def _lora(
+    b: int, r: int, modules: dict[str, tuple[int, int]], scaling: float, seed: int
+) -> LoraWeights:
+    g = torch.Generator().manual_seed(seed)
+    A = {n: torch.randn(b, r, i, generator=g, dtype=torch.float64) for n, (i, o) in modules.items()}
+    B = {n: torch.randn(b, o, r, generator=g, dtype=torch.float64) for n, (i, o) in modules.items()}
+    return LoraWeights(A, B, scaling)
+
+
+def test_delta_w_loss_matches_dense_and_ignores_gauge():
+    modules = {"m.0.q": (12, 10), "m.0.v": (12, 6)}
+    gen, tgt = _lora(3, 4, modules, 2.0, 0), _lora(3, 2, modules, 0.5, 1)
+    dense = []
+    for k in range(3):
+        err = sum(
+            (
+                lora_delta_weight(gen.A[n][k], gen.B[n][k], 2.0)
+                - lora_delta_weight(tgt.A[n][k], tgt.B[n][k], 0.5)
+            )
+            .pow(2)
+            .sum()
+            for n in modules
+        )
+        norm = sum(lora_delta_weight(tgt.A[n][k], tgt.B[n][k], 0.5).pow(2).sum() for n in modules)
+        dense.append(err / norm)
+    torch.testing.assert_close(delta_w_loss(gen, tgt), torch.stack(dense))
+    # B A = (B G)(G^-1 A): a re-parametrised target has the same loss
+    G = torch.randn(2, 2, dtype=torch.float64) + 3 * torch.eye(2, dtype=torch.float64)
+    regauged = LoraWeights(
+        {n: torch.linalg.inv(G) @ a for n, a in tgt.A.items()},
+        {n: b @ G for n, b in tgt.B.items()},
+        0.5,
+    )
+    torch.testing.assert_close(delta_w_loss(gen, regauged), delta_w_loss(gen, tgt))
+    assert torch.allclose(delta_w_loss(tgt, tgt), torch.zeros(3, dtype=torch.float64), atol=1e-9)
+
+
+# --- LoRA library ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def library(toy, tmp_path_factory) -> Path:
+    from training import train_lora
+
+    out = tmp_path_factory.mktemp("loras")
+    train_lora.main(
+        [
+            *[f"{k}={v}" for k, v in toy.items()],
+            f"output_dir={out}",
+            "per_task=all",
+            "rank=2",
+            "alpha=4",
+            "steps=2",
+            "multitask_steps=2",
+            "batch_size=2",
+            "max_length=64",
+            "lr=0.01",
+        ]
+    )
+    return out
+
+
+def test_train_lora_writes_peft_folders(library, llama, llama_dir):
+    names = sorted(p.name for p in library.iterdir())
+    assert names == ["_multitask", "toy_0", "toy_1", "toy_2", "toy_3", "toy_4", "toy_5"]
+    lora, config = load_peft(library / "toy_4")
+    targets = {t.name for t in find_targets(llama[0], ["q_proj", "v_proj"])}
+    assert set(lora.module_names) == targets and lora.rank == 2 and config["r"] == 2
+    assert any(b.abs().sum() > 0 for b in lora.B.values())  # trained away from B = 0
+    record = json.loads((library / "_multitask" / "training.json").read_text())
+    assert record["tasks"] == ["toy_0", "toy_1", "toy_2", "toy_3"] and record["steps"] == 2
+    model, _ = load_base_model(llama_dir)
+    PeftModel.from_pretrained(model, library / "toy_4")  # a standard PEFT folder
+
+
+# --- meta-training -----------------------------------------------------------------------------
+
+
+def test_sft_smoke_run_saves_checkpoint_with_config(toy, tmp_path, llama_dir):
+    reference = {k: v.clone() for k, v in load_base_model(llama_dir)[0].state_dict().items()}
+    trainer = run_meta_train(toy, tmp_path / "run")
+    # the LM is frozen and untouched; only the hypernetwork trained
+    assert not any(p.requires_grad for p in trainer.model.parameters())
+    assert all(torch.equal(v, reference[k]) for k, v in trainer.model.state_dict().items())
+    final = tmp_path / "run" / "final"
+    generator = AdapterGenerator.from_pretrained(final)
+    assert generator.meta.trained_steps == 2 and not generator.meta.untrained
+    record = generator.meta.training
+    assert record["objective"] == "sft" and record["heldout_tasks"] == ["toy_4", "toy_5"]
+    assert set(record["final_heldout"]) >= {"base", "generated"} and record["seconds"] > 0
+    saved = yaml.safe_load((final / "config.yaml").read_text())
+    assert saved == yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["steps"] == 2 and saved["base_model"] == llama_dir
+    assert (tmp_path / "run" / "checkpoints" / "step-000002" / "config.yaml").is_file()
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log if "loss" in r)
+    assert max_diff(weights(final), weights(tmp_path / "run" / "checkpoints" / "step-000002")) == 0
+
+
+def test_resume_continues_the_same_run(toy, tmp_path):
+    run_meta_train(toy, tmp_path / "straight", steps=4, save_every=2)
+    run_meta_train(toy, tmp_path / "resumed", steps=2)
+    trainer = run_meta_train(toy, tmp_path / "resumed", steps=4, resume=True)
+    assert trainer.step == 4
+    log = [
+        json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]
+    # same data order, optimizer state and schedule: 2 + 2 steps == 4 steps
+    assert (
+        max_diff(weights(tmp_path / "resumed" / "final"), weights(tmp_path / "straight" / "final"))
+        < 1e-6
+    )
+    assert (
+        max_diff(
+            weights(tmp_path / "straight" / "checkpoints" / "step-000002"),
+            weights(tmp_path / "straight" / "final"),
+        )
+        > 0
+    )
+
+
+@pytest.mark.parametrize("objective", ["reconstruction", "both"])
+def test_reconstruction_objectives(toy, library, tmp_path, objective):
+    trainer = run_meta_train(
+        toy, tmp_path / objective, objective=objective, lora_library=str(library), steps=3
+    )
+    log = [
+        json.loads(line) for line in (tmp_path / objective / "log.jsonl").read_text().splitlines()
+    ]
+    losses = [r["reconstruction"] for r in log if "reconstruction" in r]
+    assert len(losses) == 3 and all(x >= 0 and torch.isfinite(torch.tensor(x)) for x in losses)
+    if objective == "reconstruction":
+        # a fresh (no-op) adapter has relative error exactly 1
+        assert losses[0] == pytest.approx(1.0, abs=1e-5)
+    else:
+        assert all("sft" in r for r in log if "loss" in r)
+    record = AdapterGenerator.from_pretrained(tmp_path / objective / "final").meta.training
+    # with a library present the final report also scores the library baselines
+    assert {"multitask_lora", "oracle_lora"} <= set(record["final_heldout"])
+    assert trainer.step == 3
+
+
+def test_reconstruction_without_library_fails(toy, tmp_path):
+    with pytest.raises(ValueError, match="no training task has a LoRA"):
+        run_meta_train(
+            toy, tmp_path / "r", objective="reconstruction", lora_library=str(tmp_path / "none")
+        )

@@ -1,0 +1,276 @@
+"""Typed configs for the training recipes: a YAML file plus ``key=value`` overrides.
+
+    config = load_config(MetaTrainConfig, "training/configs/smollm2.yaml", ["steps=50", "lr=3e-4"])
+
+Values given on the command line are parsed as YAML (``steps=50`` is an int, ``objective=both`` a
+string, ``target_modules=[q_proj,v_proj]`` a list). An unknown key, in the file or on the command
+line, raises a ValueError naming it: a typo must not silently train with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from hypergen.models import hypergen_home
+
+OBJECTIVES = ("sft", "reconstruction", "both")
+SCHEDULES = ("cosine", "constant")
+C = TypeVar("C")
+
+
+def _check_positive(obj: Any, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) < 1:
+            raise ValueError(f"{type(obj).__name__}.{name} must be >= 1, got {getattr(obj, name)}")
+
+
+@dataclass
+class MetaTrainConfig:
+    """One meta-training run of the hypernetwork (``training/meta_train.py``).
+
+    Args:
+        name: run name; the run folder is ``output_dir`` or ``$HYPERGEN_HOME/runs/<name>``.
+        base_model: built-in name, local folder or Hub id of the frozen LM.
+        encoder_kind: conditioner kind (``text`` or ``hashing``).
+        encoder_name: conditioner model (``all-minilm-l6-v2``, ``hash-64``, a folder...).
+        data_dir: BIG-bench-format suite; default ``$HYPERGEN_HOME/data/bigbench`` (``make data``).
+        split: the committed task split YAML (train_tasks / heldout_tasks).
+        max_train_tasks: use only the first N training tasks of the split (0: all).
+        hidden_dim, num_blocks, dropout: hypernetwork shape (``hypergen.config.HyperNetConfig``).
+        rank, alpha, target_modules: the LoRA the hypernetwork emits.
+        objective: ``sft`` (completion loss through the LM), ``reconstruction`` (regress onto the
+            LoRA library) or ``both`` (weighted sum).
+        sft_weight, reconstruction_weight: weights of the two losses when ``objective=both``.
+        lora_library: folder of per-task PEFT LoRAs (``train_lora.py``); default
+            ``$HYPERGEN_HOME/loras``.
+        steps: optimizer steps in total (a resumed run continues up to this number).
+        batch_size: examples per optimizer step, summed over processes (the global batch).
+        grad_accum: micro-batches per optimizer step; each process's micro-batch is
+            ``batch_size / (num_processes * grad_accum)``.
+        lr, weight_decay, warmup_steps, lr_schedule, max_grad_norm: AdamW and its schedule.
+        max_length: longest tokenized prompt + completion; prompts are cut from the left.
+        seed: seeds the model init and the data order (the data order is a function of
+            ``(seed, step)`` alone, which makes runs reproducible across process counts and resumes).
+        eval_every: held-out loss every N steps (0: only at the end).
+        eval_examples: test examples per held-out task in that loss.
+        save_every: checkpoint + resumable state every N steps (0: only at the end).
+        log_every: progress-bar / log line every N steps.
+        log_with: accelerate trackers (``tensorboard``, ``wandb``...; empty: none).
+        resume: continue from the run folder's saved state if there is one.
+        num_threads: torch CPU threads per process (0: torch's default).
+        mixed_precision: ``no`` or ``bf16``: autocast of the frozen LM's forward only (the
+            hypernetwork and its adapters stay float32); about 2x faster on CPUs with AMX and on
+            GPUs, and scores match float32 to about 0.01.
+        cpu: train on CPU even if an accelerator is present; a multi-process CPU run needs it
+            (accelerate uses gloo only then; ``ACCELERATE_USE_CPU=1`` does the same).
+        output_dir: run folder; default ``$HYPERGEN_HOME/runs/<name>``.
+        export_dir: where to also write the final checkpoint (e.g. ``checkpoints/smollm2-minilm``).
+        export_dtype: dtype of that copy (``float16`` makes it half the size).
+    """
+
+    name: str = "smollm2"
+    base_model: str = "smollm2-135m"
+    encoder_kind: str = "text"
+    encoder_name: str = "all-minilm-l6-v2"
+    data_dir: str | None = None
+    split: str = "evaluation/splits/bigbench.yaml"
+    max_train_tasks: int = 0
+    hidden_dim: int = 128
+    num_blocks: int = 2
+    dropout: float = 0.0
+    rank: int = 8
+    alpha: float = 16.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    objective: str = "sft"
+    sft_weight: float = 1.0
+    reconstruction_weight: float = 1.0
+    lora_library: str | None = None
+    steps: int = 300
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    lr_schedule: str = "cosine"
+    max_grad_norm: float = 1.0
+    max_length: int = 256
+    seed: int = 0
+    eval_every: int = 50
+    eval_examples: int = 16
+    save_every: int = 100
+    log_every: int = 10
+    log_with: list[str] = field(default_factory=list)
+    resume: bool = False
+    num_threads: int = 0
+    mixed_precision: str = "no"
+    cpu: bool = False
+    output_dir: str | None = None
+    export_dir: str | None = None
+    export_dtype: str = "float16"
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(
+                f"MetaTrainConfig.objective must be one of {OBJECTIVES}, got {self.objective!r}"
+            )
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(
+                f"MetaTrainConfig.lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}"
+            )
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(
+                f"MetaTrainConfig.mixed_precision must be no or bf16, got {self.mixed_precision!r}"
+            )
+        if self.export_dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(
+                f"MetaTrainConfig.export_dtype must be float32/float16/bfloat16, got {self.export_dtype!r}"
+            )
+        _check_positive(
+            self, "steps", "batch_size", "grad_accum", "max_length", "log_every", "eval_examples"
+        )
+        for name in ("eval_every", "save_every", "warmup_steps", "max_train_tasks", "num_threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"MetaTrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"MetaTrainConfig.batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})"
+            )
+        if self.lr <= 0:
+            raise ValueError(f"MetaTrainConfig.lr must be > 0, got {self.lr}")
+        self.target_modules, self.log_with = list(self.target_modules), list(self.log_with)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else hypergen_home() / "runs" / self.name
+
+    @property
+    def suite_dir(self) -> Path:
+        return Path(self.data_dir) if self.data_dir else hypergen_home() / "data" / "bigbench"
+
+    @property
+    def library_dir(self) -> Path:
+        return Path(self.lora_library) if self.lora_library else hypergen_home() / "loras"
+
+
+@dataclass
+class LoraTrainConfig:
+    """Per-task and multi-task LoRAs with PEFT (``training/train_lora.py``).
+
+    Args:
+        base_model: built-in name, local folder or Hub id of the frozen LM.
+        data_dir: BIG-bench-format suite; default ``$HYPERGEN_HOME/data/bigbench``.
+        split: the committed task split YAML.
+        per_task: which tasks get their own LoRA: ``heldout``, ``train``, ``all`` or ``none``.
+        tasks: explicit task names instead of ``per_task`` (empty: use ``per_task``).
+        multitask: also train one LoRA on the union of the training tasks (folder ``_multitask``).
+        rank, alpha, target_modules: the LoRA (same as the hypernetwork's, so it can be a target).
+        steps: optimizer steps per per-task LoRA.
+        multitask_steps: optimizer steps of the multi-task LoRA.
+        batch_size, lr, weight_decay, max_length, seed: as in meta-training.
+        bf16: autocast the LM to bfloat16 (about 2x faster on CPUs with AMX and on GPUs).
+        skip_existing: keep LoRA folders that already exist (lets an interrupted run resume).
+        num_threads: torch CPU threads (0: torch's default).
+        output_dir: library folder; default ``$HYPERGEN_HOME/loras``.
+    """
+
+    base_model: str = "smollm2-135m"
+    data_dir: str | None = None
+    split: str = "evaluation/splits/bigbench.yaml"
+    per_task: str = "heldout"
+    tasks: list[str] = field(default_factory=list)
+    multitask: bool = True
+    rank: int = 8
+    alpha: float = 16.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    steps: int = 100
+    multitask_steps: int = 400
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    max_length: int = 256
+    seed: int = 0
+    bf16: bool = False
+    skip_existing: bool = True
+    num_threads: int = 0
+    output_dir: str | None = None
+
+    def __post_init__(self):
+        if self.per_task not in ("heldout", "train", "all", "none"):
+            raise ValueError(
+                f"LoraTrainConfig.per_task must be heldout/train/all/none, got {self.per_task!r}"
+            )
+        _check_positive(self, "rank", "steps", "multitask_steps", "batch_size", "max_length")
+        self.tasks, self.target_modules = list(self.tasks), list(self.target_modules)
+
+    @property
+    def suite_dir(self) -> Path:
+        return Path(self.data_dir) if self.data_dir else hypergen_home() / "data" / "bigbench"
+
+    @property
+    def library_dir(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else hypergen_home() / "loras"
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["steps=50", "objective=both"]`` -> ``{"steps": 50, "objective": "both"}`` (values as YAML)."""
+    out = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} must look like key=value")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+def load_config(
+    cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None
+) -> C:
+    """Build ``cls`` from a YAML file and ``key=value`` overrides; unknown keys raise ValueError."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a YAML mapping of config keys")
+        data.update(loaded or {})
+    data.update(parse_overrides(overrides or []))
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(
+            f"{cls.__name__}: unknown config key(s) {unknown} (from {path or 'overrides'})"
+        )
+    return cls(**_coerce(cls, data))
+
+
+def _coerce(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """Numbers YAML reads as strings (``1e-3``: YAML 1.1 wants ``1.0e-3``) -> the field's type."""
+    hints = typing.get_type_hints(cls)
+    out = dict(data)
+    for key, value in data.items():
+        hint = hints[key]
+        allowed = set(typing.get_args(hint)) or {hint}
+        for kind in (float, int):
+            if kind in allowed and isinstance(value, (str, int)) and not isinstance(value, bool):
+                try:
+                    out[key] = kind(value)
+                except ValueError as err:
+                    raise ValueError(
+                        f"{cls.__name__}.{key} must be a number, got {value!r}"
+                    ) from err
+                break
+    return out
+
+
+def save_config(config: Any, path: str | Path, header: str = "") -> Path:
+    """Write ``config`` as YAML (the exact values a run used), with an optional comment header."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    comment = "".join(f"# {line}\n" for line in header.splitlines())
+    path.write_text(comment + yaml.safe_dump(asdict(config), sort_keys=False))
+    return path

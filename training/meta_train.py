@@ -1,0 +1,490 @@
+"""Meta-train the hypernetwork: task descriptions -> LoRAs that help the frozen LM on that task.
+
+    python training/meta_train.py --config training/configs/tiny.yaml [key=value ...]
+    accelerate launch training/meta_train.py --config training/configs/smollm2.yaml
+    accelerate launch --config_file training/accelerate/multi_gpu.yaml \\
+        training/meta_train.py --config training/configs/smollm2.yaml
+
+Objectives (``objective``):
+    sft             completion-only cross-entropy through the frozen LM, each example carrying the
+                    LoRA generated from one of its task's descriptions (per-example hooks);
+    reconstruction  relative squared error of each generated delta W against the task's LoRA in
+                    the library (``train_lora.py``); see ``training/objectives.py`` for why delta W;
+    both            per-sample weighted sum (samples of tasks without a library LoRA get SFT only).
+
+Each step's global batch is a function of ``(seed, step)`` (``training/data.py``) and every
+process trains on its own slice with a per-example mean loss, so 1 process and N processes take
+the same steps (``tests/test_ddp.py``), and a resumed run continues the same sequence.
+
+Run folder (``output_dir``, default ``$HYPERGEN_HOME/runs/<name>``): ``config.yaml``,
+``log.jsonl``, ``state/`` (accelerate state: weights, optimizer, schedule, RNG, step),
+``checkpoints/step-N/`` and ``final/`` (hypergen checkpoints, each with its ``config.yaml``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from tqdm import tqdm
+
+from hypergen.adapters import LoraWeights
+from hypergen.apply import apply_adapters
+from hypergen.checkpoint import CheckpointMeta, save_checkpoint
+from hypergen.conditions import build_conditioner
+from hypergen.config import EncoderConfig, HyperNetConfig, LoraSpec
+from hypergen.export import load_peft
+from hypergen.generator import AdapterGenerator
+from hypergen.models import load_base_model
+from hypergen.text_batches import tokenize_pairs
+from training.config import MetaTrainConfig, load_config, save_config
+from training.data import MixtureSampler, Sample, conditions_for, load_task_data, shard
+from training.objectives import delta_w_loss, example_losses
+from training.train_lora import MULTITASK, library_folder
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+STATE_FILE = "trainer_state.json"
+
+
+class MetaTrainer:
+    """The recipe: ``setup()``, ``train()``, ``save_checkpoint()``, ``cleanup()``."""
+
+    def __init__(self, config: MetaTrainConfig):
+        self.config = config
+        self.run_dir = config.run_dir
+        self.step = 0
+        self.history: list[dict] = []
+
+    # --- setup -----------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        cfg = self.config
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        # split_batches: we slice each global batch ourselves, so the schedule must step once per
+        # optimizer step (without it accelerate steps it num_processes times).
+        self.accelerator = Accelerator(
+            cpu=cfg.cpu,
+            gradient_accumulation_steps=cfg.grad_accum,
+            log_with=cfg.log_with or None,
+            project_dir=str(self.run_dir),
+            dataloader_config=DataLoaderConfiguration(split_batches=True),
+        )
+        acc = self.accelerator
+        per_process, rest = divmod(cfg.batch_size, cfg.grad_accum * acc.num_processes)
+        if rest or not per_process:
+            raise ValueError(
+                f"batch_size {cfg.batch_size} must be a multiple of grad_accum x processes "
+                f"({cfg.grad_accum} x {acc.num_processes})"
+            )
+        set_seed(cfg.seed)
+        device = acc.device
+
+        # 1. The frozen LM: moved to the device, never wrapped (it has no gradients to reduce).
+        self.model, self.tokenizer = load_base_model(cfg.base_model, device=device)
+        assert not any(p.requires_grad for p in self.model.parameters()), (
+            "the base LM must be frozen"
+        )
+
+        # 2. Tasks, examples, description phrasings.
+        self.data = load_task_data(cfg.split, cfg.suite_dir, cfg.max_train_tasks)
+
+        # 3. Condition vectors of every phrasing, once: the encoder is frozen, so this is exact,
+        #    and every process holds the same table.
+        encoder = EncoderConfig(kind=cfg.encoder_kind, name=cfg.encoder_name)
+        conditioner = build_conditioner(encoder)
+        with torch.no_grad():
+            chunks = [
+                self.data.phrasings[i : i + 64] for i in range(0, len(self.data.phrasings), 64)
+            ]
+            self.conditions = torch.cat([conditioner.encode(c).cpu() for c in chunks]).to(device)
+
+        # 4. The hypernetwork (the only trainable module), built identically on every process.
+        hypernet_config = HyperNetConfig(
+            hidden_dim=cfg.hidden_dim,
+            num_blocks=cfg.num_blocks,
+            dropout=cfg.dropout,
+            lora=LoraSpec(rank=cfg.rank, alpha=cfg.alpha, target_modules=cfg.target_modules),
+        )
+        generator = AdapterGenerator.create(
+            self.model, cfg.base_model, conditioner, encoder, hypernet_config, seed=cfg.seed
+        )
+        self.meta: CheckpointMeta = generator.meta
+        hypernet = generator.hypernet.to(device).train()
+        del generator, conditioner
+
+        # 5. The LoRA library (reconstruction targets and final baselines).
+        self.library = self._load_library(
+            self.data.train_tasks + self.data.heldout_tasks + [MULTITASK]
+        )
+        pool = self.data.train_tasks
+        if cfg.objective == "reconstruction":
+            pool = [t for t in pool if t in self.library]
+            if not pool:
+                raise ValueError(
+                    f"objective=reconstruction but no training task has a LoRA in {cfg.library_dir}"
+                )
+        elif cfg.objective == "both" and not any(t in self.library for t in pool):
+            logger.warning(
+                "objective=both but no training task has a LoRA in %s: SFT only", cfg.library_dir
+            )
+        self.sampler = MixtureSampler(
+            {t: self.data.train_examples[t] for t in pool}, self.data.train_phrasings, seed=cfg.seed
+        )
+
+        # 6. Optimizer and schedule, then accelerate wraps the trainable parts only.
+        optimizer = torch.optim.AdamW(
+            hypernet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
+        self.hypernet, self.optimizer, self.scheduler = acc.prepare(hypernet, optimizer, scheduler)
+
+        trainable = sum(p.numel() for p in hypernet.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in self.model.parameters())
+        logger.info(
+            "trainable: hypernetwork %.2fM parameters; frozen: LM %.1fM; %d processes on %s",
+            trainable / 1e6,
+            frozen / 1e6,
+            acc.num_processes,
+            device,
+        )
+        logger.info(
+            "%d training tasks (%d in the sampling pool, %d with library LoRAs), %d held-out tasks, "
+            "%d phrasings; objective %s",
+            len(self.data.train_tasks),
+            len(pool),
+            sum(t in self.library for t in self.data.train_tasks),
+            len(self.data.heldout_tasks),
+            len(self.data.phrasings),
+            cfg.objective,
+        )
+
+        # 7. Held-out evaluation set: the first test examples of each held-out task, with the
+        #    task file's own description.
+        self.eval_items = [
+            Sample(task, self.data.eval_phrasing[task], ex.prompt, ex.completion)
+            for task in self.data.heldout_tasks
+            for ex in self.data.test_examples[task][: cfg.eval_examples]
+        ]
+
+        # 8. Resume, or start a fresh run folder.
+        state_dir = self.run_dir / "state"
+        if cfg.resume and (state_dir / STATE_FILE).is_file():
+            acc.load_state(str(state_dir))
+            saved = json.loads((state_dir / STATE_FILE).read_text())
+            self.step, self.history = saved["step"], saved["history"]
+            logger.info("resumed from %s at step %d", state_dir, self.step)
+        elif cfg.resume:
+            logger.info("resume=true but %s holds no state: starting fresh", state_dir)
+        if acc.is_main_process:
+            save_config(cfg, self.run_dir / "config.yaml", header=_launch_header())
+        if cfg.log_with:
+            acc.init_trackers(cfg.name, config=asdict(cfg))
+        self.base_heldout = self.evaluate(None)
+        logger.info("held-out loss of the base model (no adapter): %.4f", self.base_heldout["loss"])
+
+    def _lr_factor(self, step: int) -> float:
+        cfg = self.config
+        if step < cfg.warmup_steps:
+            return (step + 1) / (cfg.warmup_steps + 1)
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    def _load_library(self, names: list[str]) -> dict[str, LoraWeights]:
+        """Library LoRAs (``train_lora.py``) that exist for ``names``, on the device."""
+        library = {}
+        for name in names:
+            folder = library_folder(self.config.library_dir, name)
+            if (folder / "adapter_config.json").is_file():
+                lora, _ = load_peft(folder)
+                library[name] = lora.to(self.accelerator.device)
+        return library
+
+    # --- losses ----------------------------------------------------------------------------
+
+    def _tokenize(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
+        batch = tokenize_pairs(
+            self.tokenizer,
+            [s.prompt for s in samples],
+            [s.completion for s in samples],
+            self.config.max_length,
+        )
+        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+
+    def _lm_losses(self, samples: list[Sample], lora: LoraWeights | None) -> torch.Tensor:
+        """(b,) per-example completion losses of the frozen LM with ``lora`` applied (or none)."""
+        batch = self._tokenize(samples)
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        # Autocast the LM only: the hypernetwork's output (the adapters) stays float32.
+        device_type = self.accelerator.device.type
+        with torch.autocast(
+            device_type, dtype=torch.bfloat16, enabled=self.config.mixed_precision == "bf16"
+        ):
+            if lora is None:
+                logits = self.model(**inputs).logits
+            else:
+                with apply_adapters(self.model, lora):
+                    logits = self.model(**inputs).logits
+        return example_losses(logits, batch["labels"])
+
+    def loss(self, samples: list[Sample]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The objective on one micro-batch: a mean over its samples of each sample's loss."""
+        cfg = self.config
+        lora = self.hypernet(conditions_for(samples, self.conditions))
+        parts: dict[str, torch.Tensor] = {}
+        total = 0.0
+        if cfg.objective in ("sft", "both"):
+            parts["sft"] = self._lm_losses(samples, lora).mean()
+            total = total + (cfg.sft_weight if cfg.objective == "both" else 1.0) * parts["sft"]
+        if cfg.objective in ("reconstruction", "both"):
+            rows = [i for i, s in enumerate(samples) if s.task in self.library]
+            if rows:
+                targets = LoraWeights.cat([self.library[samples[i].task] for i in rows])
+                # A sum over the rows / the micro-batch size: samples without a target add 0, so
+                # the loss stays a per-sample mean (DDP-consistent).
+                parts["reconstruction"] = delta_w_loss(lora.select(rows), targets).sum() / len(
+                    samples
+                )
+                weight = cfg.reconstruction_weight if cfg.objective == "both" else 1.0
+                total = total + weight * parts["reconstruction"]
+        return total, parts
+
+    @torch.no_grad()
+    def evaluate(
+        self, adapters: Callable[[list[Sample]], LoraWeights] | None, tasks: list[str] | None = None
+    ) -> dict:
+        """Held-out loss: the mean over held-out tasks of each task's mean example loss.
+
+        Args:
+            adapters: samples -> one adapter per sample; None evaluates the bare base model.
+            tasks: only these held-out tasks (default: all).
+
+        Items are sharded across processes and the sums reduced, so every process gets the result.
+        """
+        acc, tasks = self.accelerator, tasks or self.data.heldout_tasks
+        index = {t: i for i, t in enumerate(tasks)}
+        sums = torch.zeros(len(tasks), 2, device=acc.device)  # (task, [loss sum, count])
+        items = [s for s in self.eval_items if s.task in index]
+        mine = items[acc.process_index :: acc.num_processes]
+        size = max(1, self.config.batch_size // (self.config.grad_accum * acc.num_processes))
+        for start in range(0, len(mine), size):
+            chunk = mine[start : start + size]
+            losses = self._lm_losses(chunk, adapters(chunk) if adapters is not None else None)
+            for s, value in zip(chunk, losses.tolist()):
+                sums[index[s.task], 0] += value
+                sums[index[s.task], 1] += 1
+        sums = acc.reduce(sums, reduction="sum")
+        per_task = {t: (sums[i, 0] / sums[i, 1]).item() for t, i in index.items() if sums[i, 1] > 0}
+        loss = sum(per_task.values()) / max(1, len(per_task))
+        return {"loss": loss, "per_task": per_task}
+
+    def _generated(self, samples: list[Sample]) -> LoraWeights:
+        hypernet = self.accelerator.unwrap_model(self.hypernet)
+        return hypernet(conditions_for(samples, self.conditions))
+
+    # --- loop ------------------------------------------------------------------------------
+
+    def train(self) -> None:
+        cfg, acc = self.config, self.accelerator
+        bar = tqdm(
+            total=cfg.steps, initial=self.step, desc="meta-train", disable=not acc.is_main_process
+        )
+        window: list[dict[str, float]] = []
+        start, first_step = time.perf_counter(), self.step
+        self.started = start
+        while self.step < cfg.steps:
+            samples = self.sampler.batch(self.step, cfg.batch_size)
+            # Sorted by length, so micro-batches (grad_accum > 1) group similar lengths and pad less;
+            # the loss is a per-example mean, so the order changes nothing else.
+            samples.sort(key=lambda s: len(s.prompt) + len(s.completion))
+            micro_batches = shard(samples, cfg.grad_accum, acc.num_processes, acc.process_index)
+            logged: dict[str, float] = {}
+            for micro in micro_batches:
+                with acc.accumulate(self.hypernet):
+                    loss, parts = self.loss(micro)
+                    acc.backward(loss)
+                    if acc.sync_gradients and cfg.max_grad_norm > 0:
+                        acc.clip_grad_norm_(self.hypernet.parameters(), cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                for key, value in {
+                    "loss": loss.detach(),
+                    **{k: v.detach() for k, v in parts.items()},
+                }.items():
+                    logged[key] = (
+                        logged.get(key, 0.0) + acc.reduce(value, "mean").item() / cfg.grad_accum
+                    )
+            self.step += 1
+            window.append(logged)
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                record = {k: sum(w[k] for w in window) / len(window) for k in window[-1]}
+                elapsed = time.perf_counter() - start
+                record.update(
+                    step=self.step,
+                    lr=self.scheduler.get_last_lr()[0],
+                    samples_per_s=(self.step - first_step) * cfg.batch_size / max(elapsed, 1e-9),
+                )
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                self._log(record)
+                window = []
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                self._log({"step": self.step, "heldout_loss": self._eval_generated()["loss"]})
+            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps:
+                self.save_checkpoint(final=self.step == cfg.steps)
+        bar.close()
+
+    def _eval_generated(self) -> dict:
+        self.hypernet.eval()
+        result = self.evaluate(self._generated)
+        self.hypernet.train()
+        return result
+
+    def _log(self, record: dict) -> None:
+        self.history.append(record)
+        if self.config.log_with:
+            self.accelerator.log(
+                {k: v for k, v in record.items() if k != "step"}, step=record["step"]
+            )
+        if self.accelerator.is_main_process:
+            logger.info(
+                " ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in record.items()
+                )
+            )
+            with open(self.run_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # --- checkpoints -----------------------------------------------------------------------
+
+    def save_checkpoint(self, final: bool = False) -> None:
+        """Resumable state (all processes) + a hypergen checkpoint with its config (main process)."""
+        acc, cfg = self.accelerator, self.config
+        acc.wait_for_everyone()
+        state_dir = self.run_dir / "state"
+        acc.save_state(str(state_dir))
+        extra = self.final_report() if final else {}
+        if acc.is_main_process:
+            (state_dir / STATE_FILE).write_text(
+                json.dumps({"step": self.step, "history": self.history}) + "\n"
+            )
+            self._write(
+                self.run_dir / "checkpoints" / f"step-{self.step:06d}", torch.float32, extra
+            )
+            if final:
+                self._write(self.run_dir / "final", torch.float32, extra)
+                if cfg.export_dir:
+                    self._write(Path(cfg.export_dir), DTYPES[cfg.export_dtype], extra)
+        acc.wait_for_everyone()
+
+    def _write(self, folder: Path, dtype: torch.dtype, extra: dict) -> None:
+        cfg = self.config
+        evals = [h for h in self.history if "heldout_loss" in h]
+        self.meta.trained_steps = self.step
+        self.meta.training = {
+            "recipe": "training/meta_train.py",
+            "objective": cfg.objective,
+            "num_processes": self.accelerator.num_processes,
+            "train_tasks": self.data.train_tasks,
+            "heldout_tasks": self.data.heldout_tasks,
+            "train_loss": next((h["loss"] for h in reversed(self.history) if "loss" in h), None),
+            "heldout_loss": {"base": self.base_heldout["loss"], "history": evals},
+            **extra,
+            "config": asdict(cfg),
+        }
+        save_checkpoint(
+            self.accelerator.unwrap_model(self.hypernet), self.meta, folder, dtype=dtype
+        )
+        save_config(cfg, folder / "config.yaml", header=_launch_header())
+        logger.info("saved checkpoint %s (step %d)", folder, self.step)
+
+    def final_report(self) -> dict:
+        """Held-out losses of the trained generator and of the library baselines (all processes)."""
+        report = {"base": self.base_heldout}
+        self.hypernet.eval()
+        report["generated"] = self.evaluate(self._generated)
+        self._log({"step": self.step, "heldout_loss": report["generated"]["loss"]})
+        unseen = self.data.unseen_phrasings
+        if any(unseen.get(t) for t in self.data.heldout_tasks):
+
+            def generated_unseen(samples: list[Sample]) -> LoraWeights:
+                # phrasing picked by the prompt's checksum: the same on any number of processes
+                rows = [
+                    unseen[s.task][zlib.crc32(s.prompt.encode()) % len(unseen[s.task])]
+                    if unseen.get(s.task)
+                    else s.condition
+                    for s in samples
+                ]
+                return self.accelerator.unwrap_model(self.hypernet)(self.conditions[rows])
+
+            report["generated_unseen_phrasings"] = self.evaluate(generated_unseen)
+        self.hypernet.train()
+        if MULTITASK in self.library:
+            multitask = self.library[MULTITASK]
+            report["multitask_lora"] = self.evaluate(lambda samples: multitask)
+        oracle_tasks = [t for t in self.data.heldout_tasks if t in self.library]
+        if oracle_tasks:
+
+            def oracle(samples: list[Sample]) -> LoraWeights:
+                return LoraWeights.cat([self.library[s.task] for s in samples])
+
+            report["oracle_lora"] = self.evaluate(oracle, oracle_tasks)
+            report["oracle_lora"]["tasks"] = oracle_tasks
+        if self.accelerator.is_main_process:
+            for key, value in report.items():
+                logger.info("final held-out loss, %s: %.4f", key, value["loss"])
+        seconds = time.perf_counter() - self.started  # this session's training time (+ evals)
+        return {"seconds": round(seconds, 1), "final_heldout": report}
+
+    def cleanup(self) -> None:
+        self.accelerator.end_training()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _launch_header() -> str:
+    return (
+        "Written by training/meta_train.py: the exact config of this run. Rerun with\n"
+        "  accelerate launch training/meta_train.py --config <this file>"
+    )
+
+
+def main(argv: list[str] | None = None) -> MetaTrainer:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", help="YAML config (see training/configs/)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of config entries")
+    args = parser.parse_args(argv)
+    config = load_config(MetaTrainConfig, args.config, args.overrides)
+    trainer = MetaTrainer(config)
+    trainer.setup()
+    trainer.train()
+    trainer.cleanup()
+    return trainer
+
+
+if __name__ == "__main__":
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format="%(asctime)s %(name)s: %(message)s",
+    )
+    main()

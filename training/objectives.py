@@ -1,0 +1,69 @@
+"""The two meta-training losses, as pure tensor functions.
+
+Axes: b example, r rank of the generated LoRA, s rank of the target LoRA, i in, o out.
+
+SFT: ``example_losses`` is each example's mean completion cross-entropy; the batch loss is their
+mean, so every example weighs the same whatever its completion length.
+
+Reconstruction: ``delta_w_loss`` compares the generated update ``dW = s B A`` with the library
+LoRA's ``dW* = s* B* A*`` per module, as a relative squared Frobenius error summed over modules:
+
+    L = sum_m ||dW_m - dW*_m||_F^2 / sum_m ||dW*_m||_F^2
+
+Why delta W and not A/B: a LoRA is only defined up to ``B A = (B G)(G^-1 A)`` for any invertible
+r x r ``G``, so two LoRAs with the same effect can have very different factors; regressing raw A
+and B (Text-to-LoRA's reconstruction loss) asks the hypernetwork to also guess the target's
+arbitrary gauge (set by its random init). The update ``dW`` is what the LM sees and is
+gauge-invariant. Why relative: it is scale-free (L = 1 for a no-op adapter, whatever the
+model's widths), so its weight against the SFT loss means the same on any base model.
+It is computed without forming any (o, i) matrix, through r x r products (exact):
+
+    ||B A||^2 = sum((B^T B) * (A A^T)),   <B A, B* A*> = sum((B^T B*) * (A A*^T))
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import einsum
+from torch import Tensor
+
+from hypergen.adapters import LoraWeights
+from hypergen.text_batches import completion_logprobs
+
+
+def example_losses(logits: Tensor, labels: Tensor) -> Tensor:
+    """(b,) mean cross-entropy over each example's completion tokens.
+
+    A mean of these over equal per-process slices, averaged by DDP, equals the mean over the
+    global batch: what makes 1-process and N-process runs agree.
+    """
+    total, count = completion_logprobs(logits, labels)
+    return -total / count.clamp(min=1)
+
+
+def _gram(A1: Tensor, B1: Tensor, A2: Tensor, B2: Tensor) -> Tensor:
+    """(b,) Frobenius inner products <B1 A1, B2 A2> for batches of factors."""
+    left = einsum(B1, B2, "b o r, b o s -> b r s")
+    right = einsum(A1, A2, "b r i, b s i -> b r s")
+    return (left * right).sum(dim=(1, 2))
+
+
+def delta_w_loss(generated: LoraWeights, targets: LoraWeights) -> Tensor:
+    """(b,) relative squared error of the generated updates against the target updates.
+
+    Args:
+        generated: b adapters (gradients flow through these).
+        targets: b target adapters over the same modules (any rank; fixed).
+    """
+    if set(generated.module_names) != set(targets.module_names):
+        raise ValueError("delta_w_loss: generated and target adapters cover different modules")
+    s, t = generated.scaling, targets.scaling
+    error = 0.0
+    norm = 0.0
+    for name in generated.module_names:
+        A, B = generated.A[name], generated.B[name]
+        At, Bt = targets.A[name].to(A.dtype), targets.B[name].to(B.dtype)
+        target_sq = t * t * _gram(At, Bt, At, Bt)
+        error = error + s * s * _gram(A, B, A, B) + target_sq - 2 * s * t * _gram(A, B, At, Bt)
+        norm = norm + target_sq
+    return error.clamp(min=0) / norm.clamp(min=torch.finfo(norm.dtype).tiny)
