@@ -147,3 +147,21 @@ def checkpoint_dir(tmp_path_factory, llama, llama_dir, conditioner) -> str:
     """A saved checkpoint for the tiny Llama with non-trivial adapters (for CLI and service tests)."""
     generator = make_generator(llama[0], llama_dir, conditioner, ["q_proj", "v_proj"])
     return str(generator.save_pretrained(tmp_path_factory.mktemp("ckpt") / "tiny"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tiny models run fastest on one thread; on a busy 2-core machine two threads spin-wait on
+    each other and every small op takes milliseconds (the service tests: ~15 s instead of ~6 s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def engine(checkpoint_dir):
+    """The service's Engine on the tiny checkpoint (one per test module)."""
+    from service.engine import Engine
+
+    return Engine.load(checkpoint_dir)

@@ -10,7 +10,6 @@ import tempfile
 import urllib.request
 
 import pytest
-import torch
 
 from hypergen import AdapterGenerator
 from service import create_app
@@ -23,14 +22,6 @@ pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 WAIT_S = 30
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -27,21 +27,6 @@ from tests.conftest import ENCODER, make_generator
 DESCRIPTION = "Translate English to French."
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy 2-core machine two threads spin-wait each
-    other and every small op takes milliseconds (this module: ~15 s instead of ~6 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def engine(checkpoint_dir) -> Engine:
-    return Engine.load(checkpoint_dir)
-
-
 @pytest.fixture
 def make_app(engine, tmp_path):
     """Factory: a test app on the tiny engine with a fresh store; batchers are closed afterwards."""

@@ -12,27 +12,11 @@ import urllib.request
 
 import openai
 import pytest
-import torch
 
 from service import create_app
-from service.engine import Engine
 from service.server import BackgroundServer
 
 KEY = "sk-test-key"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one torch thread (see tests/test_service.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def engine(checkpoint_dir) -> Engine:
-    return Engine.load(checkpoint_dir)
 
 
 @pytest.fixture
