@@ -59,15 +59,18 @@ def _slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "adapter"
 
 
-def generate(checkpoint: str, descriptions: list[str], out: str, dtype: str = "float32") -> list[Path]:
+def generate(
+    checkpoint: str, descriptions: list[str], out: str, dtype: str = "float32", bf16: bool = False
+) -> list[Path]:
     """Generate one PEFT folder per description, all in one batch.
 
     One description writes the folder ``out``; several write ``out/<index>-<slug>`` each.
+    ``bf16`` runs encoder and hypernetwork under bfloat16 autocast (faster for large batches).
     """
     from hypergen.generator import AdapterGenerator
 
     generator = AdapterGenerator.from_pretrained(checkpoint)
-    lora = generator.generate(descriptions)
+    lora = generator.generate(descriptions, autocast_dtype=torch.bfloat16 if bf16 else None)
     if len(descriptions) == 1:
         folders = [Path(out)]
     else:
@@ -97,6 +100,7 @@ def _add_generate(sub) -> None:
     p.add_argument("descriptions", nargs="+", help="one or more task descriptions (one batch)")
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of saved tensors")
+    p.add_argument("--bf16", action="store_true", help="generate under bfloat16 autocast (large batches)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote UNTRAINED checkpoint {out} (its adapters are no-ops until trained)")
         elif args.command == "generate":
             # AdapterGenerator.from_pretrained warns (stderr) when the checkpoint is untrained.
-            for folder in generate(args.checkpoint, args.descriptions, args.out, args.dtype):
+            for folder in generate(args.checkpoint, args.descriptions, args.out, args.dtype, args.bf16):
                 print(folder)
     except (ValueError, FileNotFoundError) as err:
         print(f"hypergen {args.command}: error: {err}", file=sys.stderr)

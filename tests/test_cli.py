@@ -26,7 +26,7 @@ def test_init_checkpoint_is_labelled_untrained(llama_dir, tmp_path, capsys, capl
 
 def test_generate_batch_writes_one_folder_each(checkpoint_dir, tmp_path, capsys):
     descriptions = ["Answer questions about dates.", "Translate English to French.", "Count the letters."]
-    assert main(["generate", "--checkpoint", checkpoint_dir, *descriptions, "-o", str(tmp_path), "--dtype", "float16"]) == 0
+    assert main(["generate", "--checkpoint", checkpoint_dir, *descriptions, "-o", str(tmp_path), "--dtype", "float16", "--bf16"]) == 0
     printed = capsys.readouterr().out.split()
     assert len(printed) == 3 and printed[0].endswith("000-answer-questions-about-dates")
     loras = [load_peft(p)[0] for p in printed]

@@ -322,3 +322,11 @@ def test_written_folders_are_readable_by_others(llama_generator, tmp_path):
     assert (ckpt.stat().st_mode & 0o777) == 0o755
     assert (peft_dir.stat().st_mode & 0o777) == 0o755
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary folder left behind"
+
+
+def test_bf16_autocast_generation_is_close_to_float32(llama_generator):
+    exact = llama_generator.generate(DESCRIPTIONS)
+    fast = llama_generator.generate(DESCRIPTIONS, autocast_dtype=torch.bfloat16)
+    for name in exact.module_names:
+        torch.testing.assert_close(fast.B[name].float(), exact.B[name], atol=2e-2, rtol=5e-2)
+        torch.testing.assert_close(fast.A[name].float(), exact.A[name], atol=2e-2, rtol=5e-2)
