@@ -451,7 +451,7 @@ class MetaTrainer:
             for key, value in report.items():
                 logger.info("final held-out loss, %s: %.4f", key, value["loss"])
         seconds = time.perf_counter() - self.started  # this session's training time (+ evals)
-        return {"seconds": round(seconds, 1), "final_heldout": report}
+        return {"seconds": round(seconds, 3), "final_heldout": report}
 
     def cleanup(self) -> None:
         self.accelerator.end_training()
