@@ -1,0 +1,611 @@
+"""The evaluation run: tasks x systems -> per-example scores -> results JSON, table and plot.
+
+    results = run(load_config("evaluation/configs/smollm2.yaml"))
+
+Every system sees the same sampled test examples of each task. Each (system, task) result is
+cached as ``<out>/cache/<system>/<task>.json`` under a key hashing everything that determines it
+(model weights, task file, example indices, the system's prompt prefix, adapter or condition,
+scoring settings); a rerun reuses matching results and computes only what changed or is new
+(e.g. a checkpoint that appeared or was retrained). Missing systems are never cached, so they
+run as soon as their artifact exists.
+
+Scores (see ``evaluation.metrics``): multiple choice by accuracy of the raw (summed
+log-likelihood) pick, ``acc``, and of the length-normalised (per-token) pick, ``acc_norm``;
+generative tasks by exact match ``em`` and ROUGE-L ``rougeL`` of the greedy answer. Each task's
+headline metric is ``acc`` for multiple choice and, for generative tasks, ``em`` unless the task
+file lists only text-overlap metrics (rouge, bleu, bleurt, sequence_f1), then ``rougeL``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import random
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from evaluation.config import EvalConfig
+from evaluation.metrics import bootstrap_ci, exact_match, rouge_l
+from evaluation.scoring import ScoringConfig, generate_greedy, score_options, stop_token_ids
+from evaluation.systems import (
+    MissingArtifact,
+    System,
+    TaskSetup,
+    build_systems,
+    file_sha256,
+    nearest_answer_pick,
+    nearest_neighbours,
+)
+from hypergen.tasks import MULTIPLE_CHOICE, Example, Task, load_split, load_suite, split_examples
+
+logger = logging.getLogger(__name__)
+
+HARNESS_VERSION = 1  # bump when scoring changes, to invalidate every cached result
+TEXT_OVERLAP_METRICS = ("rouge", "bleu", "bleurt", "sequence_f1")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class EvalTask:
+    """One task as evaluated.
+
+    Attributes:
+        task: the loaded task.
+        group: "heldout", "train" (from the split) or "suite" (no split given).
+        train: the task's train examples (for the nearest-example baseline).
+        test: the sampled test examples, in file order.
+        indices: position of each test example in ``task.examples``.
+        num_test: size of the test part before sampling.
+        file_sha256: hash of the task file.
+        metric: headline metric ("acc", "em" or "rougeL").
+        max_new_tokens: generation budget (generative tasks).
+    """
+
+    task: Task
+    group: str
+    train: list[Example]
+    test: list[Example]
+    indices: list[int]
+    num_test: int
+    file_sha256: str
+    metric: str
+    max_new_tokens: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+    @property
+    def multiple_choice(self) -> bool:
+        return self.task.kind == MULTIPLE_CHOICE
+
+
+def headline_metric(task: Task) -> str:
+    if task.kind == MULTIPLE_CHOICE:
+        return "acc"
+    names = {m.lower() for m in task.metrics}
+    if "exact_str_match" not in names and names & set(TEXT_OVERLAP_METRICS):
+        return "rougeL"
+    return "em"
+
+
+def _in(name: str, names: Sequence[str]) -> bool:
+    """Split lists may name a parent task, which covers its subtasks."""
+    return name in names or name.split("/")[0] in names
+
+
+def _sha256_json(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def resolve_paths(config: EvalConfig) -> dict[str, str]:
+    """The suite and LoRA folders, with empty config paths falling back to $HYPERGEN_HOME."""
+    from hypergen.models import hypergen_home
+
+    return {
+        "suite": config.suite or str(hypergen_home() / "data" / "bigbench"),
+        "loras_dir": config.loras_dir or str(hypergen_home() / "loras"),
+    }
+
+
+def load_eval_tasks(config: EvalConfig, suite: str) -> list[EvalTask]:
+    """Load the configured tasks, split their examples and sample the test examples.
+
+    Sampling: ``max_examples`` test examples per task, drawn without replacement by
+    ``random.Random(f"{seed}:{task}")`` and kept in file order; all of them when fewer.
+    """
+    split = load_split(config.split) if config.split else None
+    wanted: list[str] | None
+    if isinstance(config.tasks, list):
+        wanted = list(config.tasks)
+    elif split is None:
+        wanted = None
+    elif config.tasks == "heldout":
+        wanted = list(split.heldout_tasks)
+    else:
+        train = list(split.train_tasks)
+        if config.max_train_tasks and len(train) > config.max_train_tasks:
+            rng = random.Random(f"{config.seed}:train-tasks")
+            train = sorted(rng.sample(sorted(train), config.max_train_tasks))
+        wanted = train if config.tasks == "train" else [*train, *split.heldout_tasks]
+    max_prompt_chars = split.max_prompt_chars if split else None
+    tasks = load_suite(suite, wanted, max_prompt_chars)
+    if not tasks:
+        raise ValueError(f"no tasks to evaluate in {suite} (tasks={config.tasks!r})")
+
+    out = []
+    for name, task in tasks.items():
+        if split is not None:
+            group = (
+                "heldout"
+                if _in(name, split.heldout_tasks)
+                else "train"
+                if _in(name, split.train_tasks)
+                else "other"
+            )
+            train, test = split.examples(task)
+        else:
+            group = "suite"
+            train, test = split_examples(task, config.test_fraction, config.seed)
+        if not test:
+            logger.warning("task %s has no test examples; skipped", name)
+            continue
+        position = {id(ex): i for i, ex in enumerate(task.examples)}
+        chosen = range(len(test))
+        if config.max_examples and len(test) > config.max_examples:
+            chosen = sorted(
+                random.Random(f"{config.seed}:{name}").sample(range(len(test)), config.max_examples)
+            )
+        sampled = [test[i] for i in chosen]
+        out.append(
+            EvalTask(
+                task=task,
+                group=group,
+                train=train,
+                test=sampled,
+                indices=[position[id(ex)] for ex in sampled],
+                num_test=len(test),
+                file_sha256=file_sha256(_task_file(suite, name)),
+                metric=headline_metric(task),
+            )
+        )
+    return out
+
+
+def _task_file(suite: str, name: str) -> Path:
+    """``<suite>/<name>/task.json``, or ``<suite>/task.json`` when the suite is one task's folder."""
+    path = Path(suite) / name / "task.json"
+    return path if path.is_file() else Path(suite) / "task.json"
+
+
+def model_fingerprint(name: str) -> dict[str, Any]:
+    """The base model's name and, for local folders, a hash of its config and weights."""
+    from hypergen.models import resolve_model_path
+
+    path = Path(resolve_model_path(name))
+    if not path.is_dir():
+        return {"name": name}
+    digest = hashlib.sha256()
+    for file in [path / "config.json", *sorted(path.glob("*.safetensors"))]:
+        if file.is_file():
+            digest.update(file.name.encode())
+            digest.update(file_sha256(file).encode())
+    return {"name": name, "path": str(path), "sha256": digest.hexdigest()}
+
+
+def environment(num_threads: int) -> dict[str, Any]:
+    import transformers
+
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    versions["numpy"] = np.__version__
+    try:
+        import peft
+
+        versions["peft"] = peft.__version__
+    except ImportError:
+        pass
+    return {
+        "versions": versions,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads() if num_threads else None,
+    }
+
+
+# ---------------------------------------------------------------- one (system, task)
+
+
+def _nearest_examples(et: EvalTask) -> list[dict[str, Any]]:
+    if not et.train:
+        raise MissingArtifact(f"task {et.name} has no train examples to look up")
+    neighbours = nearest_neighbours([ex.input for ex in et.train], [ex.input for ex in et.test])
+    position = {id(ex): i for i, ex in enumerate(et.task.examples)}
+    rows = []
+    for i, ex, j in zip(et.indices, et.test, neighbours):
+        neighbour = et.train[j]
+        row: dict[str, Any] = {"i": i, "nn": position[id(neighbour)]}
+        if et.multiple_choice:
+            pick = nearest_answer_pick(neighbour, ex)
+            # the neighbour's answer is not an option here: fall back to a guess, scored at its
+            # expected value, so the baseline sits at chance where nothing can be memorised
+            hit = float(pick in ex.correct) if pick >= 0 else len(ex.correct) / len(ex.options)
+            row.update(pick=pick, acc=hit, acc_norm=hit)
+        else:
+            pred = neighbour.references[0]
+            row.update(
+                pred=pred, em=exact_match(pred, ex.references), rougeL=rouge_l(pred, ex.references)
+            )
+        rows.append(row)
+    return rows
+
+
+def _model_examples(
+    model, tokenizer, et: EvalTask, setup: TaskSetup, scoring: ScoringConfig, stop_ids, progress
+) -> list[dict]:
+    prompts = [setup.prompt(ex) for ex in et.test]
+    rows = []
+    if et.multiple_choice:
+        scores = score_options(
+            model,
+            tokenizer,
+            prompts,
+            [ex.options for ex in et.test],
+            setup.adapter,
+            config=scoring,
+            on_examples=progress,
+        )
+        for i, ex, s in zip(et.indices, et.test, scores):
+            rows.append(
+                {
+                    "i": i,
+                    "ll": [round(x, 4) for x in s.logliks],
+                    "nt": list(s.num_tokens),
+                    "raw": s.raw_pick,
+                    "norm": s.normalized_pick,
+                    "acc": float(s.raw_pick in ex.correct),
+                    "acc_norm": float(s.normalized_pick in ex.correct),
+                }
+            )
+    else:
+        answers = generate_greedy(
+            model,
+            tokenizer,
+            prompts,
+            et.max_new_tokens,
+            setup.adapter,
+            config=scoring,
+            stop_ids=stop_ids,
+            on_examples=progress,
+        )
+        for i, ex, pred in zip(et.indices, et.test, answers):
+            rows.append(
+                {
+                    "i": i,
+                    "pred": pred,
+                    "em": exact_match(pred, ex.references),
+                    "rougeL": rouge_l(pred, ex.references),
+                }
+            )
+    return rows
+
+
+def _write_json(path: Path, data: Any, indent: int | None = None) -> None:
+    """Write atomically, so an interrupted run never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=indent)
+            f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cache_path(out: str | Path, system: str, task: str) -> Path:
+    return Path(out) / "cache" / system / (task.replace("/", "__") + ".json")
+
+
+# ---------------------------------------------------------------- summaries
+
+
+METRICS = {True: ("acc", "acc_norm"), False: ("em", "rougeL")}
+
+
+def task_summary(
+    et: EvalTask, record: dict[str, Any], num_samples: int, seed: int
+) -> dict[str, Any]:
+    """Mean and 95% interval of each metric of one (system, task), plus the per-example scores."""
+    if record["status"] != "ok":
+        return {"status": record["status"], "reason": record.get("reason", "")}
+    rows = record["examples"]
+    out: dict[str, Any] = {
+        "status": "ok",
+        "n": len(rows),
+        "metrics": {},
+        "scores": {},
+        "seconds": record.get("seconds"),
+    }
+    for metric in METRICS[et.multiple_choice]:
+        values = [row[metric] for row in rows]
+        mean, lo, hi = bootstrap_ci(values, num_samples, seed)
+        out["metrics"][metric] = {"mean": mean, "ci": [lo, hi]}
+        out["scores"][metric] = [round(v, 4) for v in values]
+    out["score"] = out["metrics"][et.metric]["mean"]
+    if (
+        rows and "pick" in rows[0]
+    ):  # nearest example: how often the neighbour's answer was an option
+        out["coverage"] = float(np.mean([row["pick"] >= 0 for row in rows]))
+    for key in ("condition", "prompt_prefix", "info"):
+        if record.get(key):
+            out[key] = record[key]
+    return out
+
+
+def _macro(arrays: list[list[float]], num_samples: int, seed: int) -> dict[str, Any] | None:
+    if not arrays:
+        return None
+    mean, lo, hi = bootstrap_ci(arrays, num_samples, seed)
+    return {"mean": mean, "ci": [lo, hi], "tasks": len(arrays)}
+
+
+def group_summary(
+    tasks: list[EvalTask], results: dict[str, dict[str, dict]], num_samples: int, seed: int
+) -> dict[str, Any]:
+    """Macro-averages of each system over ``tasks`` (only the tasks it ran on), with intervals,
+    and its paired difference to ``base`` on the tasks both ran on."""
+    out = {}
+    for system, per_task in results.items():
+        ok = [et for et in tasks if per_task[et.name]["status"] == "ok"]
+        missing = {et.name: per_task[et.name].get("reason", "") for et in tasks if et not in ok}
+        entry: dict[str, Any] = {
+            "tasks": len(tasks),
+            "tasks_ok": len(ok),
+            "missing": missing,
+            "examples": sum(per_task[et.name]["n"] for et in ok),
+            "score": _macro(
+                [per_task[et.name]["scores"][et.metric] for et in ok], num_samples, seed
+            ),
+        }
+        for metric, mc in (("acc", True), ("acc_norm", True), ("em", False), ("rougeL", False)):
+            arrays = [per_task[et.name]["scores"][metric] for et in ok if et.multiple_choice == mc]
+            entry[metric] = _macro(arrays, num_samples, seed)
+        base = results.get("base")
+        if base is not None and system != "base":
+            both = [et for et in ok if base[et.name]["status"] == "ok"]
+            diffs = [
+                list(
+                    np.subtract(
+                        per_task[et.name]["scores"][et.metric], base[et.name]["scores"][et.metric]
+                    )
+                )
+                for et in both
+            ]
+            entry["delta_vs_base"] = _macro(diffs, num_samples, seed)
+        out[system] = entry
+    return out
+
+
+# ---------------------------------------------------------------- the run
+
+
+def _max_new_tokens(tokenizer, task: Task, cap: int) -> int:
+    """Room for the longest reference in the task file (+2 tokens), at most ``cap``."""
+    longest = max(
+        len(tokenizer(" " + ref, add_special_tokens=False).input_ids)
+        for ex in task.examples
+        for ref in ex.references
+    )
+    return max(1, min(cap, longest + 2))
+
+
+def run(config: EvalConfig, model=None, tokenizer=None) -> dict[str, Any]:
+    """Evaluate ``config.systems`` on ``config.tasks`` and write the results folder.
+
+    Args:
+        config: the run's config.
+        model: an already loaded LM to use instead of ``config.base_model`` (tests).
+        tokenizer: its tokenizer.
+
+    Returns:
+        The results dictionary also written to ``<out>/results.json``.
+    """
+    from evaluation.report import plot_scores, write_markdown
+    from hypergen.models import load_base_model
+
+    start = time.perf_counter()
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    paths = resolve_paths(config)
+    out = Path(config.out)
+    tasks = load_eval_tasks(config, paths["suite"])
+    logger.info("evaluating %d tasks x %d systems", len(tasks), len(config.systems))
+
+    if model is None:
+        model, tokenizer = load_base_model(
+            config.base_model, dtype=DTYPES[config.dtype], device=config.device
+        )
+    model_record = model_fingerprint(config.base_model)
+    for et in tasks:
+        if not et.multiple_choice:
+            et.max_new_tokens = _max_new_tokens(tokenizer, et.task, config.max_new_tokens)
+    scoring = ScoringConfig(
+        batch_tokens=config.batch_tokens,
+        max_length=config.max_length,
+        autocast_dtype=DTYPES[config.autocast] if config.autocast else None,
+    )
+    stop_ids = stop_token_ids(tokenizer) if any(not et.multiple_choice for et in tasks) else set()
+    systems, source = build_systems(
+        config.systems,
+        model,
+        [et.task for et in tasks],
+        config.checkpoint,
+        paths["loras_dir"],
+        seed=config.seed,
+        num_random_words=config.random_words,
+        device=config.device,
+    )
+    scoring_key = {
+        "harness": HARNESS_VERSION,
+        "model": model_record.get("sha256", model_record["name"]),
+        "dtype": config.dtype,
+        "autocast": config.autocast,
+        "max_length": config.max_length,
+    }
+
+    from tqdm.auto import tqdm
+
+    total = len(systems) * sum(len(et.test) for et in tasks)
+    bar = tqdm(total=total, unit="ex", disable=not config.progress, dynamic_ncols=True)
+    records: dict[str, dict[str, dict]] = {s.name: {} for s in systems}
+    counts = {"computed": 0, "reused": 0, "missing": 0}
+    try:
+        for system in systems:
+            for et in tasks:
+                bar.set_description(f"{system.name} | {et.name}"[:60])
+                record = _evaluate_one(
+                    model, tokenizer, system, et, scoring, scoring_key, stop_ids, out, bar, counts
+                )
+                records[system.name][et.name] = record
+    finally:
+        bar.close()
+
+    per_system = {
+        s.name: {
+            et.name: task_summary(
+                et, records[s.name][et.name], config.bootstrap_samples, config.seed
+            )
+            for et in tasks
+        }
+        for s in systems
+    }
+    groups = sorted(
+        {et.group for et in tasks}, key=lambda g: ("heldout", "train", "suite", "other").index(g)
+    )
+    results = {
+        "harness_version": HARNESS_VERSION,
+        "config": config.to_dict(),
+        "paths": paths,
+        "model": model_record,
+        "checkpoint": source.meta
+        or {"path": config.checkpoint, "error": source.error or "not loaded"},
+        "data": {
+            "suite": paths["suite"],
+            "split": config.split or None,
+            "version": _sha256_json({et.name: et.file_sha256 for et in tasks}),
+            "files": {et.name: et.file_sha256 for et in tasks},
+        },
+        "sampling": {
+            "rule": "random.Random(f'{seed}:{task}').sample(test part, max_examples), kept in file order",
+            "seed": config.seed,
+            "max_examples": config.max_examples,
+        },
+        "systems": {s.name: s.summary for s in systems},
+        "tasks": {
+            et.name: {
+                "group": et.group,
+                "kind": et.task.kind,
+                "metric": et.metric,
+                "n_test": et.num_test,
+                "n_sampled": len(et.test),
+                "n_train": len(et.train),
+                "max_new_tokens": et.max_new_tokens or None,
+                "indices": et.indices,
+            }
+            for et in tasks
+        },
+        "results": per_system,
+        "summary": {
+            g: group_summary(
+                [et for et in tasks if et.group == g],
+                per_system,
+                config.bootstrap_samples,
+                config.seed,
+            )
+            for g in groups
+        },
+        "environment": environment(config.num_threads),
+        "cache": counts,
+        "compute_seconds": round(
+            sum(r.get("seconds", 0.0) for s in records.values() for r in s.values()), 1
+        ),
+        "wall_seconds": round(time.perf_counter() - start, 1),
+    }
+    _write_json(out / "results.json", results, indent=1)
+    write_markdown(results, out / "results.md")
+    plot_scores(results, out / "scores.png")
+    logger.info("wrote %s (%s)", out, counts)
+    return results
+
+
+def _evaluate_one(
+    model, tokenizer, system: System, et: EvalTask, scoring, scoring_key, stop_ids, out, bar, counts
+) -> dict:
+    """One (system, task): its cached result if the key matches, else compute and cache it."""
+    try:
+        setup = system.setup(et.task)
+    except MissingArtifact as err:
+        counts["missing"] += 1
+        bar.update(len(et.test))
+        logger.info("%s on %s: missing (%s)", system.name, et.name, err)
+        return {"status": "missing", "reason": str(err)}
+    key_data = {
+        "system": system.name,
+        "setup": setup.fingerprint,
+        "task_file": et.file_sha256,
+        "examples": et.indices,
+        "max_new_tokens": et.max_new_tokens,
+        **(scoring_key if system.uses_model else {"harness": scoring_key["harness"]}),
+    }
+    key = _sha256_json(key_data)
+    path = cache_path(out, system.name, et.name)
+    if path.is_file():
+        try:
+            cached = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            cached = {}
+        if cached.get("key") == key:
+            counts["reused"] += 1
+            bar.update(len(et.test))
+            return cached
+    started = time.perf_counter()
+    try:
+        if system.uses_model:
+            rows = _model_examples(model, tokenizer, et, setup, scoring, stop_ids, bar.update)
+        else:
+            rows = _nearest_examples(et)
+            bar.update(len(rows))
+    except MissingArtifact as err:
+        counts["missing"] += 1
+        bar.update(len(et.test))
+        return {"status": "missing", "reason": str(err)}
+    record = {
+        "key": key,
+        "status": "ok",
+        "system": system.name,
+        "task": et.name,
+        "condition": setup.condition,
+        "prompt_prefix": setup.prompt_prefix,
+        "info": setup.info,
+        "seconds": round(time.perf_counter() - started, 2),
+        "examples": rows,
+    }
+    _write_json(path, record)
+    counts["computed"] += 1
+    return record

@@ -1,0 +1,414 @@
+"""The compared systems: each turns a task into a prompt prefix and an adapter (or none).
+
+    base                  the frozen LM, input only
+    base+desc             the frozen LM, task description before the input
+    nearest_example       no model: the answer of the most similar training input (TF-IDF cosine);
+                          multiple choice: that answer if it is one of the options, else a guess
+                          scored at its expected value (#correct / #options)
+    multitask_lora        one PEFT LoRA trained on all training tasks
+    oracle_lora           a PEFT LoRA trained on this task's own train split (the ceiling)
+    generated             adapter generated from the task's description
+    generated+desc        that adapter, and the description before the input
+    generated_paraphrase  adapter generated from an unseen phrasing of the description
+    generated_random      adapter generated from a fixed-seed random word string
+    generated_other_task  adapter generated from another evaluated task's description
+
+"The task's description" is ``describe(task, "train")[0]`` (the file's description as a
+sentence, template "plain"); the paraphrase is ``describe(task, "unseen")[0]``, a template the
+hypernetwork never trained on. A system whose artifact is absent raises ``MissingArtifact`` for
+that task, and the harness reports it as missing with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import re
+import string
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from hypergen.adapters import LoraWeights
+from hypergen.descriptions import TRAIN, UNSEEN, describe
+from hypergen.tasks import Example, Task
+
+logger = logging.getLogger(__name__)
+
+MULTITASK_FOLDER = "_multitask"
+
+
+class MissingArtifact(Exception):
+    """A system cannot run on a task because something it needs does not exist."""
+
+
+@dataclass
+class TaskSetup:
+    """What a system feeds the LM for one task.
+
+    Attributes:
+        prompt_prefix: text put before every example's prompt ("" for none).
+        adapter: one adapter shared by all the task's examples, or None.
+        condition: the text given to the hypernetwork, if any.
+        fingerprint: everything that determines the outputs besides the examples and model
+            (hashed into the cache key).
+        info: extra facts for the report (e.g. which task's description was borrowed).
+    """
+
+    prompt_prefix: str = ""
+    adapter: LoraWeights | None = None
+    condition: str | None = None
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def prompt(self, example: Example) -> str:
+        return self.prompt_prefix + example.prompt
+
+
+@dataclass
+class System:
+    """A named way of answering: ``setup(task)`` gives the prompt prefix and adapter.
+
+    Attributes:
+        name: the system's id (see ``evaluation.config.ALL_SYSTEMS``).
+        summary: one line for the report.
+        setup: task -> TaskSetup, raising ``MissingArtifact`` when it cannot run.
+        uses_model: False for the nearest-example baseline, which never calls the LM.
+    """
+
+    name: str
+    summary: str
+    setup: Callable[[Task], TaskSetup]
+    uses_model: bool = True
+
+
+def task_description(task: Task) -> str:
+    """The task's own description as the hypernetwork saw descriptions in training ("plain")."""
+    phrasings = describe(task, TRAIN)
+    if not phrasings:
+        raise MissingArtifact(f"task {task.name} has no description")
+    return phrasings[0].text
+
+
+def unseen_paraphrase(task: Task) -> str:
+    """The first phrasing from a template held out of meta-training."""
+    phrasings = describe(task, UNSEEN)
+    if not phrasings:
+        raise MissingArtifact(f"task {task.name} has no unseen-template phrasing")
+    return phrasings[0].text
+
+
+def random_words(seed: int, task_name: str, num_words: int) -> str:
+    """A reproducible string of lowercase pseudo-words (3 to 9 letters), one per (seed, task)."""
+    rng = random.Random(f"{seed}:random-condition:{task_name}")
+    words = (
+        "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 9)))
+        for _ in range(num_words)
+    )
+    return " ".join(words).capitalize() + "."
+
+
+def describe_prefix(description: str) -> str:
+    """The prompt prefix of the +desc systems."""
+    return f"{description}\n\n"
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- nearest training example
+
+
+_WORD = re.compile(r"\w+")
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def _tfidf(doc: str, vocab: dict[str, int], idf: np.ndarray) -> dict[int, float]:
+    """One document's L2-normalised TF-IDF weights, sparse; words outside ``vocab`` are ignored."""
+    counts: dict[int, float] = {}
+    for word in _words(doc):
+        col = vocab.get(word)
+        if col is not None:
+            counts[col] = counts.get(col, 0.0) + 1.0
+    weights = {col: c * idf[col] for col, c in counts.items()}
+    norm = float(np.sqrt(sum(w * w for w in weights.values()))) or 1.0
+    return {col: w / norm for col, w in weights.items()}
+
+
+def nearest_neighbours(train_inputs: Sequence[str], test_inputs: Sequence[str]) -> list[int]:
+    """Index of the most similar training input for each test input (TF-IDF cosine, first on ties).
+
+    Words are lowercase ``\\w+`` runs; idf = ln((1 + N) / (1 + df)) + 1 over the training inputs.
+    Similarities are accumulated through an inverted index, so tens of thousands of training
+    inputs with a large vocabulary stay cheap.
+    """
+    if not train_inputs:
+        raise ValueError("nearest_neighbours needs training inputs")
+    vocab: dict[str, int] = {}
+    df: list[float] = []
+    for doc in train_inputs:
+        for word in set(_words(doc)):
+            if word not in vocab:
+                vocab[word] = len(vocab)
+                df.append(0.0)
+            df[vocab[word]] += 1
+    idf = np.log((1 + len(train_inputs)) / (1 + np.asarray(df))) + 1
+    postings: dict[int, tuple[list[int], list[float]]] = {}
+    for row, doc in enumerate(train_inputs):
+        for col, weight in _tfidf(doc, vocab, idf).items():
+            docs, weights = postings.setdefault(col, ([], []))
+            docs.append(row)
+            weights.append(weight)
+    index = {col: (np.asarray(d), np.asarray(w)) for col, (d, w) in postings.items()}
+    out = []
+    for doc in test_inputs:
+        similarity = np.zeros(len(train_inputs))
+        for col, weight in _tfidf(doc, vocab, idf).items():
+            docs, weights = index[col]
+            similarity[docs] += weight * weights  # a word occurs once per posting list
+        out.append(int(similarity.argmax()))
+    return out
+
+
+def nearest_answer_pick(neighbour: Example, example: Example) -> int:
+    """Multiple choice: the option of ``example`` equal to one of the neighbour's correct options.
+
+    Options are compared stripped and lowercased; -1 when none matches (the harness then scores a
+    guess at its expected value).
+    """
+    answers = [neighbour.options[k].strip().lower() for k in neighbour.correct]
+    for answer in answers:
+        for k, option in enumerate(example.options):
+            if option.strip().lower() == answer:
+                return k
+    return -1
+
+
+# ---------------------------------------------------------------- building the systems
+
+
+class GeneratorSource:
+    """Loads the hypernetwork checkpoint once, on first use, and remembers why it could not."""
+
+    def __init__(self, checkpoint: str, model: nn.Module, device: str):
+        self.checkpoint, self.model, self.device = checkpoint, model, device
+        self._generator = None
+        self._error: str | None = None
+        self.meta: dict[str, Any] = {}
+
+    def get(self):
+        """The generator; raises ``MissingArtifact`` with the reason when it cannot be loaded."""
+        if self._generator is None and self._error is None:
+            self._load()
+        if self._error is not None:
+            raise MissingArtifact(self._error)
+        return self._generator
+
+    @property
+    def error(self) -> str | None:
+        return self._error
+
+    def _load(self) -> None:
+        from hypergen.checkpoint import checkpoint_hash, meta_dict
+        from hypergen.generator import AdapterGenerator
+
+        if not self.checkpoint:
+            self._error = "no checkpoint configured"
+            return
+        folder = Path(self.checkpoint)
+        if not folder.is_dir():
+            self._error = f"no hypernetwork checkpoint at {folder}"
+            return
+        try:
+            generator = AdapterGenerator.from_pretrained(
+                folder, device=self.device, base_model=self.model
+            )
+        except (FileNotFoundError, ValueError) as err:
+            self._error = f"checkpoint {folder} cannot be used: {err}"
+            return
+        self._generator = generator
+        self.meta = {
+            "path": str(folder),
+            "hash": checkpoint_hash(folder),
+            **meta_dict(generator.meta),
+        }
+        # the training record can be long; keep its scalar facts (the hash identifies the rest)
+        training = self.meta.pop("training", None) or {}
+        self.meta["training"] = {
+            k: v for k, v in training.items() if isinstance(v, (str, int, float, bool))
+        }
+        self.meta["trained_steps"] = generator.meta.trained_steps
+
+
+def _lora_folder(loras_dir: Path, task_name: str) -> Path:
+    """``train_lora.library_folder``'s layout: subtask "a/b" lives in ``a__b``."""
+    return loras_dir / task_name.replace("/", "__")
+
+
+def _peft_setup(folder: Path, model: nn.Module, what: str, absent: str = "") -> TaskSetup:
+    from hypergen.export import CONFIG_NAME, WEIGHTS_NAME, load_peft
+
+    if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
+        raise MissingArtifact(absent or f"no {what} at {folder}")
+    try:
+        lora, _ = load_peft(folder)
+    except (ValueError, KeyError) as err:
+        raise MissingArtifact(f"{what} at {folder} cannot be read: {err}") from err
+    modules = dict(model.named_modules())
+    absent = [n for n in lora.module_names if n not in modules]
+    if absent:
+        raise MissingArtifact(
+            f"{what} at {folder} targets modules the base model lacks: {absent[:3]}"
+        )
+    info: dict[str, Any] = {"path": str(folder), "rank": lora.rank}
+    record = folder / "training.json"
+    if record.is_file():
+        try:
+            training = json.loads(record.read_text())
+            info["training"] = {
+                k: training[k] for k in ("steps", "examples", "final_loss") if k in training
+            }
+        except json.JSONDecodeError:
+            pass
+    fingerprint = {
+        "lora_sha256": file_sha256(folder / WEIGHTS_NAME),
+        "config_sha256": file_sha256(folder / CONFIG_NAME),
+    }
+    return TaskSetup(adapter=lora, fingerprint=fingerprint, info=info)
+
+
+def build_systems(
+    names: Sequence[str],
+    model: nn.Module,
+    tasks: Sequence[Task],
+    checkpoint: str,
+    loras_dir: str | Path,
+    seed: int = 0,
+    num_random_words: int = 12,
+    device: str = "cpu",
+) -> tuple[list[System], GeneratorSource]:
+    """The systems called ``names``, and the (lazily loaded) checkpoint the generated ones use.
+
+    Args:
+        names: system ids, in report order.
+        model: the base LM (PEFT LoRAs and the checkpoint are checked against it).
+        tasks: every evaluated task; ``generated_other_task`` gives task i (sorted by name) the
+            description of task i+1, cyclically.
+        checkpoint: hypernetwork checkpoint folder ("" for none).
+        loras_dir: folder of per-task LoRAs and ``_multitask/``.
+        seed: seed of the random-string conditions.
+        num_random_words: words per random string.
+        device: where the hypernetwork runs.
+    """
+    loras_dir = Path(loras_dir)
+    source = GeneratorSource(checkpoint, model, device)
+    by_name = {t.name: t for t in tasks}
+    order = sorted(by_name)
+
+    def base(task: Task) -> TaskSetup:
+        return TaskSetup(fingerprint={"prompt": "input"})
+
+    def base_desc(task: Task) -> TaskSetup:
+        description = task_description(task)
+        return TaskSetup(
+            prompt_prefix=describe_prefix(description), fingerprint={"description": description}
+        )
+
+    def generated(condition: Callable[[Task], tuple[str, dict]], with_desc: bool = False):
+        def setup(task: Task) -> TaskSetup:
+            generator = source.get()
+            text, info = condition(task)
+            prefix = describe_prefix(task_description(task)) if with_desc else ""
+            lora = generator.generate([text])
+            fingerprint = {"checkpoint": source.meta["hash"], "condition": text, "prefix": prefix}
+            return TaskSetup(
+                prompt_prefix=prefix,
+                adapter=lora,
+                condition=text,
+                fingerprint=fingerprint,
+                info=info,
+            )
+
+        return setup
+
+    def own(task: Task) -> tuple[str, dict]:
+        return task_description(task), {}
+
+    def paraphrase(task: Task) -> tuple[str, dict]:
+        return unseen_paraphrase(task), {"template": describe(task, UNSEEN)[0].template}
+
+    def random_string(task: Task) -> tuple[str, dict]:
+        return random_words(seed, task.name, num_random_words), {}
+
+    def borrowed(task: Task) -> tuple[str, dict]:
+        if len(order) < 2:
+            raise MissingArtifact(
+                "needs at least two evaluated tasks to borrow another's description"
+            )
+        other = order[(order.index(task.name) + 1) % len(order)]
+        return task_description(by_name[other]), {"from_task": other}
+
+    def nearest(task: Task) -> TaskSetup:
+        return TaskSetup(fingerprint={"method": "tfidf-cosine, chance fallback"})
+
+    def oracle(task: Task) -> TaskSetup:
+        folder = _lora_folder(loras_dir, task.name)
+        return _peft_setup(
+            folder, model, "oracle LoRA", f"no oracle LoRA for this task in {loras_dir}"
+        )
+
+    def multitask(task: Task) -> TaskSetup:
+        return _peft_setup(loras_dir / MULTITASK_FOLDER, model, "multi-task LoRA")
+
+    catalogue = [
+        System("base", "frozen LM, input only", base),
+        System("base+desc", "frozen LM, description + input", base_desc),
+        System(
+            "nearest_example",
+            "no LM: answer of the most similar train input (TF-IDF); MC: a guess if not an option",
+            nearest,
+            uses_model=False,
+        ),
+        System("multitask_lora", "one LoRA trained on all training tasks", multitask),
+        System("oracle_lora", "LoRA trained on this task's own train split (ceiling)", oracle),
+        System("generated", "adapter generated from the task description", generated(own)),
+        System(
+            "generated+desc",
+            "generated adapter + description in the prompt",
+            generated(own, with_desc=True),
+        ),
+        System(
+            "generated_paraphrase",
+            "generated from an unseen-template paraphrase",
+            generated(paraphrase),
+        ),
+        System(
+            "generated_random",
+            f"generated from {num_random_words} random words",
+            generated(random_string),
+        ),
+        System(
+            "generated_other_task",
+            "generated from another evaluated task's description",
+            generated(borrowed),
+        ),
+    ]
+    known = {s.name: s for s in catalogue}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown systems {unknown}; known: {list(known)}")
+    return [known[n] for n in names], source
