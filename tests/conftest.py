@@ -22,7 +22,7 @@ from transformers import (
 from hypergen.conditions import HashingConditioner
 from hypergen.config import EncoderConfig, HyperNetConfig, LoraSpec
 from hypergen.generator import AdapterGenerator
-from hypergen.models import load_base_model
+from hypergen.models import hypergen_home, load_base_model
 
 CORPUS = [
     "Answer the question about dates. Q: What day comes after Monday? A: Tuesday",
@@ -147,6 +147,19 @@ def checkpoint_dir(tmp_path_factory, llama, llama_dir, conditioner) -> str:
     """A saved checkpoint for the tiny Llama with non-trivial adapters (for CLI and service tests)."""
     generator = make_generator(llama[0], llama_dir, conditioner, ["q_proj", "v_proj"])
     return str(generator.save_pretrained(tmp_path_factory.mktemp("ckpt") / "tiny"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_home(tmp_path_factory):
+    """Point HYPERGEN_HOME at an empty folder: tests never read or write the user's cache (a real
+    LoRA library or store there must not leak into tiny-model runs). Subprocesses inherit it."""
+    home = tmp_path_factory.mktemp("hypergen-home")
+    converted = hypergen_home() / "models"
+    if converted.is_dir():  # base models converted once are a pure cache: share them (slow tests)
+        (home / "models").symlink_to(converted, target_is_directory=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HYPERGEN_HOME", str(home))
+        yield
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -47,6 +47,7 @@ from hypergen.config import EncoderConfig, HyperNetConfig, LoraSpec
 from hypergen.export import load_peft
 from hypergen.generator import AdapterGenerator
 from hypergen.models import load_base_model
+from hypergen.targets import AdapterTarget
 from hypergen.text_batches import tokenize_pairs
 from training.config import MetaTrainConfig, load_config, save_config
 from training.data import MixtureSampler, Sample, conditions_for, load_task_data, shard
@@ -128,7 +129,7 @@ class MetaTrainer:
 
         # 5. The LoRA library (reconstruction targets and final baselines).
         self.library = self._load_library(
-            self.data.train_tasks + self.data.heldout_tasks + [MULTITASK]
+            self.data.train_tasks + self.data.heldout_tasks + [MULTITASK], hypernet.targets
         )
         pool = self.data.train_tasks
         if cfg.objective == "reconstruction":
@@ -205,14 +206,28 @@ class MetaTrainer:
         progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    def _load_library(self, names: list[str]) -> dict[str, LoraWeights]:
-        """Library LoRAs (``train_lora.py``) that exist for ``names``, on the device."""
+    def _load_library(
+        self, names: list[str], targets: list[AdapterTarget]
+    ) -> dict[str, LoraWeights]:
+        """Library LoRAs (``train_lora.py``) that exist for ``names`` and fit ``targets``.
+
+        A LoRA made for another model (other module names or shapes, e.g. a SmolLM2 library
+        found in the cache during a tiny-model run) is skipped with a warning, never applied.
+        """
+        shapes = {t.name: (t.in_features, t.out_features) for t in targets}
         library = {}
         for name in names:
             folder = library_folder(self.config.library_dir, name)
-            if (folder / "adapter_config.json").is_file():
-                lora, _ = load_peft(folder)
-                library[name] = lora.to(self.accelerator.device)
+            if not (folder / "adapter_config.json").is_file():
+                continue
+            lora, _ = load_peft(folder)
+            fits = set(lora.module_names) == set(shapes) and all(
+                (lora.A[m].shape[-1], lora.B[m].shape[-2]) == shapes[m] for m in lora.module_names
+            )
+            if not fits:
+                logger.warning("skipping library LoRA %s: it does not fit this model's targets", folder)
+                continue
+            library[name] = lora.to(self.accelerator.device)
         return library
 
     # --- losses ----------------------------------------------------------------------------
