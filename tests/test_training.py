@@ -280,3 +280,14 @@ def test_reconstruction_without_library_fails(toy, tmp_path):
         run_meta_train(
             toy, tmp_path / "r", objective="reconstruction", lora_library=str(tmp_path / "none")
         )
+
+
+def test_library_loras_for_another_model_are_skipped(toy, tmp_path, gpt2_generator, caplog):
+    """A LoRA library made for another base model (here GPT-2) is never applied to this one."""
+    foreign = tmp_path / "foreign"
+    lora = gpt2_generator.generate(["a task"])
+    for name in ("toy_0", "toy_1", "_multitask"):
+        gpt2_generator.save_peft(lora, foreign / name)
+    with caplog.at_level("WARNING"), pytest.raises(ValueError, match="no training task has a LoRA"):
+        run_meta_train(toy, tmp_path / "r", objective="reconstruction", lora_library=str(foreign))
+    assert "does not fit this model's targets" in caplog.text
