@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from hypergen.config_files import read_config
 
 # Every system the harness knows, in report order (see evaluation.systems).
 ALL_SYSTEMS = (
@@ -129,11 +129,6 @@ class EvalConfig:
         return dataclasses.asdict(self)
 
 
-def _parse_value(text: str) -> Any:
-    """An override's value, read as YAML (``3`` -> 3, ``[a, b]`` -> list, ``x`` -> "x")."""
-    return yaml.safe_load(text) if text.strip() else ""
-
-
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> EvalConfig:
@@ -142,21 +137,7 @@ def load_config(
     Raises:
         ValueError: unknown key, malformed override, or an invalid value (naming the field).
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a YAML mapping")
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r} is not key=value")
-        data[key.strip()] = _parse_value(value)
-    known = {f.name for f in dataclasses.fields(EvalConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown config key(s) {unknown}; known: {sorted(known)}")
+    data = read_config(EvalConfig, path, overrides)
     for key in ("out", "checkpoint", "loras_dir", "suite", "split", "autocast"):
         if data.get(key) is None and key in data:
             data[key] = ""
