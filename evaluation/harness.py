@@ -46,13 +46,13 @@ from evaluation.systems import (
     nearest_answer_pick,
     nearest_neighbours,
 )
+from hypergen.config import DTYPES
 from hypergen.tasks import MULTIPLE_CHOICE, Example, Task, load_split, load_suite, split_examples
 
 logger = logging.getLogger(__name__)
 
 HARNESS_VERSION = 1  # bump when scoring changes, to invalidate every cached result
 TEXT_OVERLAP_METRICS = ("rouge", "bleu", "bleurt", "sequence_f1")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass

@@ -18,6 +18,7 @@ import torch
 from hypergen.config import (
     DEFAULT_BASE_MODEL,
     DEFAULT_ENCODER,
+    DTYPES,
     EncoderConfig,
     HyperNetConfig,
     LoraSpec,
@@ -25,7 +26,6 @@ from hypergen.config import (
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def init_checkpoint(

@@ -5,8 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import torch
+
 DEFAULT_BASE_MODEL = "smollm2-135m"
 DEFAULT_ENCODER = "all-minilm-l6-v2"
+# dtype names accepted in configs, CLI flags and API requests
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _from_dict(cls, data: dict[str, Any]):

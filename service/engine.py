@@ -26,6 +26,7 @@ import torch
 from hypergen.adapters import LoraWeights
 from hypergen.apply import apply_adapters
 from hypergen.checkpoint import CONFIG_NAME, checkpoint_hash, meta_dict
+from hypergen.config import DTYPES
 from hypergen.export import save_peft
 from hypergen.generator import AdapterGenerator
 from hypergen.models import hypergen_home, load_base_model
@@ -37,7 +38,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "smollm2-minilm"
 UNTRAINED_CHECKPOINT = "untrained-smollm2-minilm"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 UNTRAINED_WARNING = (
     "UNTRAINED hypernetwork: its adapters are exact no-ops (outputs equal the base model's) "
     "until a trained checkpoint is configured"

@@ -43,7 +43,7 @@ from hypergen.adapters import LoraWeights
 from hypergen.apply import apply_adapters
 from hypergen.checkpoint import CheckpointMeta, save_checkpoint
 from hypergen.conditions import build_conditioner
-from hypergen.config import EncoderConfig, HyperNetConfig, LoraSpec
+from hypergen.config import DTYPES, EncoderConfig, HyperNetConfig, LoraSpec
 from hypergen.export import load_peft
 from hypergen.generator import AdapterGenerator
 from hypergen.models import load_base_model
@@ -56,7 +56,6 @@ from training.train_lora import MULTITASK, library_folder
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 STATE_FILE = "trainer_state.json"
 
 
