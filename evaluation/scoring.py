@@ -9,8 +9,11 @@ fraction of the work when options are short and prompts long.
     raw pick        = argmax_k  sum_t log p(option_k token t | prompt, earlier tokens)
     normalised pick = argmax_k (that sum / number of option_k tokens)      [tokens, not chars]
 
-Generation: greedy decoding with a key/value cache, stopped at the first newline or
-end-of-sequence token (prompts end in "A:", so the answer is the rest of that line).
+Generation: greedy decoding with a key/value cache, stopped at a set of stop tokens. Task
+answers stop at the first newline or end-of-sequence token (prompts end in "A:", so the answer is
+the rest of that line; ``generate_greedy``); free replies (chat) stop only at the model's
+end-of-sequence ids (``eos_token_ids``, ``greedy_generations``) and say whether they ended by
+themselves or hit the token cap.
 
 Prompts and options are tokenized separately without special tokens and concatenated, as in
 ``hypergen.text_batches.tokenize_pairs``. Rows are right-padded; attention masks hide the padding
@@ -311,7 +314,40 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
     return ids
 
 
-def generate_greedy(
+def eos_token_ids(
+    tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None
+) -> set[int]:
+    """End-of-sequence ids only: the tokenizer's and the model's generation config's (as the
+    service's ``Engine`` stops chat replies); newlines do not stop."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    generation_config = getattr(model, "generation_config", None)
+    extra = getattr(generation_config, "eos_token_id", None)
+    if extra is not None:
+        ids.update(int(i) for i in (extra if isinstance(extra, (list, tuple)) else [extra]))
+    if not ids:
+        raise ValueError("the tokenizer and the model's generation config name no eos token")
+    return ids
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One greedy reply.
+
+    Attributes:
+        text: the decoded new tokens (special tokens skipped), stripped.
+        num_tokens: new tokens kept (the stop token excluded).
+        ended: True if a stop token came before the ``max_new_tokens`` cap (the reply ended by
+            itself), False if the cap cut it.
+    """
+
+    text: str
+    num_tokens: int
+    ended: bool
+
+
+def greedy_generations(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
@@ -321,23 +357,25 @@ def generate_greedy(
     config: ScoringConfig | None = None,
     stop_ids: set[int] | None = None,
     on_examples: Callable[[int], None] | None = None,
-) -> list[str]:
-    """Greedy answers, one line each.
+) -> list[Generation]:
+    """Greedy replies, each cut before its first stop token or at ``max_new_tokens``.
 
     Args:
         model: a frozen causal LM.
         tokenizer: its tokenizer.
-        prompts: one prompt per example.
-        max_new_tokens: longest answer in tokens.
+        prompts: one prompt per example (already formatted, e.g. by a chat template; tokenized
+            without adding special tokens).
+        max_new_tokens: longest reply in tokens.
         adapters: LoRA adapters applied while decoding; None for the bare model.
         adapter_index: example e uses adapter ``adapter_index[e]``; None shares one adapter.
         config: batching, truncation and autocast.
-        stop_ids: token ids that end an answer (default: ``stop_token_ids(tokenizer)``; pass it
-            in when calling often, computing it decodes the whole vocabulary).
+        stop_ids: token ids that end a reply (default: ``stop_token_ids(tokenizer)``, newlines
+            and end-of-sequence; ``eos_token_ids(tokenizer, model)`` for free replies). Pass it
+            in when calling often: computing the default decodes the whole vocabulary.
         on_examples: called with the number of examples finished after each batch (progress).
 
     Returns:
-        The decoded answers, cut at the first newline and stripped, in input order.
+        One ``Generation`` per prompt, in input order.
     """
     config = config or ScoringConfig()
     if max_new_tokens < 1:
@@ -353,24 +391,60 @@ def generate_greedy(
     prompt_ids = [p[-keep:] for p in tokenizer(list(prompts), add_special_tokens=False).input_ids]
     if any(not p for p in prompt_ids):
         raise ValueError("generation needs non-empty prompts")
-    results: list[str] = [""] * len(prompts)
+    results: list[Generation | None] = [None] * len(prompts)
     costs = [len(p) + max_new_tokens for p in prompt_ids]
     stop = torch.tensor(sorted(stop_ids), dtype=torch.long)
     with torch.inference_mode():
         for group in _batches(costs, config.batch_tokens):
             with _adapted(lm.model, _adapter_rows(adapters, adapter_index, group)):
-                tokens = _greedy_group(
+                tokens, ended = _greedy_group(
                     lm, pad, [prompt_ids[e] for e in group], max_new_tokens, stop
                 )
-            for e, row in zip(group, tokens):
-                results[e] = tokenizer.decode(row, skip_special_tokens=True).split("\n")[0].strip()
+            for e, row, end in zip(group, tokens, ended):
+                text = tokenizer.decode(row, skip_special_tokens=True).strip()
+                results[e] = Generation(text, len(row), end)
             if on_examples is not None:
                 on_examples(len(group))
-    return results
+    return results  # type: ignore[return-value]
 
 
-def _greedy_group(lm: _LM, pad: int, prompts, max_new_tokens: int, stop: Tensor) -> list[list[int]]:
-    """Greedy tokens for one batch of prompts, each cut before its first stop token."""
+def generate_greedy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    adapters: LoraWeights | None = None,
+    adapter_index: Sequence[int] | None = None,
+    config: ScoringConfig | None = None,
+    stop_ids: set[int] | None = None,
+    on_examples: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Greedy answers, one line each: ``greedy_generations`` cut at the first newline.
+
+    Args: as ``greedy_generations`` (``stop_ids`` defaults to newlines and end-of-sequence).
+
+    Returns:
+        The decoded answers, cut at the first newline and stripped, in input order.
+    """
+    replies = greedy_generations(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens,
+        adapters,
+        adapter_index,
+        config,
+        stop_ids,
+        on_examples,
+    )
+    return [r.text.split("\n")[0].strip() for r in replies]
+
+
+def _greedy_group(
+    lm: _LM, pad: int, prompts, max_new_tokens: int, stop: Tensor
+) -> tuple[list[list[int]], list[bool]]:
+    """Greedy tokens for one batch of prompts, each cut before its first stop token, and whether
+    each row met a stop token within ``max_new_tokens`` tokens."""
     b = len(prompts)
     lengths = torch.tensor([len(p) for p in prompts])
     ids, mask = _right_pad(prompts, pad)  # (b, n)
@@ -390,4 +464,4 @@ def _greedy_group(lm: _LM, pad: int, prompts, max_new_tokens: int, stop: Tensor)
         mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype)], dim=1)  # (b, n + t + 1)
         hidden = lm.forward(next_token[:, None], mask, (lengths + t)[:, None], cache)  # (b, 1, d)
         next_token = lm.log_probs(hidden[:, -1]).argmax(-1).cpu()
-    return out
+    return out, done.tolist()
