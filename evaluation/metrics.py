@@ -1,4 +1,5 @@
-"""Metrics as pure functions: accuracy, exact match, ROUGE-L, bootstrap confidence intervals.
+"""Metrics as pure functions: accuracy, exact match, ROUGE-L, bootstrap confidence intervals, and
+the generation check's reply metrics (distinct-bigram ratio, contains-reference).
 
 Text metrics compare normalised strings: lowercased, punctuation removed, whitespace collapsed
 (``normalize_text``). A prediction is scored against every reference and keeps its best score.
@@ -8,6 +9,7 @@ macro-average resamples the examples of each task independently and averages the
 
 from __future__ import annotations
 
+import itertools
 import re
 import string
 from collections.abc import Sequence
@@ -28,6 +30,32 @@ def exact_match(prediction: str, references: Sequence[str]) -> float:
         raise ValueError("exact_match needs at least one reference")
     pred = normalize_text(prediction)
     return float(any(pred == normalize_text(ref) for ref in references))
+
+
+def contains_reference(prediction: str, references: Sequence[str]) -> float:
+    """1.0 if a normalised reference occurs in the normalised prediction as whole words, else 0.0.
+
+    ``"The capital is Canberra."`` contains ``"canberra"``; ``"Canberras"`` does not.
+    """
+    if not references:
+        raise ValueError("contains_reference needs at least one reference")
+    pred = f" {normalize_text(prediction)} "
+    return float(
+        any(f" {normalize_text(ref)} " in pred for ref in references if normalize_text(ref))
+    )
+
+
+def distinct_bigram_ratio(text: str) -> float | None:
+    """Distinct bigrams / bigrams of the reply's whitespace tokens (case and punctuation kept).
+
+    1.0: no word pair repeats; ``"No. No. No. No."`` has 3 bigrams, 1 distinct: 1/3. A reply
+    with fewer than two tokens has no bigram: None (callers leave it out of means and count it).
+    """
+    words = text.split()
+    if len(words) < 2:
+        return None
+    bigrams = list(itertools.pairwise(words))
+    return len(set(bigrams)) / len(bigrams)
 
 
 def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
