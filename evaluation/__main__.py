@@ -14,7 +14,13 @@ import argparse
 import logging
 import sys
 
-FAST_OVERRIDES = ["max_examples=4", "max_new_tokens=8", "bootstrap_samples=200"]
+FAST_OVERRIDES = [
+    "max_examples=4",
+    "max_new_tokens=8",
+    "bootstrap_samples=200",
+    "check_max_new_tokens=16",
+    "check_max_examples=2",
+]
 
 
 def main(argv: list[str] | None = None) -> int:

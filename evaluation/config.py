@@ -63,6 +63,12 @@ class EvalConfig:
         device: torch device of the LM and hypernetwork.
         bootstrap_samples: bootstrap draws for the 95% intervals.
         random_words: words in the random-string condition.
+        generation_check: run the generation check (``evaluation.generation_check``): chat
+            prompts and the evaluated generative tasks, greedy replies without and with the
+            generated adapter.
+        chat_prompts: the check's chat prompts file; empty: ``evaluation/chat_prompts.yaml``.
+        check_max_new_tokens: reply cap of the check, in tokens.
+        check_max_examples: examples per generative task in the check (the first sampled ones).
         progress: show tqdm progress bars.
     """
 
@@ -87,6 +93,10 @@ class EvalConfig:
     device: str = "cpu"
     bootstrap_samples: int = 1000
     random_words: int = 12
+    generation_check: bool = True
+    chat_prompts: str = ""
+    check_max_new_tokens: int = 48
+    check_max_examples: int = 8
     progress: bool = True
 
     def __post_init__(self):
@@ -121,6 +131,8 @@ class EvalConfig:
             "batch_tokens",
             "bootstrap_samples",
             "random_words",
+            "check_max_new_tokens",
+            "check_max_examples",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"EvalConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -138,7 +150,7 @@ def load_config(
         ValueError: unknown key, malformed override, or an invalid value (naming the field).
     """
     data = read_config(EvalConfig, path, overrides)
-    for key in ("out", "checkpoint", "loras_dir", "suite", "split", "autocast"):
+    for key in ("out", "checkpoint", "loras_dir", "suite", "split", "autocast", "chat_prompts"):
         if data.get(key) is None and key in data:
             data[key] = ""
     try:

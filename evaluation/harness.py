@@ -38,6 +38,7 @@ from evaluation.config import EvalConfig
 from evaluation.metrics import bootstrap_ci, exact_match, rouge_l
 from evaluation.scoring import ScoringConfig, generate_greedy, score_options, stop_token_ids
 from evaluation.systems import (
+    GeneratorSource,
     MissingArtifact,
     System,
     TaskSetup,
@@ -45,6 +46,8 @@ from evaluation.systems import (
     file_sha256,
     nearest_answer_pick,
     nearest_neighbours,
+    random_words,
+    task_description,
 )
 from hypergen.config import DTYPES
 from hypergen.tasks import MULTIPLE_CHOICE, Example, Task, load_split, load_suite, split_examples
@@ -365,6 +368,73 @@ def _macro(arrays: list[list[float]], num_samples: int, seed: int) -> dict[str, 
     return {"mean": mean, "ci": [lo, hi], "tasks": len(arrays)}
 
 
+# Paired comparisons reported per group besides Δ vs base: (system, minus this system).
+PAIRED_COMPARISONS = (("generated", "generated_other_task"), ("generated", "generated_random"))
+
+
+def paired_delta(
+    tasks: list[EvalTask],
+    results: dict[str, dict[str, dict]],
+    system: str,
+    other: str,
+    num_samples: int,
+    seed: int,
+) -> dict[str, Any] | None:
+    """Paired difference ``system - other`` on the tasks both ran on (same examples).
+
+    Returns:
+        None if either system is absent from ``results``; else the macro-average of per-example
+        differences with its bootstrap interval (``mean``, ``ci``, ``tasks``; None when no task
+        has both), the number of ``examples``, and ``per_task``: each task's mean difference with
+        its interval and ``n``.
+    """
+    if system not in results or other not in results:
+        return None
+    a, b = results[system], results[other]
+    both = [et for et in tasks if a[et.name]["status"] == "ok" and b[et.name]["status"] == "ok"]
+    diffs = {
+        et.name: list(np.subtract(a[et.name]["scores"][et.metric], b[et.name]["scores"][et.metric]))
+        for et in both
+    }
+    per_task = {}
+    for name, d in diffs.items():
+        mean, lo, hi = bootstrap_ci(d, num_samples, seed)
+        per_task[name] = {"mean": mean, "ci": [lo, hi], "n": len(d)}
+    return {
+        "system": system,
+        "other": other,
+        "delta": _macro(list(diffs.values()), num_samples, seed),
+        "examples": sum(len(d) for d in diffs.values()),
+        "per_task": per_task,
+    }
+
+
+def oracle_gain_recovered(
+    tasks: list[EvalTask], results: dict[str, dict[str, dict]], system: str = "generated"
+) -> dict[str, Any] | None:
+    """Share of the oracle LoRA's gain over base that ``system`` recovers, on the tasks where
+    base, the oracle and ``system`` all ran: (system - base) / (oracle - base), macro-averages.
+
+    None when a system is absent or no task has all three; ``share`` is None when the oracle's
+    gain is not positive.
+    """
+    names = (system, "oracle_lora", "base")
+    if any(n not in results for n in names):
+        return None
+    common = [et for et in tasks if all(results[n][et.name]["status"] == "ok" for n in names)]
+    if not common:
+        return None
+    macro = {n: float(np.mean([results[n][et.name]["score"] for et in common])) for n in names}
+    gain, oracle_gain = macro[system] - macro["base"], macro["oracle_lora"] - macro["base"]
+    return {
+        "system": system,
+        "tasks": len(common),
+        "gain": gain,
+        "oracle_gain": oracle_gain,
+        "share": gain / oracle_gain if oracle_gain > 0 else None,
+    }
+
+
 def group_summary(
     tasks: list[EvalTask], results: dict[str, dict[str, dict]], num_samples: int, seed: int
 ) -> dict[str, Any]:
@@ -386,20 +456,56 @@ def group_summary(
         for metric, mc in (("acc", True), ("acc_norm", True), ("em", False), ("rougeL", False)):
             arrays = [per_task[et.name]["scores"][metric] for et in ok if et.multiple_choice == mc]
             entry[metric] = _macro(arrays, num_samples, seed)
-        base = results.get("base")
-        if base is not None and system != "base":
-            both = [et for et in ok if base[et.name]["status"] == "ok"]
-            diffs = [
-                list(
-                    np.subtract(
-                        per_task[et.name]["scores"][et.metric], base[et.name]["scores"][et.metric]
-                    )
-                )
-                for et in both
-            ]
-            entry["delta_vs_base"] = _macro(diffs, num_samples, seed)
+        if "base" in results and system != "base":
+            entry["delta_vs_base"] = paired_delta(
+                tasks, results, system, "base", num_samples, seed
+            )["delta"]
         out[system] = entry
     return out
+
+
+def comparisons(
+    tasks: list[EvalTask], results: dict[str, dict[str, dict]], num_samples: int, seed: int
+) -> dict[str, Any]:
+    """The group's paired comparisons (``PAIRED_COMPARISONS`` whose systems ran) and the share of
+    the oracle's gain that ``generated`` recovers."""
+    paired = [paired_delta(tasks, results, a, b, num_samples, seed) for a, b in PAIRED_COMPARISONS]
+    return {
+        "paired": [p for p in paired if p is not None],
+        "oracle_gain_recovered": oracle_gain_recovered(tasks, results),
+    }
+
+
+def adapter_specificity(
+    source: GeneratorSource, tasks: list[EvalTask], seed: int, num_random_words: int
+) -> dict[str, Any]:
+    """``evaluation.specificity`` of the adapters generated for ``tasks``: from each task's own
+    description (the ``generated`` condition) and from its random string (``generated_random``).
+
+    Returns:
+        The specificity report, or ``{"status": "missing", "reason": ...}`` without a checkpoint.
+        Tasks without a description are left out and listed under ``skipped``.
+    """
+    from evaluation.specificity import specificity
+
+    try:
+        generator = source.get()
+    except MissingArtifact as err:
+        return {"status": "missing", "reason": str(err)}
+    names, own, skipped = [], [], []
+    for et in tasks:
+        try:
+            own.append(task_description(et.task))
+            names.append(et.name)
+        except MissingArtifact:
+            skipped.append(et.name)
+    if not names:
+        return {"status": "missing", "reason": "no evaluated task has a description"}
+    noise = [random_words(seed, name, num_random_words) for name in names]
+    report = specificity(names, generator.generate(own), generator.generate(noise))
+    if skipped:
+        report["skipped"] = skipped
+    return report
 
 
 # ---------------------------------------------------------------- the run
@@ -486,6 +592,24 @@ def run(config: EvalConfig, model=None, tokenizer=None) -> dict[str, Any]:
     finally:
         bar.close()
 
+    check = None
+    if config.generation_check:
+        from evaluation.generation_check import DEFAULT_CHAT_PROMPTS, run_check
+
+        check = run_check(
+            model,
+            tokenizer,
+            tasks,
+            source,
+            config.chat_prompts or DEFAULT_CHAT_PROMPTS,
+            config.check_max_new_tokens,
+            config.check_max_examples,
+            scoring,
+            scoring_key,
+            out,
+            counts,
+        )
+
     per_system = {
         s.name: {
             et.name: task_summary(
@@ -498,6 +622,12 @@ def run(config: EvalConfig, model=None, tokenizer=None) -> dict[str, Any]:
     groups = sorted(
         {et.group for et in tasks}, key=lambda g: ("heldout", "train", "suite", "other").index(g)
     )
+    specificity = {  # before the checkpoint record below: this loads the checkpoint if nothing did
+        g: adapter_specificity(
+            source, [et for et in tasks if et.group == g], config.seed, config.random_words
+        )
+        for g in groups
+    }
     results = {
         "harness_version": HARNESS_VERSION,
         "config": config.to_dict(),
@@ -540,10 +670,23 @@ def run(config: EvalConfig, model=None, tokenizer=None) -> dict[str, Any]:
             )
             for g in groups
         },
+        "comparisons": {
+            g: comparisons(
+                [et for et in tasks if et.group == g],
+                per_system,
+                config.bootstrap_samples,
+                config.seed,
+            )
+            for g in groups
+        },
+        "specificity": specificity,
+        "generation_check": check or {"status": "off"},
         "environment": environment(config.num_threads),
         "cache": counts,
         "compute_seconds": round(
-            sum(r.get("seconds", 0.0) for s in records.values() for r in s.values()), 1
+            sum(r.get("seconds", 0.0) for s in records.values() for r in s.values())
+            + (check["seconds"] if check else 0.0),
+            1,
         ),
         "wall_seconds": round(time.perf_counter() - start, 1),
     }

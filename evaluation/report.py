@@ -11,6 +11,7 @@ GROUP_TITLES = {
     "suite": "Suite tasks",
     "other": "Other tasks",
 }
+SIDES = ("without", "with")  # the generation check's two runs (evaluation.generation_check)
 METRIC_TITLES = {"acc": "accuracy", "em": "exact match", "rougeL": "ROUGE-L"}
 
 
@@ -116,6 +117,185 @@ def _task_table(results: dict[str, Any], task_names: list[str], systems: list[st
     return lines
 
 
+def _signed(entry: dict[str, Any] | None, digits: int = 3) -> str:
+    return _ci(entry, digits, signed=True)
+
+
+def _comparison_lines(comparisons: dict[str, Any] | None, task_names: list[str]) -> list[str]:
+    """Paired differences between generated systems (macro and per task), and the share of the
+    oracle's gain over base that ``generated`` recovers."""
+    if not comparisons:
+        return []
+    lines: list[str] = []
+    paired = [p for p in comparisons["paired"] if p["delta"]]
+    if paired:
+        titles = [f"{p['system']} − {p['other']}" for p in paired]
+        lines += [
+            "",
+            (
+                "Paired differences on the same examples (headline metric, 95% CI; > 0: the task's own "
+                "description beats the other condition):"
+            ),
+            "",
+            "| Task | n | " + " | ".join(titles) + " |",
+            "|---|---|" + "---|" * len(paired),
+        ]
+        macro = [
+            f"**{_signed(p['delta'])}** ({p['delta']['tasks']} tasks, {p['examples']} ex.)"
+            for p in paired
+        ]
+        lines.append("| **macro** | | " + " | ".join(macro) + " |")
+        for task in task_names:
+            cells = [p["per_task"].get(task) for p in paired]
+            if not any(cells):
+                continue
+            n = next(c["n"] for c in cells if c)
+            lines.append(
+                f"| {task} | {n} | " + " | ".join(_signed(c) if c else "–" for c in cells) + " |"
+            )
+    recovered = comparisons.get("oracle_gain_recovered")
+    if recovered:
+        share = (
+            f"{100 * recovered['share']:.0f}%"
+            if recovered["share"] is not None
+            else "undefined (the oracle does not beat base)"
+        )
+        lines += [
+            "",
+            (
+                f"Oracle gain recovered by `{recovered['system']}`: {share} "
+                f"(macro over the tasks with an oracle LoRA, {recovered['tasks']}: "
+                f"{recovered['system']} − base {recovered['gain']:+.3f}, "
+                f"oracle_lora − base {recovered['oracle_gain']:+.3f})."
+            ),
+        ]
+    return lines
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _specificity_lines(spec: dict[str, Any] | None) -> list[str]:
+    """Cosines between generated adapters' delta-W (``evaluation.specificity``)."""
+    if not spec:
+        return []
+    if spec["status"] != "ok":
+        return ["", f"Adapter specificity: missing ({spec.get('reason', '')})."]
+    undefined = (
+        f"; {spec['undefined_pairs']} pairs with an all-zero adapter left out"
+        if spec["undefined_pairs"]
+        else ""
+    )
+    lines = [
+        "",
+        (
+            f"Adapter specificity (cosine between generated delta-W, all modules; {spec['tasks']} tasks"
+            f"{undefined}): mean pairwise cosine across the tasks' own-description adapters "
+            f"**{_number(spec['mean_pairwise_cosine'])}** (1: one adapter for every task); "
+            f"random-string adapters among themselves {_number(spec['random_mean_pairwise_cosine'])}; "
+            f"each task's adapter vs its random-string adapter, mean "
+            f"**{_number(spec['mean_cosine_to_random'])}**."
+        ),
+        "",
+        "| Task | cos(own, random string) | mean cos(own, other tasks) | ‖ΔW‖ |",
+        "|---|---|---|---|",
+    ]
+    for task, entry in spec["per_task"].items():
+        lines.append(
+            f"| {task} | {_number(entry['cosine_to_random'])} | "
+            f"{_number(entry['mean_cosine_to_others'])} | {entry['norm']:.4g} |"
+        )
+    if spec.get("skipped"):
+        lines += ["", f"Left out (no description): {', '.join(spec['skipped'])}."]
+    return lines
+
+
+def _cell(text: str) -> str:
+    """A reply as one Markdown table cell: pipes escaped, newlines shown as ⏎."""
+    text = text.replace("|", "\\|").replace("\n", " ⏎ ")
+    return f"`{text}`" if text.strip() else "*(empty)*"
+
+
+def _check_lines(check: dict[str, Any] | None) -> list[str]:
+    """The generation check: per set, metrics without vs with the adapter; the chat replies."""
+    if not check or check.get("status") == "off":
+        return []
+    settings = check["settings"]
+    lines = [
+        "",
+        "## Generation check",
+        "",
+        (
+            f"Greedy replies of at most {settings['max_new_tokens']} new tokens, stopping only at "
+            f"end-of-sequence ids {settings['stop_ids']} (not at newlines), once **without** an "
+            "adapter and once **with** the adapter generated from the prompt's description. `chat`: "
+            f"the prompts of `{Path(settings['chat_prompts']).name}` through the chat template; a "
+            f"task name: its first {settings['max_examples_per_task']} examples, plain prompts. "
+            "Distinct bigrams: distinct / all word bigrams of a reply, mean over replies of two or more "
+            "words (target: with / without >= 0.9); ends: share of replies ending before the cap; "
+            f"loops: share with a distinct-bigram ratio below {settings['loop_threshold']}; "
+            "EM (first line) and contains-reference over the items with references."
+        ),
+        "",
+        (
+            "| Set | n | Distinct bigrams without | with | with / without | Ends without | with "
+            "| Loops without | with | EM without | with | Contains without | with |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in check["sets"].items():
+        if entry.get("status") != "ok":
+            lines.append(f"| {name} | missing: {entry.get('reason', '')} |" + " |" * 11)
+            continue
+        sides = [entry[side] if entry[side]["status"] == "ok" else None for side in SIDES]
+        cells = {
+            key: " | ".join(_number(side.get(key), 2) if side else "missing" for side in sides)
+            for key in ("distinct_bigrams", "ended", "loops", "em", "contains")
+        }
+        lines.append(
+            f"| {name} | {entry['n']} | {cells['distinct_bigrams']} "
+            f"| {_number(entry['distinct_ratio'], 2)} | {cells['ended']} | {cells['loops']} "
+            f"| {cells['em']} | {cells['contains']} |"
+        )
+    reasons = sorted(
+        {
+            entry[side]["reason"]
+            for entry in check["sets"].values()
+            if entry.get("status") == "ok"
+            for side in SIDES
+            if entry[side]["status"] != "ok"
+        }
+    )
+    if reasons:
+        lines += ["", "Missing sides: " + "; ".join(reasons) + "."]
+    chat = check["sets"].get("chat")
+    if chat and chat.get("replies"):
+        lines += [
+            "",
+            "Chat replies (⏎: newline; *cut*: reached the token cap):",
+            "",
+            "| Prompt | Reference | Without adapter | With adapter |",
+            "|---|---|---|---|",
+        ]
+        for reply in chat["replies"]:
+            cells = []
+            for side in SIDES:
+                row = reply.get(side)
+                if row is None:
+                    cells.append("missing")
+                else:
+                    cells.append(_cell(row["text"]) + ("" if row["ended"] else " *cut*"))
+            reference = " / ".join(reply["references"]) or "–"
+            lines.append(f"| {_cell(reply['prompt'])} | {reference} | " + " | ".join(cells) + " |")
+    if any(e.get("kind") == "task" for e in check["sets"].values()):
+        lines += [
+            "",
+            "Replies to task examples are kept in `cache/generation_check/` only (task-derived text).",
+        ]
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The whole report: header, then per group a summary table and a per-task table."""
     systems = list(results["systems"])
@@ -129,12 +309,15 @@ def markdown(results: dict[str, Any]) -> str:
             "",
         ]
         lines += _summary_table(summary, systems)
+        lines += _comparison_lines(results.get("comparisons", {}).get(group), names)
+        lines += _specificity_lines(results.get("specificity", {}).get(group))
         lines += [
             "",
             "Per task (headline metric: acc for multiple choice, em or rougeL for generative tasks):",
             "",
         ]
         lines += _task_table(results, names, systems)
+    lines += _check_lines(results.get("generation_check"))
     lines += ["", "## Systems", ""]
     lines += [f"- `{name}`: {summary}" for name, summary in results["systems"].items()]
     missing = []

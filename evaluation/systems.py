@@ -6,7 +6,9 @@
                           multiple choice: that answer if it is one of the options, else a guess
                           scored at its expected value (#correct / #options)
     multitask_lora        one PEFT LoRA trained on all training tasks
-    oracle_lora           a PEFT LoRA trained on this task's own train split (the ceiling)
+    oracle_lora           a PEFT LoRA trained on this task's own train split (the ceiling), for
+                          held-out and training tasks: ``<loras_dir>/<task>`` (subtask "a/b" in
+                          ``a__b``), the layout of the LoRA library meta-training reads
     generated             adapter generated from the task's description
     generated+desc        that adapter, and the description before the input
     generated_paraphrase  adapter generated from an unseen phrasing of the description
@@ -366,9 +368,13 @@ def build_systems(
         return TaskSetup(fingerprint={"method": "tfidf-cosine, chance fallback"})
 
     def oracle(task: Task) -> TaskSetup:
+        # held-out and training tasks alike, in ``training.train_lora.library_folder``'s layout
         folder = _lora_folder(loras_dir, task.name)
         return _peft_setup(
-            folder, model, "oracle LoRA", f"no oracle LoRA for this task in {loras_dir}"
+            folder,
+            model,
+            "oracle LoRA",
+            f"no oracle LoRA for this task in {loras_dir} (looked for {folder.name}/)",
         )
 
     def multitask(task: Task) -> TaskSetup:
