@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from hypergen.atomic import atomic_folder
+from hypergen.atomic import FolderKind, atomic_folder
 from hypergen.config import EncoderConfig, HyperNetConfig
 from hypergen.hypernet import HyperNetwork
 from hypergen.targets import AdapterTarget
@@ -24,6 +24,11 @@ from hypergen.targets import AdapterTarget
 FORMAT_VERSION = 1
 CONFIG_NAME = "hypernet_config.json"
 WEIGHTS_NAME = "model.safetensors"
+# A folder holding only these is a previous checkpoint and may be replaced (config.yaml: the
+# training config the recipe writes beside the weights).
+CHECKPOINT_FOLDER = FolderKind(
+    "hypergen checkpoint", CONFIG_NAME, frozenset({CONFIG_NAME, WEIGHTS_NAME, "config.yaml"})
+)
 
 
 @dataclass
@@ -48,9 +53,17 @@ class CheckpointMeta:
 
 
 def save_checkpoint(
-    hypernet: HyperNetwork, meta: CheckpointMeta, out_dir: str | Path, dtype: torch.dtype = torch.float32
+    hypernet: HyperNetwork,
+    meta: CheckpointMeta,
+    out_dir: str | Path,
+    dtype: torch.dtype = torch.float32,
+    overwrite: bool = False,
 ) -> Path:
-    """Write the checkpoint folder atomically (temporary folder + rename)."""
+    """Write the checkpoint folder atomically (temporary folder + rename).
+
+    ``out_dir`` must be new, empty or an earlier checkpoint; ``overwrite=True`` also replaces any
+    other folder (see ``hypergen.atomic``).
+    """
     out_dir = Path(out_dir)
     config = {
         "format_version": FORMAT_VERSION,
@@ -62,7 +75,7 @@ def save_checkpoint(
         "training": meta.training,
     }
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in hypernet.state_dict().items()}
-    with atomic_folder(out_dir) as tmp:
+    with atomic_folder(out_dir, CHECKPOINT_FOLDER, overwrite) as tmp:
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
     return out_dir

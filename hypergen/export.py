@@ -15,12 +15,20 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hypergen.adapters import LoraWeights
-from hypergen.atomic import atomic_folder
+from hypergen.atomic import FolderKind, atomic_folder
 from hypergen.targets import AdapterTarget
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 _PREFIX = "base_model.model."
+# A folder holding only these is a previous adapter and may be replaced: what save_peft writes,
+# PEFT's model card (README.md, from PeftModel.save_pretrained) and the training record that the
+# LoRA-library recipes write beside the weights (training.json).
+ADAPTER_FOLDER = FolderKind(
+    "PEFT adapter",
+    CONFIG_NAME,
+    frozenset({CONFIG_NAME, WEIGHTS_NAME, "README.md", "training.json"}),
+)
 
 
 def save_peft(
@@ -30,16 +38,18 @@ def save_peft(
     base_model_name_or_path: str | None = None,
     dtype: torch.dtype = torch.float32,
     metadata: dict[str, str] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write adapter 0 of ``lora`` as a PEFT LoRA folder, atomically (temporary folder + rename).
 
     Args:
         lora: a batch holding exactly one adapter.
         targets: the adapted modules (gives kinds and Conv1D layout).
-        out_dir: folder to create or replace.
+        out_dir: folder to create, or an earlier adapter folder to replace (``hypergen.atomic``).
         base_model_name_or_path: recorded in the config; peft loads against it by default.
         dtype: dtype of the saved tensors.
         metadata: extra string metadata stored in the safetensors header.
+        overwrite: also replace a non-empty ``out_dir`` that is not an adapter folder.
     """
     from peft import LoraConfig
 
@@ -72,7 +82,7 @@ def save_peft(
         tensors[f"{_PREFIX}{name}.lora_B.weight"] = lora.B[name][0].to(dtype).contiguous()
 
     out_dir = Path(out_dir)
-    with atomic_folder(out_dir) as tmp:
+    with atomic_folder(out_dir, ADAPTER_FOLDER, overwrite) as tmp:
         config.save_pretrained(tmp)
         save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt", **(metadata or {})})
     return out_dir

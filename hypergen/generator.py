@@ -82,8 +82,12 @@ class AdapterGenerator:
         hypernet = HyperNetwork(config, find_targets(base_model, config.lora.target_modules))
         return cls(hypernet, conditioner, CheckpointMeta(base_model=base_model_name, encoder=encoder))
 
-    def save_pretrained(self, folder: str | Path, dtype: torch.dtype = torch.float32) -> Path:
-        return save_checkpoint(self.hypernet, self.meta, folder, dtype=dtype)
+    def save_pretrained(
+        self, folder: str | Path, dtype: torch.dtype = torch.float32, overwrite: bool = False
+    ) -> Path:
+        """Write the checkpoint; ``folder`` must be new, empty or an earlier checkpoint unless
+        ``overwrite`` (``hypergen.atomic``)."""
+        return save_checkpoint(self.hypernet, self.meta, folder, dtype=dtype, overwrite=overwrite)
 
     @property
     def targets(self):
@@ -111,9 +115,24 @@ class AdapterGenerator:
         ):
             return self.hypernet(self.encode(conditions))
 
-    def save_peft(self, lora: LoraWeights, out_dir: str | Path, dtype: torch.dtype = torch.float32) -> Path:
-        """Write one generated adapter as a PEFT LoRA folder for this generator's base model."""
-        return save_peft(lora, self.targets, out_dir, base_model_name_or_path=self.base_model_id, dtype=dtype)
+    def save_peft(
+        self,
+        lora: LoraWeights,
+        out_dir: str | Path,
+        dtype: torch.dtype = torch.float32,
+        overwrite: bool = False,
+    ) -> Path:
+        """Write one generated adapter as a PEFT LoRA folder for this generator's base model;
+        ``out_dir`` must be new, empty or an earlier adapter folder unless ``overwrite``."""
+        return save_peft(
+            lora,
+            self.targets,
+            out_dir,
+            base_model_name_or_path=self.base_model_id,
+            dtype=dtype,
+            overwrite=overwrite,
+        )
+
 
     @property
     def base_model_id(self) -> str:

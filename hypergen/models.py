@@ -59,7 +59,7 @@ def _convert_gguf(package: str, gguf_file: str, out_dir: Path) -> None:
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
-    with atomic_folder(out_dir) as tmp:
+    with atomic_folder(out_dir, overwrite=True) as tmp:  # our own cache folder
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 

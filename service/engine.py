@@ -202,7 +202,8 @@ class Engine:
     def save_adapter(
         self, lora: LoraWeights, folder: Path, dtype: str, metadata: dict[str, str]
     ) -> Path:
-        """Write one adapter as a PEFT LoRA folder (atomically)."""
+        """Write one adapter as a PEFT LoRA folder (atomically); ``folder`` belongs to the store,
+        which replaces any leftover there."""
         return save_peft(
             lora,
             self.generator.targets,
@@ -210,6 +211,7 @@ class Engine:
             base_model_name_or_path=self.base_model_id,
             dtype=DTYPES[dtype],
             metadata=metadata,
+            overwrite=True,
         )
 
     def check_adapter(self, lora: LoraWeights) -> None:

@@ -423,8 +423,13 @@ class MetaTrainer:
             **extra,
             "config": asdict(cfg),
         }
+        # the run's own folders, and export_dir that the config names: replaced as before
         save_checkpoint(
-            self.accelerator.unwrap_model(self.hypernet), self.meta, folder, dtype=dtype
+            self.accelerator.unwrap_model(self.hypernet),
+            self.meta,
+            folder,
+            dtype=dtype,
+            overwrite=True,
         )
         save_config(cfg, folder / "config.yaml", header=_launch_header())
         logger.info("saved checkpoint %s (step %d)", folder, self.step)
