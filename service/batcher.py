@@ -10,6 +10,10 @@ A request thread may ``announce`` its jobs when it starts preparing them (parsin
 adapter, tokenizing; all under the GIL, so a burst of requests reaches ``submit`` one after
 another): while announced jobs are on their way, the worker keeps collecting past the window, up
 to ``max_wait_s``, so a burst of concurrent clients becomes one batch rather than two.
+
+One bad request never fails its batch: a row that fails on its own comes back as a completion
+with an ``error`` (only its future fails), and when a whole batch raises, the worker reruns it in
+halves until the failing jobs are alone, so every other job still gets its answer.
 """
 
 from __future__ import annotations
@@ -148,15 +152,35 @@ class Batcher:
             ]
             if not batch:
                 continue
-            start = time.perf_counter()
-            try:
-                results = self.run([job for job, _ in batch])
-            except Exception as err:  # one bad batch must not kill the worker
-                logger.exception("batch of %d failed", len(batch))
-                for _, future in batch:
-                    future.set_exception(err)
-                continue
-            if self.on_batch is not None:
-                self.on_batch(len(batch), time.perf_counter() - start)
-            for (_, future), result in zip(batch, results):
+            self._run_isolated(batch)
+
+    def _run_isolated(self, batch: list[tuple[Job, Future]]) -> None:
+        """Run ``batch``; if it raises, run each half on its own (down to single jobs), so only
+        the jobs that fail alone get the exception."""
+        start = time.perf_counter()
+        try:
+            results = self.run([job for job, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"{len(results)} completions for {len(batch)} jobs")
+        except Exception as err:  # one bad job must not fail the others
+            if len(batch) == 1:
+                logger.exception("a job failed")
+                batch[0][1].set_exception(err)
+                return
+            logger.warning(
+                "batch of %d failed (%s: %s); rerunning it in halves",
+                len(batch),
+                type(err).__name__,
+                err,
+            )
+            half = len(batch) // 2
+            self._run_isolated(batch[:half])
+            self._run_isolated(batch[half:])
+            return
+        if self.on_batch is not None:
+            self.on_batch(len(batch), time.perf_counter() - start)
+        for (_, future), result in zip(batch, results):
+            if getattr(result, "error", None) is not None:
+                future.set_exception(result.error)
+            else:
                 future.set_result(result)

@@ -15,6 +15,8 @@ same loop.
 from __future__ import annotations
 
 import inspect
+import logging
+import math
 import random
 import threading
 from collections.abc import Callable, Sequence
@@ -25,6 +27,13 @@ import torch
 from torch import Tensor
 
 from hypergen.adapters import LoraWeights
+
+logger = logging.getLogger(__name__)
+
+# Below this temperature a row decodes greedily: sampling there is the argmax up to float rounding
+# (a token 1e-3 logits behind the top one gets probability exp(-100) or less), and dividing
+# logits by values such as 1e-300 or 5e-324 overflows to inf and nan.
+GREEDY_BELOW = 1e-5
 
 # forward(rows, input_ids, attention_mask, position_ids, cache) -> (b, v) next-token logits, where
 # ``rows`` are the indices (into the original jobs) of the rows still in the batch.
@@ -37,7 +46,8 @@ class SamplingParams:
 
     Args:
         max_tokens: the most tokens to generate.
-        temperature: 0 for greedy decoding, else the softmax temperature.
+        temperature: 0 for greedy decoding, else the softmax temperature (values below
+            ``GREEDY_BELOW`` decode greedily too).
         top_p: nucleus sampling mass (1 keeps the whole distribution).
         stop: strings that end the completion (not included in the text).
         seed: seeds this row's sampler; None draws a fresh seed.
@@ -54,12 +64,19 @@ class SamplingParams:
     def __post_init__(self):
         if self.max_tokens < 1:
             raise ValueError(f"SamplingParams.max_tokens must be >= 1, got {self.max_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"SamplingParams.temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(
+                f"SamplingParams.temperature must be a finite number >= 0, got {self.temperature}"
+            )
+        if not 0 < self.top_p <= 1:  # false for nan too
             raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
         if any(not s for s in self.stop):
             raise ValueError("SamplingParams.stop must not contain empty strings")
+
+    @property
+    def greedy(self) -> bool:
+        """True when this row takes the most likely token at every step."""
+        return self.temperature < GREEDY_BELOW
 
 
 @dataclass
@@ -77,12 +94,17 @@ class Job:
 
 @dataclass
 class Completion:
-    """What one job produced. ``token_ids`` excludes the end-of-sequence token."""
+    """What one job produced. ``token_ids`` excludes the end-of-sequence token.
+
+    A row that failed on its own (its sampling or its text) carries the exception in ``error``
+    and finish reason ``"error"``; the other rows of its batch are unaffected.
+    """
 
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop" (eos or a stop string) or "length"
+    finish_reason: str  # "stop" (eos or a stop string), "length", or "error"
     prompt_tokens: int
+    error: Exception | None = None
 
     @property
     def completion_tokens(self) -> int:
@@ -112,10 +134,19 @@ def left_pad(prompts: Sequence[list[int]], pad_id: int) -> tuple[Tensor, Tensor,
 
 
 def _sample(logits: Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    """One token from a (v,) logits row: argmax, or temperature + nucleus sampling."""
-    if params.temperature == 0:
+    """One token from a (v,) logits row: argmax, or temperature + nucleus sampling.
+
+    Numerically safe for any temperature > 0 and any logits: the row is shifted so its maximum is
+    0 before it is divided (in float64), so nothing overflows; nan logits count as impossible, and
+    a row with no finite logit at all falls back to the argmax.
+    """
+    if params.greedy:
         return int(logits.argmax())
-    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    scores = logits.double().nan_to_num(nan=-math.inf)  # (v,)
+    top = scores.max()
+    if not torch.isfinite(top):  # all -inf (or +inf somewhere): nothing sensible to sample
+        return int(logits.argmax())
+    probs = torch.softmax((scores - top) / params.temperature, dim=-1)
     if params.top_p < 1:
         sorted_probs, order = probs.sort(descending=True)
         before = sorted_probs.cumsum(-1) - sorted_probs  # mass strictly above each token
@@ -152,6 +183,11 @@ def generate(
         device: where inputs are built.
         tokenizer_lock: held while decoding text (fast tokenizers are not thread-safe).
         on_first_token: called once, after the prefill has chosen every row's first token.
+
+    Returns:
+        One completion per job, in order. A row that fails on its own (sampling, seeding, text)
+        ends with ``finish_reason="error"`` and the exception in ``Completion.error``; the others
+        finish normally. A failing ``forward`` fails the whole call (see ``service.batcher``).
     """
     lock = tokenizer_lock or nullcontext()
     b = len(jobs)
@@ -161,14 +197,25 @@ def generate(
     input_ids, mask, positions = (
         t.to(device) for t in left_pad([j.prompt_ids for j in jobs], pad_id)
     )
-    generators = []
-    for job in jobs:
-        seed = job.params.seed if job.params.seed is not None else random.randrange(2**63)
-        generators.append(torch.Generator().manual_seed(seed))
-
     generated: list[list[int]] = [[] for _ in jobs]
     texts: list[str | None] = [None] * b
     finish: list[str | None] = [None] * b
+    errors: list[Exception | None] = [None] * b
+
+    def fail(row: int, err: Exception) -> None:
+        """One row's own failure ends that row only; the batch goes on without it."""
+        logger.exception("row %d of a batch of %d failed", row, b, exc_info=err)
+        errors[row], finish[row] = err, "error"
+
+    generators: list[torch.Generator | None] = [None] * b
+    for row, job in enumerate(jobs):
+        if not job.params.greedy:
+            seed = job.params.seed if job.params.seed is not None else random.randrange(2**63)
+            try:
+                generators[row] = torch.Generator().manual_seed(seed)
+            except (RuntimeError, ValueError, OverflowError) as err:
+                fail(row, err)
+
     rows = torch.arange(b)  # original indices of the rows still decoding
     logits = forward(rows, input_ids, mask, positions, cache)  # (b v)
     next_position = positions[:, -1] + 1  # (b,)
@@ -178,26 +225,34 @@ def generate(
         chosen = []
         greedy = logits.argmax(-1).tolist()  # one op for all rows; sampling rows redo theirs
         for k, row in enumerate(rows.tolist()):
-            job = jobs[row]
-            token = (
-                greedy[k]
-                if job.params.temperature == 0
-                else _sample(logits[k], job.params, generators[row])
-            )
-            chosen.append(token)
-            if token in eos_ids and not job.params.ignore_eos:
-                finish[row] = "stop"
+            if finish[row] is not None:  # failed before its first step
+                chosen.append(greedy[k])
                 continue
-            generated[row].append(token)
-            if job.params.stop:
-                with lock:
-                    text = tokenizer.decode(generated[row], skip_special_tokens=True)
-                cut = _first_stop(text, job.params.stop)
-                if cut is not None:
-                    texts[row], finish[row] = text[:cut], "stop"
+            job = jobs[row]
+            try:
+                token = (
+                    greedy[k]
+                    if job.params.greedy
+                    else _sample(logits[k], job.params, generators[row])
+                )
+                chosen.append(token)
+                if token in eos_ids and not job.params.ignore_eos:
+                    finish[row] = "stop"
                     continue
-            if len(generated[row]) >= job.params.max_tokens:
-                finish[row] = "length"
+                generated[row].append(token)
+                if job.params.stop:
+                    with lock:
+                        text = tokenizer.decode(generated[row], skip_special_tokens=True)
+                    cut = _first_stop(text, job.params.stop)
+                    if cut is not None:
+                        texts[row], finish[row] = text[:cut], "stop"
+                        continue
+                if len(generated[row]) >= job.params.max_tokens:
+                    finish[row] = "length"
+            except Exception as err:  # noqa: BLE001 - isolate the row, keep the batch
+                if len(chosen) == k:
+                    chosen.append(greedy[k])
+                fail(row, err)
         keep = torch.tensor([finish[row] is None for row in rows.tolist()])
         if not keep.any():
             break
@@ -212,9 +267,14 @@ def generate(
 
     with lock:
         for row in range(b):
-            if texts[row] is None:
-                texts[row] = tokenizer.decode(generated[row], skip_special_tokens=True)
+            if texts[row] is None and errors[row] is None:
+                try:
+                    texts[row] = tokenizer.decode(generated[row], skip_special_tokens=True)
+                except Exception as err:  # noqa: BLE001 - this row only
+                    fail(row, err)
     return [
-        Completion(texts[row], generated[row], finish[row], len(jobs[row].prompt_ids))
+        Completion(
+            texts[row] or "", generated[row], finish[row], len(jobs[row].prompt_ids), errors[row]
+        )
         for row in range(b)
     ]
