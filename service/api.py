@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hmac
 import io
+import json
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -41,6 +43,9 @@ ADAPTER_DTYPES = ("float32", "bfloat16", "float16")
 CHAT_ROLES = ("system", "user", "assistant")
 MAX_STOP = 4
 MAX_STOP_CHARS = 200
+MAX_JSON_DEPTH = 32  # arrays and objects inside each other; no valid request comes close
+_SURROGATE = re.compile("[\ud800-\udfff]")  # only lone ones survive JSON decoding
+_ASCII_DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 # --- request helpers -----------------------------------------------------------------------------
@@ -65,14 +70,70 @@ def require_api_key():
         )
 
 
+@bp.before_request
+def options():
+    """``OPTIONS`` on a /v1 route answers JSON: the methods it allows (also in ``Allow``)."""
+    if request.method != "OPTIONS" or request.url_rule is None:
+        return None
+    methods = sorted(current_app.make_default_options_response().allow)  # every rule's methods
+    return {"object": "options", "allow": methods}, 200, {"Allow": ", ".join(methods)}
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def _body() -> dict[str, Any]:
-    """The request's JSON object (any content type, so plain ``curl -d`` works)."""
-    body = request.get_json(force=True, silent=True)
-    if body is None:
-        raise APIError(400, "the request body must be valid JSON")
+    """The request's JSON object (any content type, so plain ``curl -d`` works).
+
+    Strict JSON (no NaN or Infinity), at most ``MAX_JSON_DEPTH`` levels deep, and valid Unicode
+    (no lone surrogates such as ``"\\ud800"``): anything else is a 400, never a 500 later.
+    """
+    data = request.get_data(cache=True)  # over MAX_CONTENT_LENGTH: 413
+    try:
+        body = json.loads(data, parse_constant=_reject_constant)
+    except RecursionError as err:
+        raise APIError(
+            400, f"the request body is nested deeper than {MAX_JSON_DEPTH} levels"
+        ) from err
+    except ValueError as err:  # includes UnicodeDecodeError and too-long integers
+        raise APIError(400, f"the request body must be valid JSON ({err})") from err
     if not isinstance(body, dict):
         raise APIError(400, f"the request body must be a JSON object, got {type(body).__name__}")
+    _check_json(body)
     return body
+
+
+def _check_json(body: dict[str, Any]) -> None:
+    """Reject nesting deeper than ``MAX_JSON_DEPTH`` and strings (or keys) holding a lone UTF-16
+    surrogate, which no tokenizer, hash or database accepts; iterative, so depth costs no stack."""
+    stack: list[tuple[Any, str, int]] = [(body, "", 1)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, str):
+            _check_unicode(value, path)
+        elif isinstance(value, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise APIError(
+                    400, f"the request body is nested deeper than {MAX_JSON_DEPTH} levels"
+                )
+            if isinstance(value, list):
+                stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value))
+                continue
+            for key, item in value.items():
+                _check_unicode(key, path)  # a bad key is reported at its parent
+                stack.append((item, f"{path}.{key}" if path else key, depth + 1))
+
+
+def _check_unicode(text: str, path: str) -> None:
+    if _SURROGATE.search(text):
+        raise APIError(
+            400,
+            f"'{path or 'body'}' holds a lone UTF-16 surrogate (e.g. \\ud800 without its pair): "
+            "send valid Unicode",
+            param=path or None,
+            code="invalid_unicode",
+        )
 
 
 def _reject_unknown(body: dict[str, Any], allowed: set[str]) -> None:
@@ -112,7 +173,8 @@ def _query_int(key: str, default: int, lo: int, hi: int) -> int:
     raw = request.args.get(key)
     if raw is None:
         return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
+    # ASCII digits only: str.isdigit() accepts "²", which int() refuses
+    if not _ASCII_DIGITS.fullmatch(raw) or not lo <= int(raw) <= hi:
         raise APIError(
             400, f"query parameter '{key}' must be an integer between {lo} and {hi}", param=key
         )
