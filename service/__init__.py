@@ -45,6 +45,13 @@ DEFAULTS: dict[str, Any] = {
     "DEFAULT_MAX_TOKENS": 64,
     "PAGE_SIZE": 20,
     "MAX_PAGE_SIZE": 100,
+    # connections (waitress, ``hypergen serve``): idle or half-sent connections must not lock
+    # others out, so there is room for many, and the idle ones are closed soon
+    "THREADS": 32,  # worker threads: requests handled (and batched) at once
+    "CONNECTION_LIMIT": 500,  # open connections; beyond it new ones wait in the backlog
+    "CHANNEL_TIMEOUT_S": 30,  # a connection idle (or stuck mid-request) this long is closed
+    "CLEANUP_INTERVAL_S": 5,  # how often idle connections are looked for
+    "BACKLOG": 1024,  # connections the OS queues before they are accepted
 }
 _POSITIVE_INTS = (
     "LRU_SIZE",
@@ -59,6 +66,11 @@ _POSITIVE_INTS = (
     "DEFAULT_MAX_TOKENS",
     "PAGE_SIZE",
     "MAX_PAGE_SIZE",
+    "THREADS",
+    "CONNECTION_LIMIT",
+    "CHANNEL_TIMEOUT_S",
+    "CLEANUP_INTERVAL_S",
+    "BACKLOG",
 )
 
 
@@ -76,6 +88,8 @@ def create_app(
             ``$HYPERGEN_CONFIG_FILE`` names a JSON or TOML config file.
     """
     app = Flask(__name__)
+    # "/v1//adapters" is a 404 (JSON), not an HTML redirect to "/v1/adapters"
+    app.url_map.merge_slashes = False
     app.config.from_mapping(DEFAULTS)
     overrides = dict(overrides or {})
     if test_config is None:

@@ -15,8 +15,10 @@ ERROR_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
+    431: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
     503: "overloaded_error",
@@ -52,10 +54,11 @@ class EngineUnavailable(RuntimeError):
     """The models could not be loaded (answered 503 with the reason)."""
 
 
-def error_response(
-    status: int, message: str, param: str | None = None, code: str | None = None, headers=None
-):
-    body = {
+def error_body(
+    status: int, message: str, param: str | None = None, code: str | None = None
+) -> dict:
+    """The JSON error object (also written by the server itself, outside Flask)."""
+    return {
         "error": {
             "message": message,
             "type": ERROR_TYPES.get(
@@ -65,7 +68,16 @@ def error_response(
             "code": code,
         }
     }
-    return jsonify(body), status, headers or {}
+
+
+def body_too_large_message(limit: int) -> str:
+    return f"request body too large (the limit is {limit} bytes)"
+
+
+def error_response(
+    status: int, message: str, param: str | None = None, code: str | None = None, headers=None
+):
+    return jsonify(error_body(status, message, param, code)), status, headers or {}
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -83,8 +95,7 @@ def register_error_handlers(app: Flask) -> None:
         code = (err.name or "error").lower().replace(" ", "_")
         message = err.description or err.name
         if err.code == 413:
-            limit = app.config.get("MAX_CONTENT_LENGTH")
-            message = f"request body too large (the limit is {limit} bytes)"
+            message = body_too_large_message(app.config.get("MAX_CONTENT_LENGTH"))
         return error_response(err.code or 500, message, code=code, headers=headers)
 
     @app.errorhandler(Exception)

@@ -9,10 +9,17 @@ Flags override the config file (``--config``) and ``HYPERGEN_*`` environment var
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
 import threading
+
+from waitress.channel import HTTPChannel
+from waitress.server import BaseWSGIServer
+from waitress.task import ErrorTask
+
+from service.errors import body_too_large_message, error_body
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +40,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--api-key", action="append", dest="api_keys", help="require this key (repeatable)"
     )
     p.add_argument(
-        "--threads", type=int, default=32, help="waitress worker threads (concurrent requests)"
+        "--threads", type=int, help="waitress worker threads (concurrent requests; default 32)"
+    )
+    p.add_argument("--connection-limit", type=int, help="most open connections (default 500)")
+    p.add_argument(
+        "--channel-timeout",
+        type=int,
+        help="seconds after which an idle or half-sent connection is closed (default 30)",
     )
     p.add_argument("--torch-threads", type=int, help="torch intra-op threads (default: torch's)")
     p.add_argument("--max-batch", type=int, help="most prompts per batched forward pass")
@@ -55,26 +68,76 @@ def overrides_from(args: argparse.Namespace) -> dict:
         "MAX_BATCH": args.max_batch,
         "BATCH_WINDOW_MS": args.batch_window_ms,
         "DEVICE": args.device,
+        "THREADS": args.threads,
+        "CONNECTION_LIMIT": args.connection_limit,
+        "CHANNEL_TIMEOUT_S": args.channel_timeout,
     }
     return {k: v for k, v in pairs.items() if v is not None}
 
 
-def make_server(app, host: str = "127.0.0.1", port: int = 0, threads: int = 32, **adjustments):
-    """A waitress server for ``app`` (port 0: an ephemeral port, see ``server.effective_port``);
-    ``adjustments`` are waitress settings."""
+class JSONErrorTask(ErrorTask):
+    """Errors waitress answers itself (a body over its limit, a malformed request line or header)
+    come as the API's JSON errors too, not plain text."""
+
+    def execute(self):
+        err = self.request.error
+        message = f"{err.reason}: {err.body}"
+        if err.code == 413:
+            message = body_too_large_message(self.channel.server.body_limit)
+        code = err.reason.lower().replace(" ", "_")
+        body = json.dumps(error_body(err.code, message, code=code)).encode()
+        self.status = f"{err.code} {err.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class JSONErrorChannel(HTTPChannel):
+    error_task_class = JSONErrorTask
+
+    def send_continue(self):
+        # never invite a client to send a body that is refused already (one over the limit):
+        # answer the error at once instead of reading the body first
+        if self.request.error is None:
+            super().send_continue()
+
+
+def make_server(app, host: str = "127.0.0.1", port: int = 0, **adjustments):
+    """A waitress server for ``app`` (port 0: an ephemeral port, see ``server.effective_port``).
+
+    Threads, connection limit and timeouts come from ``app.config`` (``THREADS``,
+    ``CONNECTION_LIMIT``, ``CHANNEL_TIMEOUT_S``, ``CLEANUP_INTERVAL_S``, ``BACKLOG``); other
+    waitress settings may be passed as ``adjustments`` (they win).
+
+    Idle and half-sent connections cost a socket each, not a thread: waitress keeps up to
+    ``CONNECTION_LIMIT`` of them (polled with ``poll``, so past 1024 file descriptors too) and
+    closes those idle for ``CHANNEL_TIMEOUT_S``, so a crowd of idle clients cannot lock others out.
+    """
     from waitress.server import create_server
 
-    # Flask enforces MAX_CONTENT_LENGTH with a JSON 413; waitress's own (plain-text) limit sits
-    # above it, only as a backstop against huge bodies.
-    return create_server(
-        app,
-        host=host,
-        port=port,
-        threads=threads,
-        ident="hypergen",
-        max_request_body_size=4 * app.config["MAX_CONTENT_LENGTH"],
+    config = app.config
+    limit = config["MAX_CONTENT_LENGTH"]
+    settings = {
+        "threads": config["THREADS"],
+        "connection_limit": config["CONNECTION_LIMIT"],
+        "channel_timeout": config["CHANNEL_TIMEOUT_S"],
+        "cleanup_interval": config["CLEANUP_INTERVAL_S"],
+        "backlog": config["BACKLOG"],
+        "asyncore_use_poll": True,
+        "ident": "hypergen",
+        # Flask answers bodies up to 4x its MAX_CONTENT_LENGTH with a JSON 413 once waitress has
+        # read them; larger ones waitress refuses after the headers, before reading them, with the
+        # same JSON 413 (JSONErrorTask), so a huge upload is never buffered
+        "max_request_body_size": 4 * limit,
         **adjustments,
-    )
+    }
+    server = create_server(app, host=host, port=port, **settings)
+    for listener in [server, *getattr(server, "map", {}).values()]:  # one socket, or several
+        if isinstance(listener, BaseWSGIServer):
+            listener.channel_class = JSONErrorChannel
+            listener.body_limit = limit
+    return server
 
 
 class BackgroundServer:
@@ -84,9 +147,11 @@ class BackgroundServer:
         url: the base URL, e.g. ``http://127.0.0.1:43210``.
     """
 
-    def __init__(self, app, host: str = "127.0.0.1", threads: int = 32):
+    def __init__(self, app, host: str = "127.0.0.1", threads: int | None = None, **adjustments):
+        if threads is not None:
+            adjustments["threads"] = threads
         # a short loop timeout lets stop() end the loop thread at once
-        self.server = make_server(app, host, 0, threads, asyncore_loop_timeout=0.05)
+        self.server = make_server(app, host, 0, asyncore_loop_timeout=0.05, **adjustments)
         self.url = f"http://{host}:{self.server.effective_port}"
         self.thread = threading.Thread(target=self._run, name="hypergen-waitress", daemon=True)
         self.thread.start()
@@ -123,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             runtime = get_runtime()
             engine = runtime.engine  # load the models once, before listening
             runtime.store  # noqa: B018 - open the store (and reconcile it) before listening
-        server = make_server(app, args.host, args.port, args.threads)
+        server = make_server(app, args.host, args.port)
     except (EngineUnavailable, ValueError, OSError) as err:  # OSError: e.g. the port is taken
         print(f"hypergen serve: error: {err}", file=sys.stderr)
         return 2
