@@ -1,39 +1,54 @@
 """hypergen: a hypernetwork turns a condition (a task description) into LoRA adapters for a
-frozen language model in one forward pass. Importing does no work; models load on demand."""
+frozen language model in one forward pass. Importing does no work; models load on demand.
 
-from hypergen.adapters import LoraWeights, lora_delta, lora_delta_weight
-from hypergen.apply import apply_adapters
-from hypergen.checkpoint import CheckpointMeta, checkpoint_hash, load_checkpoint, save_checkpoint
-from hypergen.conditions import CONDITIONERS, HashingConditioner, TextConditioner, build_conditioner
-from hypergen.config import EncoderConfig, HyperNetConfig, LoraSpec
-from hypergen.export import load_peft, save_peft
-from hypergen.generator import AdapterGenerator
-from hypergen.hypernet import HyperNetwork
-from hypergen.models import hypergen_home, load_base_model
-from hypergen.targets import AdapterTarget, find_targets
+The public names below are imported on first use (``hypergen.AdapterGenerator`` loads torch then),
+so that ``import hypergen.cli`` and ``hypergen --help`` stay instant.
+"""
 
-__all__ = [
-    "CONDITIONERS",
-    "AdapterGenerator",
-    "AdapterTarget",
-    "CheckpointMeta",
-    "EncoderConfig",
-    "HashingConditioner",
-    "HyperNetConfig",
-    "HyperNetwork",
-    "LoraSpec",
-    "LoraWeights",
-    "TextConditioner",
-    "apply_adapters",
-    "build_conditioner",
-    "checkpoint_hash",
-    "find_targets",
-    "hypergen_home",
-    "load_base_model",
-    "load_checkpoint",
-    "load_peft",
-    "lora_delta",
-    "lora_delta_weight",
-    "save_checkpoint",
-    "save_peft",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> the module defining it
+_EXPORTS = {
+    "LoraWeights": "hypergen.adapters",
+    "lora_delta": "hypergen.adapters",
+    "lora_delta_weight": "hypergen.adapters",
+    "apply_adapters": "hypergen.apply",
+    "CheckpointMeta": "hypergen.checkpoint",
+    "checkpoint_hash": "hypergen.checkpoint",
+    "load_checkpoint": "hypergen.checkpoint",
+    "save_checkpoint": "hypergen.checkpoint",
+    "CONDITIONERS": "hypergen.conditions",
+    "HashingConditioner": "hypergen.conditions",
+    "TextConditioner": "hypergen.conditions",
+    "build_conditioner": "hypergen.conditions",
+    "EncoderConfig": "hypergen.config",
+    "HyperNetConfig": "hypergen.config",
+    "LoraSpec": "hypergen.config",
+    "load_peft": "hypergen.export",
+    "save_peft": "hypergen.export",
+    "AdapterGenerator": "hypergen.generator",
+    "init_checkpoint": "hypergen.generator",
+    "HyperNetwork": "hypergen.hypernet",
+    "hypergen_home": "hypergen.models",
+    "load_base_model": "hypergen.models",
+    "AdapterTarget": "hypergen.targets",
+    "find_targets": "hypergen.targets",
+}
+
+__all__ = [*_EXPORTS]  # noqa: PLE0604 - the names above
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hypergen' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -22,6 +22,10 @@ from hypergen.hypernet import HyperNetwork
 from hypergen.targets import AdapterTarget
 
 FORMAT_VERSION = 1
+# The trained SmolLM2 + MiniLM checkpoint shipped with the package (package data: in a source
+# checkout ``hypergen/checkpoints`` links to the repository's ``checkpoints/``). It is the default
+# of ``hypergen generate`` and ``hypergen serve``.
+DEFAULT_CHECKPOINT = (Path(__file__).parent / "checkpoints" / "smollm2-minilm").resolve()
 CONFIG_NAME = "hypernet_config.json"
 WEIGHTS_NAME = "model.safetensors"
 # A folder holding only these is a previous checkpoint and may be replaced (config.yaml: the

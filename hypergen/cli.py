@@ -1,8 +1,16 @@
 """The ``hypergen`` command: subcommands mapped to plain typed functions.
 
-    hypergen init-checkpoint -o checkpoints/untrained          # an untrained (no-op) generator
-    hypergen generate --checkpoint DIR "a task description" -o OUT
-    hypergen serve ...                                          # see service/server.py
+    hypergen generate "a task description" -o OUT         # OUT: one PEFT LoRA folder
+    hypergen generate "one" "two" -o OUT                   # OUT/000-one, OUT/001-two
+    hypergen generate --checkpoint DIR "a task" -o OUT     # another hypernetwork checkpoint
+    hypergen init-checkpoint -o checkpoints/untrained      # an untrained (no-op) generator
+    hypergen serve ... / hypergen eval ...                 # from the service and evaluation packages
+
+``generate`` and ``init-checkpoint`` live here. Other commands are found through the
+``hypergen.commands`` entry-point group (setup.cfg: ``serve = service.cli:main``), so the library
+never imports the packages built on it. A command is ``main(argv: list[str]) -> int`` that parses
+its own flags; the first line of its docstring is its one-line help. Nothing heavy (torch) is
+imported before a command runs, so ``hypergen --help`` and argument errors are instant.
 """
 
 from __future__ import annotations
@@ -11,79 +19,155 @@ import argparse
 import logging
 import re
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from hypergen.config import DEFAULT_BASE_MODEL, DEFAULT_ENCODER, DTYPE_NAMES
 
-from hypergen.config import (
-    DEFAULT_BASE_MODEL,
-    DEFAULT_ENCODER,
-    DTYPES,
-    EncoderConfig,
-    HyperNetConfig,
-    LoraSpec,
-)
+COMMAND_GROUP = "hypergen.commands"
+PROG = "hypergen"
 
-logger = logging.getLogger(__name__)
+CommandMain = Callable[[list[str]], int]
 
 
-
-def init_checkpoint(
-    out: str,
-    base_model: str = DEFAULT_BASE_MODEL,
-    encoder_kind: str = "text",
-    encoder: str = DEFAULT_ENCODER,
-    rank: int = 8,
-    alpha: float = 16.0,
-    targets: tuple[str, ...] = ("q_proj", "v_proj"),
-    hidden_dim: int = 128,
-    num_blocks: int = 2,
-    seed: int = 0,
-) -> Path:
-    """Build an untrained generator for ``base_model`` and save it; its adapters are no-ops."""
-    from hypergen.conditions import build_conditioner
-    from hypergen.generator import AdapterGenerator
-    from hypergen.models import load_base_model
-
-    model, _ = load_base_model(base_model)
-    encoder_config = EncoderConfig(kind=encoder_kind, name=encoder)
-    conditioner = build_conditioner(encoder_config)
-    config = HyperNetConfig(
-        hidden_dim=hidden_dim, num_blocks=num_blocks, lora=LoraSpec(rank=rank, alpha=alpha, target_modules=list(targets))
-    )
-    generator = AdapterGenerator.create(model, base_model, conditioner, encoder_config, config, seed=seed)
-    return generator.save_pretrained(out)
+# --- the library's own commands --------------------------------------------------------------
 
 
 def _slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "adapter"
 
 
+def adapter_folders(descriptions: list[str], out: str | Path) -> list[Path]:
+    """Where ``generate`` writes: ``out`` for one description, ``out/<index>-<slug>`` for several."""
+    if len(descriptions) == 1:
+        return [Path(out)]
+    return [Path(out) / f"{i:03d}-{_slug(d)}" for i, d in enumerate(descriptions)]
+
+
 def generate(
-    checkpoint: str, descriptions: list[str], out: str, dtype: str = "float32", bf16: bool = False
+    checkpoint: str | Path | None,
+    descriptions: list[str],
+    out: str | Path,
+    dtype: str = "float32",
+    bf16: bool = False,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Generate one PEFT folder per description, all in one batch.
 
-    One description writes the folder ``out``; several write ``out/<index>-<slug>`` each.
-    ``bf16`` runs encoder and hypernetwork under bfloat16 autocast (faster for large batches).
+    Args:
+        checkpoint: hypernetwork checkpoint folder; None: the one shipped with the package
+            (``hypergen.checkpoint.DEFAULT_CHECKPOINT``).
+        descriptions: one adapter each.
+        out: for one description, the adapter folder; for several, a folder that receives one
+            ``<index>-<slug>`` subfolder each (it is created if needed and nothing else in it is
+            touched).
+        dtype: dtype of the saved tensors.
+        bf16: run encoder and hypernetwork under bfloat16 autocast (faster for large batches).
+        overwrite: also replace adapter destinations that hold something other than an earlier
+            adapter (never the working directory, home, or a folder above them).
+
+    Every destination is checked before anything is loaded or written: a non-empty folder that
+    is not an earlier adapter is an error unless ``overwrite``; an earlier adapter is replaced.
     """
+    from hypergen.atomic import check_destination
+    from hypergen.checkpoint import CONFIG_NAME, DEFAULT_CHECKPOINT
+    from hypergen.export import ADAPTER_FOLDER
+
+    folders = adapter_folders(descriptions, out)
+    if len(folders) > 1:
+        out = Path(out)
+        if out.exists() and (not out.is_dir() or out.is_symlink()):
+            raise FileExistsError(f"{out} exists and is not a folder")
+        if (out / ADAPTER_FOLDER.marker).is_file():
+            raise FileExistsError(
+                f"{out} is an adapter folder; several descriptions write one subfolder each "
+                "into a folder of adapters: choose another -o"
+            )
+    for folder in folders:
+        check_destination(folder, ADAPTER_FOLDER, overwrite)
+    if checkpoint is None:
+        checkpoint = DEFAULT_CHECKPOINT
+        if not (checkpoint / CONFIG_NAME).is_file():
+            raise FileNotFoundError(
+                f"the checkpoint shipped with hypergen is missing ({checkpoint}): reinstall "
+                "hypergen or pass --checkpoint"
+            )
+
+    import torch
+
+    from hypergen.config import DTYPES
     from hypergen.generator import AdapterGenerator
 
     generator = AdapterGenerator.from_pretrained(checkpoint)
     lora = generator.generate(descriptions, autocast_dtype=torch.bfloat16 if bf16 else None)
-    if len(descriptions) == 1:
-        folders = [Path(out)]
-    else:
-        folders = [Path(out) / f"{i:03d}-{_slug(d)}" for i, d in enumerate(descriptions)]
     for i, folder in enumerate(folders):
-        generator.save_peft(lora.select(i), folder, dtype=DTYPES[dtype])
+        generator.save_peft(lora.select(i), folder, dtype=DTYPES[dtype], overwrite=overwrite)
     return folders
 
 
-def _add_init(sub) -> None:
-    p = sub.add_parser("init-checkpoint", help="create an untrained (no-op) hypernetwork checkpoint")
+def _parser(command: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"{PROG} {command}", description=description)
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    return p
+
+
+def _run(command: str, args: argparse.Namespace, action: Callable[[], None]) -> int:
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+    try:
+        action()
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"{PROG} {command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def generate_main(argv: list[str]) -> int:
+    """Write PEFT LoRA folders for task descriptions (one batch)."""
+    p = _parser("generate", generate_main.__doc__)
+    p.add_argument("descriptions", nargs="+", help="one or more task descriptions")
+    p.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        help="the adapter folder (one description), or a folder that receives one "
+        "<index>-<slug> subfolder per description (several)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        help="hypernetwork checkpoint folder (default: the trained SmolLM2 + MiniLM checkpoint "
+        "shipped with hypergen)",
+    )
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="dtype of saved tensors")
+    p.add_argument("--bf16", action="store_true", help="generate under bfloat16 autocast")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an adapter destination even if it holds other files (an earlier adapter "
+        "is always replaced; other subfolders of a collection folder are never touched)",
+    )
+    args = p.parse_args(argv)
+
+    def action() -> None:
+        # AdapterGenerator.from_pretrained warns (stderr) when the checkpoint is untrained.
+        folders = generate(
+            args.checkpoint, args.descriptions, args.out, args.dtype, args.bf16, args.overwrite
+        )
+        for folder in folders:
+            print(folder)
+
+    return _run("generate", args, action)
+
+
+def init_checkpoint_main(argv: list[str]) -> int:
+    """Create an untrained (no-op) hypernetwork checkpoint."""
+    p = _parser("init-checkpoint", init_checkpoint_main.__doc__)
     p.add_argument("-o", "--out", required=True, help="checkpoint folder to write")
-    p.add_argument("--base-model", default=DEFAULT_BASE_MODEL, help="built-in name, local folder or Hub id")
+    p.add_argument(
+        "--base-model", default=DEFAULT_BASE_MODEL, help="built-in name, local folder or Hub id"
+    )
     p.add_argument("--encoder-kind", default="text", help="conditioner kind (text, hashing)")
     p.add_argument("--encoder", default=DEFAULT_ENCODER, help="encoder name or folder")
     p.add_argument("--rank", type=int, default=8)
@@ -92,52 +176,120 @@ def _add_init(sub) -> None:
     p.add_argument("--hidden-dim", type=int, default=128)
     p.add_argument("--num-blocks", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out even if it holds files other than an earlier checkpoint",
+    )
+    args = p.parse_args(argv)
+
+    def action() -> None:
+        from hypergen.atomic import check_destination
+        from hypergen.checkpoint import CHECKPOINT_FOLDER
+        from hypergen.generator import init_checkpoint
+
+        check_destination(args.out, CHECKPOINT_FOLDER, args.overwrite)  # before loading models
+        out = init_checkpoint(
+            args.out,
+            base_model=args.base_model,
+            encoder_kind=args.encoder_kind,
+            encoder=args.encoder,
+            rank=args.rank,
+            alpha=args.alpha,
+            targets=tuple(t for t in args.targets.split(",") if t),
+            hidden_dim=args.hidden_dim,
+            num_blocks=args.num_blocks,
+            seed=args.seed,
+            overwrite=args.overwrite,
+        )
+        print(f"wrote UNTRAINED checkpoint {out} (its adapters are no-ops until trained)")
+
+    return _run("init-checkpoint", args, action)
 
 
-def _add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="write PEFT LoRA folders for task descriptions")
-    p.add_argument("--checkpoint", required=True, help="hypernetwork checkpoint folder")
-    p.add_argument("descriptions", nargs="+", help="one or more task descriptions (one batch)")
-    p.add_argument("-o", "--out", required=True, help="output folder")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of saved tensors")
-    p.add_argument("--bf16", action="store_true", help="generate under bfloat16 autocast (large batches)")
+# --- the top-level command -------------------------------------------------------------------
+
+
+@dataclass
+class Command:
+    """A subcommand: ``load()`` gives its ``main``; ``origin`` is the package providing it."""
+
+    name: str
+    load: Callable[[], CommandMain]
+    origin: str = "hypergen"
+
+    def help(self) -> str:
+        try:
+            doc = self.load().__doc__ or ""
+        except Exception as err:  # noqa: BLE001 - a broken plugin must not break --help
+            return f"(cannot be loaded: {type(err).__name__}: {err})"
+        return doc.strip().split("\n")[0].rstrip(".")
+
+
+BUILTIN = {
+    "generate": lambda: generate_main,
+    "init-checkpoint": lambda: init_checkpoint_main,
+}
+
+
+def find_commands() -> dict[str, Command]:
+    """The built-in commands, then those of the ``hypergen.commands`` entry points (first wins)."""
+    from importlib.metadata import entry_points
+
+    commands = {name: Command(name, load) for name, load in BUILTIN.items()}
+    for ep in sorted(entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name):
+        if ep.name not in commands:
+            origin = ep.value.split(":")[0].split(".")[0]
+            commands[ep.name] = Command(ep.name, ep.load, origin)
+    return commands
+
+
+def _usage(commands: dict[str, Command]) -> str:
+    width = max(len(name) for name in commands) + 2
+    lines = [
+        f"usage: {PROG} [-h] [-V] COMMAND [ARGS ...]",
+        "",
+        "Make LoRA adapters for a frozen language model from task descriptions.",
+        "",
+        "commands:",
+    ]
+    for name, command in commands.items():
+        origin = "" if command.origin == "hypergen" else f" (from {command.origin})"
+        lines.append(f"  {name:<{width}}{command.help()}{origin}")
+    lines += ["", f"Run `{PROG} COMMAND --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(PROG)
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # serve and eval own their flags; hand them the rest of the line untouched.
-    if argv and argv[0] == "serve":
-        from service.server import main as serve_main
-
-        return serve_main(argv[1:])
-    if argv and argv[0] == "eval":
-        from evaluation.__main__ import main as eval_main
-
-        return eval_main(argv[1:])
-
-    parser = argparse.ArgumentParser(prog="hypergen", description=__doc__.split("\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{init-checkpoint,generate,serve,eval}")
-    _add_init(sub)
-    _add_generate(sub)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-
-    try:
-        if args.command == "init-checkpoint":
-            out = init_checkpoint(
-                args.out, args.base_model, args.encoder_kind, args.encoder, args.rank, args.alpha,
-                tuple(t for t in args.targets.split(",") if t), args.hidden_dim, args.num_blocks, args.seed,
-            )
-            print(f"wrote UNTRAINED checkpoint {out} (its adapters are no-ops until trained)")
-        elif args.command == "generate":
-            # AdapterGenerator.from_pretrained warns (stderr) when the checkpoint is untrained.
-            for folder in generate(args.checkpoint, args.descriptions, args.out, args.dtype, args.bf16):
-                print(folder)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"hypergen {args.command}: error: {err}", file=sys.stderr)
+    commands = find_commands()
+    if not argv:
+        print(_usage(commands), file=sys.stderr)
         return 2
-    return 0
+    first, rest = argv[0], argv[1:]
+    if first in ("-h", "--help"):
+        print(_usage(commands))
+        return 0
+    if first in ("-V", "--version"):
+        print(f"{PROG} {_version()}")
+        return 0
+    if first not in commands:
+        print(
+            f"{PROG}: error: unknown command {first!r} (choose from {', '.join(commands)}; "
+            f"`{PROG} --help` lists them)",
+            file=sys.stderr,
+        )
+        return 2
+    return commands[first].load()(rest)
 
 
 if __name__ == "__main__":

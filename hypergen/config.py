@@ -5,12 +5,21 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-import torch
-
 DEFAULT_BASE_MODEL = "smollm2-135m"
 DEFAULT_ENCODER = "all-minilm-l6-v2"
-# dtype names accepted in configs, CLI flags and API requests
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# dtype names accepted in configs, CLI flags and API requests; DTYPES maps them to torch dtypes
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
+
+
+def __getattr__(name: str) -> Any:
+    # DTYPES needs torch: built on first use, so that reading this module (e.g. for `hypergen
+    # --help`) does not import torch.
+    if name == "DTYPES":
+        import torch
+
+        globals()["DTYPES"] = {n: getattr(torch, n) for n in DTYPE_NAMES}
+        return globals()["DTYPES"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _from_dict(cls, data: dict[str, Any]):

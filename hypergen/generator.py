@@ -17,10 +17,16 @@ import torch
 from hypergen.adapters import LoraWeights
 from hypergen.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from hypergen.conditions import Conditioner, build_conditioner
-from hypergen.config import EncoderConfig, HyperNetConfig
+from hypergen.config import (
+    DEFAULT_BASE_MODEL,
+    DEFAULT_ENCODER,
+    EncoderConfig,
+    HyperNetConfig,
+    LoraSpec,
+)
 from hypergen.export import save_peft
 from hypergen.hypernet import HyperNetwork
-from hypergen.models import BUILTIN_MODELS
+from hypergen.models import BUILTIN_MODELS, load_base_model
 from hypergen.targets import find_targets
 
 logger = logging.getLogger(__name__)
@@ -133,9 +139,47 @@ class AdapterGenerator:
             overwrite=overwrite,
         )
 
-
     @property
     def base_model_id(self) -> str:
         """The base model as other tools know it: built-in names map to their Hub id."""
         builtin = BUILTIN_MODELS.get(self.meta.base_model)
         return builtin[2] if builtin else self.meta.base_model
+
+
+def init_checkpoint(
+    out: str | Path,
+    base_model: str = DEFAULT_BASE_MODEL,
+    encoder_kind: str = "text",
+    encoder: str = DEFAULT_ENCODER,
+    rank: int = 8,
+    alpha: float = 16.0,
+    targets: Sequence[str] = ("q_proj", "v_proj"),
+    hidden_dim: int = 128,
+    num_blocks: int = 2,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
+    """Build an untrained generator for ``base_model`` and save it; its adapters are no-ops.
+
+    Args:
+        out: checkpoint folder to write (new, empty or an earlier checkpoint unless ``overwrite``).
+        base_model: built-in name, local folder or Hub id.
+        encoder_kind: conditioner kind (``hypergen.conditions.CONDITIONERS``).
+        encoder: encoder name or folder.
+        rank, alpha, targets: the LoRA the network emits.
+        hidden_dim, num_blocks: the network's size.
+        seed: initialisation seed.
+        overwrite: replace ``out`` even if it holds something else.
+    """
+    model, _ = load_base_model(base_model)
+    encoder_config = EncoderConfig(kind=encoder_kind, name=encoder)
+    conditioner = build_conditioner(encoder_config)
+    config = HyperNetConfig(
+        hidden_dim=hidden_dim,
+        num_blocks=num_blocks,
+        lora=LoraSpec(rank=rank, alpha=alpha, target_modules=list(targets)),
+    )
+    generator = AdapterGenerator.create(
+        model, base_model, conditioner, encoder_config, config, seed=seed
+    )
+    return generator.save_pretrained(out, overwrite=overwrite)

@@ -5,8 +5,8 @@ store against the base model, tokenizes prompts, and runs one batch of completio
 different adapter per row (``complete``). It holds no request state: the batcher
 (``service.batcher``) decides what runs together.
 
-Which checkpoint: the one configured, else the trained default shipped in the repository
-(``checkpoints/smollm2-minilm``), else an UNTRAINED one built on first start under
+Which checkpoint: the one configured, else the trained default shipped with the package
+(``hypergen.checkpoint.DEFAULT_CHECKPOINT``), else an UNTRAINED one built on first start under
 ``$HYPERGEN_HOME/checkpoints`` (its adapters are exact no-ops; the service labels it everywhere).
 """
 
@@ -26,6 +26,7 @@ import torch
 from hypergen.adapters import LoraWeights
 from hypergen.apply import apply_adapters
 from hypergen.checkpoint import CONFIG_NAME, checkpoint_hash, meta_dict
+from hypergen.checkpoint import DEFAULT_CHECKPOINT as SHIPPED_CHECKPOINT
 from hypergen.config import DTYPES
 from hypergen.export import save_peft
 from hypergen.generator import AdapterGenerator
@@ -36,7 +37,7 @@ from service.decoding import Completion, Job, generate, model_call_names
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "smollm2-minilm"
+DEFAULT_CHECKPOINT = SHIPPED_CHECKPOINT  # package data: resolves in non-editable installs too
 UNTRAINED_CHECKPOINT = "untrained-smollm2-minilm"
 UNTRAINED_WARNING = (
     "UNTRAINED hypernetwork: its adapters are exact no-ops (outputs equal the base model's) "
@@ -53,7 +54,7 @@ def resolve_checkpoint(configured: str | Path | None = None, home: Path | None =
 
     Returns:
         ``configured``, else the repository's trained default if present, else an untrained
-        SmolLM2 + MiniLM checkpoint, built with ``hypergen.cli.init_checkpoint`` on first use.
+        SmolLM2 + MiniLM checkpoint, built with ``hypergen.generator.init_checkpoint`` on first use.
     """
     if configured:
         folder = Path(configured)
@@ -64,7 +65,7 @@ def resolve_checkpoint(configured: str | Path | None = None, home: Path | None =
         return DEFAULT_CHECKPOINT
     folder = (home or hypergen_home()) / "checkpoints" / UNTRAINED_CHECKPOINT
     if not (folder / CONFIG_NAME).is_file():
-        from hypergen.cli import init_checkpoint
+        from hypergen.generator import init_checkpoint
 
         logger.warning(
             "no trained checkpoint at %s: building an UNTRAINED one in %s",

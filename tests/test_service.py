@@ -615,7 +615,7 @@ def test_untrained_checkpoint_is_labelled(
         )
 
     monkeypatch.setattr("service.engine.DEFAULT_CHECKPOINT", tmp_path / "not-shipped")
-    monkeypatch.setattr("hypergen.cli.init_checkpoint", fake_init_checkpoint)
+    monkeypatch.setattr("hypergen.generator.init_checkpoint", fake_init_checkpoint)
     folder = resolve_checkpoint(None, home=tmp_path / "home")
     assert (
         folder == tmp_path / "home" / "checkpoints" / "untrained-smollm2-minilm" and len(made) == 1
