@@ -12,8 +12,10 @@ import argparse
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
+import time
 
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
@@ -88,19 +90,60 @@ class JSONErrorTask(ErrorTask):
         body = json.dumps(error_body(err.code, message, code=code)).encode()
         self.status = f"{err.code} {err.reason}"
         self.response_headers.append(("Content-Type", "application/json"))
+        if err.code == 413:
+            self.channel.drain_after_close = True  # the body is still on its way: read it away
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)
 
 
 class JSONErrorChannel(HTTPChannel):
+    """Waitress's channel with JSON errors, and a bounded "lingering close" after a refused body.
+
+    Closing a socket with unread data makes the kernel send a reset, and a client still sending
+    its body would lose the 413 it was sent. So after a 413 the channel half-closes (the answer
+    and a FIN go out) and reads and discards the rest of the body, at most ``DRAIN_BYTES`` or
+    ``DRAIN_S`` seconds, then closes.
+    """
+
     error_task_class = JSONErrorTask
+    DRAIN_BYTES = 64 << 20
+    DRAIN_S = 10.0
+    drain_after_close = False
+    drain_deadline: float | None = None
+    drained = 0
 
     def send_continue(self):
         # never invite a client to send a body that is refused already (one over the limit):
         # answer the error at once instead of reading the body first
         if self.request.error is None:
             super().send_continue()
+
+    def handle_close(self):
+        if self.drain_after_close and self.drain_deadline is None and self.connected:
+            try:
+                self.socket.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            else:  # stay in the loop, readable, until the client is done or a bound is hit
+                self.will_close = False
+                self.drain_deadline = time.monotonic() + self.DRAIN_S
+                return
+        super().handle_close()
+
+    def handle_read(self):
+        if self.drain_deadline is None:
+            super().handle_read()
+            return
+        self.drain_after_close = False  # from here on, any close is the real one
+        try:
+            data = self.socket.recv(self.adj.recv_bytes)
+        except OSError:
+            data = b""
+        self.drained += len(data)
+        self.last_activity = time.time()
+        if not data or self.drained > self.DRAIN_BYTES or time.monotonic() > self.drain_deadline:
+            self.handle_close()
 
 
 def make_server(app, host: str = "127.0.0.1", port: int = 0, **adjustments):
@@ -167,6 +210,7 @@ class BackgroundServer:
         listening socket (which ends the loop thread)."""
         listeners = (self.server, self.server.trigger)
         for channel in [d for d in list(self.server._map.values()) if d not in listeners]:
+            channel.drain_after_close = False  # close at once, no lingering
             channel.handle_close()  # idle keep-alive connections would hold up the workers
         self.server.task_dispatcher.shutdown(timeout=timeout)
         self.server.close()

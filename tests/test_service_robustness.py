@@ -4,6 +4,7 @@ answers, and idle connections against a real waitress server (127.0.0.1 only, bo
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import socket
@@ -339,6 +340,18 @@ def test_body_over_the_servers_limit_is_json_413(serve):
         error = json.loads(body)["error"]
         assert error["code"] == "request_entity_too_large"
         assert "limit is 1000 bytes" in error["message"]
+    # a client that sends all of a large body before reading still reads the 413: the server
+    # drains the body instead of resetting the connection under it
+    connection = http.client.HTTPConnection(
+        *server.url.removeprefix("http://").split(":"), timeout=10
+    )
+    try:
+        connection.request("POST", "/v1/adapters", body=b"x" * (16 << 20))
+        response = connection.getresponse()
+        assert response.status == 413 and response.getheader("Content-Type") == "application/json"
+        assert "limit is 1000 bytes" in json.loads(response.read())["error"]["message"]
+    finally:
+        connection.close()
     # up to 4x the limit, the app itself answers (the body is read, the connection stays usable)
     request = urllib.request.Request(
         f"{server.url}/v1/adapters", data=json.dumps({"description": "x" * 2500}).encode()
