@@ -24,21 +24,23 @@ full (the prompts are ours); replies to task examples stay in the local cache (t
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
-from evaluation.harness import EvalTask, _sha256_json, _write_json, cache_path
+from evaluation.cache import cache_path, load_cached, sha256_json, write_json
 from evaluation.metrics import contains_reference, distinct_bigram_ratio, exact_match
 from evaluation.scoring import ScoringConfig, eos_token_ids, greedy_generations
 from evaluation.systems import GeneratorSource, MissingArtifact, task_description
+
+if TYPE_CHECKING:  # the harness imports this module
+    from evaluation.harness import EvalTask
 
 logger = logging.getLogger(__name__)
 
@@ -265,17 +267,6 @@ def set_summary(
 # ---------------------------------------------------------------- running it
 
 
-def _load_cached(path: Path, key: str) -> dict[str, Any] | None:
-    """The record cached at ``path`` if its key is ``key``."""
-    if not path.is_file():
-        return None
-    try:
-        cached = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    return cached if cached.get("key") == key else None
-
-
 def _with_adapters(check_set: CheckSet, source: GeneratorSource):
     """The generator, the distinct descriptions to generate from, and each item's adapter index."""
     if not all(check_set.descriptions):
@@ -362,9 +353,9 @@ def run_check(
                     counts["missing"] += 1
                     continue
                 key_data.update(checkpoint=source.meta["hash"], descriptions=check_set.descriptions)
-            key = _sha256_json(key_data)
+            key = sha256_json(key_data)
             path = cache_path(out, f"generation_check/{side}", name)
-            record = _load_cached(path, key)
+            record = load_cached(path, key)
             if record is not None:
                 counts["reused"] += 1
             else:
@@ -393,7 +384,7 @@ def run_check(
                         for r in replies
                     ],
                 }
-                _write_json(path, record)
+                write_json(path, record)
                 counts["computed"] += 1
             seconds += record.get("seconds", 0.0)
             records[side] = record

@@ -14,17 +14,22 @@ log-likelihood) pick, ``acc``, and of the length-normalised (per-token) pick, ``
 generative tasks by exact match ``em`` and ROUGE-L ``rougeL`` of the greedy answer. Each task's
 headline metric is ``acc`` for multiple choice and, for generative tasks, ``em`` unless the task
 file lists only text-overlap metrics (rouge, bleu, bleurt, sequence_f1), then ``rougeL``.
+
+Per task group, besides each system's macro-average and paired Δ vs base: the paired differences
+``generated - generated_other_task`` and ``generated - generated_random`` (``PAIRED_COMPARISONS``),
+the share of the oracle's gain over base that ``generated`` recovers, and the specificity of the
+generated adapters (``evaluation.specificity``: delta-W cosines across the tasks' descriptions and
+to each task's random-string adapter). With ``generation_check`` on, the generation check
+(``evaluation.generation_check``) runs too, with its own cache entries.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import platform
 import random
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from evaluation.cache import cache_path, load_cached, sha256_json, write_json
 from evaluation.config import EvalConfig
 from evaluation.metrics import bootstrap_ci, exact_match, rouge_l
 from evaluation.scoring import ScoringConfig, generate_greedy, score_options, stop_token_ids
@@ -49,6 +55,7 @@ from evaluation.systems import (
     random_words,
     task_description,
 )
+from hypergen.adapters import LoraWeights
 from hypergen.config import DTYPES
 from hypergen.tasks import MULTIPLE_CHOICE, Example, Task, load_split, load_suite, split_examples
 
@@ -105,10 +112,6 @@ def headline_metric(task: Task) -> str:
 def _in(name: str, names: Sequence[str]) -> bool:
     """Split lists may name a parent task, which covers its subtasks."""
     return name in names or name.split("/")[0] in names
-
-
-def _sha256_json(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def resolve_paths(config: EvalConfig) -> dict[str, str]:
@@ -306,25 +309,6 @@ def _model_examples(
     return rows
 
 
-def _write_json(path: Path, data: Any, indent: int | None = None) -> None:
-    """Write atomically, so an interrupted run never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=indent)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def cache_path(out: str | Path, system: str, task: str) -> Path:
-    return Path(out) / "cache" / system / (task.replace("/", "__") + ".json")
-
-
 # ---------------------------------------------------------------- summaries
 
 
@@ -502,7 +486,16 @@ def adapter_specificity(
     if not names:
         return {"status": "missing", "reason": "no evaluated task has a description"}
     noise = [random_words(seed, name, num_random_words) for name in names]
-    report = specificity(names, generator.generate(own), generator.generate(noise))
+
+    def generate(conditions: list[str], chunk: int = 32) -> LoraWeights:  # bounded memory
+        return LoraWeights.cat(
+            [
+                generator.generate(conditions[k : k + chunk])
+                for k in range(0, len(conditions), chunk)
+            ]
+        )
+
+    report = specificity(names, generate(own), generate(noise))
     if skipped:
         report["skipped"] = skipped
     return report
@@ -638,7 +631,7 @@ def run(config: EvalConfig, model=None, tokenizer=None) -> dict[str, Any]:
         "data": {
             "suite": paths["suite"],
             "split": config.split or None,
-            "version": _sha256_json({et.name: et.file_sha256 for et in tasks}),
+            "version": sha256_json({et.name: et.file_sha256 for et in tasks}),
             "files": {et.name: et.file_sha256 for et in tasks},
         },
         "sampling": {
@@ -690,7 +683,7 @@ def run(config: EvalConfig, model=None, tokenizer=None) -> dict[str, Any]:
         ),
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
-    _write_json(out / "results.json", results, indent=1)
+    write_json(out / "results.json", results, indent=1)
     write_markdown(results, out / "results.md")
     plot_scores(results, out / "scores.png")
     logger.info("wrote %s (%s)", out, counts)
@@ -716,17 +709,13 @@ def _evaluate_one(
         "max_new_tokens": et.max_new_tokens,
         **(scoring_key if system.uses_model else {"harness": scoring_key["harness"]}),
     }
-    key = _sha256_json(key_data)
+    key = sha256_json(key_data)
     path = cache_path(out, system.name, et.name)
-    if path.is_file():
-        try:
-            cached = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            cached = {}
-        if cached.get("key") == key:
-            counts["reused"] += 1
-            bar.update(len(et.test))
-            return cached
+    cached = load_cached(path, key)
+    if cached is not None:
+        counts["reused"] += 1
+        bar.update(len(et.test))
+        return cached
     started = time.perf_counter()
     try:
         if system.uses_model:
@@ -749,6 +738,6 @@ def _evaluate_one(
         "seconds": round(time.perf_counter() - started, 2),
         "examples": rows,
     }
-    _write_json(path, record)
+    write_json(path, record)
     counts["computed"] += 1
     return record
