@@ -23,11 +23,16 @@ def tokenize_pairs(
     prompts: Sequence[str],
     completions: Sequence[str],
     max_length: int = 512,
+    end_token_id: int | None = None,
 ) -> dict[str, Tensor]:
     """Build ``input_ids``, ``attention_mask`` and completion-only ``labels`` (all (b, n)).
 
     Too-long pairs lose tokens from the start of the prompt; the completion is always kept whole
     (up to ``max_length``), since it is what the loss or the score is about.
+
+    Args:
+        end_token_id: appended to every completion (and labelled), so a model trained on the
+            batch learns where an answer ends (the end-of-turn token the service stops on).
     """
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
@@ -35,7 +40,7 @@ def tokenize_pairs(
     completion_ids = tokenizer(list(completions), add_special_tokens=False).input_ids
     rows, labels = [], []
     for p, c in zip(prompt_ids, completion_ids):
-        c = c[:max_length]
+        c = c[: max_length - 1] + [end_token_id] if end_token_id is not None else c[:max_length]
         p = p[max(0, len(p) + len(c) - max_length) :]
         rows.append(p + c)
         labels.append([IGNORE_INDEX] * len(p) + c)
@@ -66,8 +71,3 @@ def completion_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]
     nll = F.cross_entropy(rearrange(logits, "b n v -> b v n"), labels, ignore_index=IGNORE_INDEX, reduction="none")
     return -nll.sum(dim=1), (labels != IGNORE_INDEX).sum(dim=1)
 
-
-def completion_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross-entropy over all completion tokens of the batch (the SFT objective)."""
-    total, count = completion_logprobs(logits, labels)
-    return -total.sum() / count.sum().clamp(min=1)
