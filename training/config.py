@@ -49,6 +49,13 @@ class MetaTrainConfig:
             ``batch_size / (num_processes * grad_accum)``.
         lr, weight_decay, warmup_steps, lr_schedule, max_grad_norm: AdamW and its schedule.
         max_length: longest tokenized prompt + completion; prompts are cut from the left.
+        formats: text formats of SFT samples (``plain``, ``chat``: ``training/formats.py``).
+        end_of_answer: end every SFT completion with the end-of-turn token, so generated
+            adapters learn where answers stop (the held-out loss stays plain, without it).
+        head_lr: learning rate of the LoRA heads (null: ``lr``); the heads write every layer's
+            A/B at once, the trunk only shapes the condition.
+        init_from: a hypergen checkpoint to start the hypernetwork from (e.g. the result of a
+            reconstruction run); it must have the same shape.
         seed: seeds the model init and the data order (the data order is a function of
             ``(seed, step)`` alone, which makes runs reproducible across process counts and resumes).
         eval_every: held-out loss every N steps (0: only at the end).
@@ -94,6 +101,10 @@ class MetaTrainConfig:
     lr_schedule: str = "cosine"
     max_grad_norm: float = 1.0
     max_length: int = 256
+    formats: list[str] = field(default_factory=lambda: ["plain"])
+    end_of_answer: bool = False
+    head_lr: float | None = None
+    init_from: str | None = None
     seed: int = 0
     eval_every: int = 50
     eval_examples: int = 16
@@ -135,9 +146,12 @@ class MetaTrainConfig:
             raise ValueError(
                 f"MetaTrainConfig.batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})"
             )
-        if self.lr <= 0:
-            raise ValueError(f"MetaTrainConfig.lr must be > 0, got {self.lr}")
+        if self.lr <= 0 or (self.head_lr is not None and self.head_lr <= 0):
+            raise ValueError(f"MetaTrainConfig.lr and head_lr must be > 0, got {self.lr}, {self.head_lr}")
+        if not self.formats or any(f not in ("plain", "chat") for f in self.formats):
+            raise ValueError(f"MetaTrainConfig.formats must be a non-empty subset of plain/chat, got {self.formats}")
         self.target_modules, self.log_with = list(self.target_modules), list(self.log_with)
+        self.formats = list(self.formats)
 
     @property
     def run_dir(self) -> Path:
@@ -211,4 +225,92 @@ class LoraTrainConfig:
         return Path(self.output_dir) if self.output_dir else hypergen_home() / "loras"
 
 
-__all__ = ["LoraTrainConfig", "MetaTrainConfig", "load_config", "save_config"]
+@dataclass
+class LibraryTrainConfig:
+    """One LoRA per task, all trained in one batched run (``training/train_library.py``).
+
+    Args:
+        base_model: built-in name, local folder or Hub id of the frozen LM.
+        data_dir: BIG-bench-format suite; default ``$HYPERGEN_HOME/data/bigbench``.
+        split: the committed task split YAML.
+        tasks: ``train`` (the split's training tasks: reconstruction targets and the training-task
+            oracle of evaluation), ``heldout`` (the held-out oracles), ``all``, or a list of names.
+        max_tasks: keep only the first N of those by name (0: all).
+        examples_per_task: each task's first N training examples in a seeded order (0: all).
+        epochs: passes over those examples.
+        rank, alpha, target_modules: the LoRA (the hypernetwork's, so it can be a target).
+        formats: text formats mixed in training (``plain``, ``chat``: ``training/formats.py``).
+        end_of_answer: end every completion with the end-of-turn token.
+        batch_size, lr, weight_decay, max_length, seed: as in meta-training.
+        eval_examples: test examples per task for the final own/other/base loss report.
+        save_every: resumable state every N steps (0: only at the end).
+        log_every: log line every N steps.
+        resume: continue from the run folder's saved state if there is one.
+        mixed_precision: ``no`` or ``bf16`` autocast of the frozen LM's forward.
+        num_threads: torch CPU threads (0: torch's default).
+        cpu: stay on CPU even if an accelerator is present.
+        output_dir: library folder (one PEFT folder per task); default ``$HYPERGEN_HOME/loras``.
+        run_dir: state and log folder; default ``$HYPERGEN_HOME/runs/library``.
+    """
+
+    base_model: str = "smollm2-135m"
+    data_dir: str | None = None
+    split: str = "evaluation/splits/bigbench.yaml"
+    tasks: str | list[str] = "train"
+    max_tasks: int = 0
+    examples_per_task: int = 32
+    epochs: int = 1
+    rank: int = 8
+    alpha: float = 16.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    formats: list[str] = field(default_factory=lambda: ["plain", "chat"])
+    end_of_answer: bool = True
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    max_length: int = 128
+    seed: int = 0
+    eval_examples: int = 4
+    save_every: int = 50
+    log_every: int = 10
+    resume: bool = True
+    mixed_precision: str = "bf16"
+    num_threads: int = 0
+    cpu: bool = False
+    output_dir: str | None = None
+    run_dir: str | None = None
+
+    def __post_init__(self):
+        if isinstance(self.tasks, str) and self.tasks not in ("train", "heldout", "all"):
+            raise ValueError(
+                f"LibraryTrainConfig.tasks must be train/heldout/all or a list, got {self.tasks!r}"
+            )
+        unknown = [f for f in self.formats if f not in ("plain", "chat")]
+        if unknown or not self.formats:
+            raise ValueError(f"LibraryTrainConfig.formats must be a non-empty subset of plain/chat, got {self.formats}")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(
+                f"LibraryTrainConfig.mixed_precision must be no or bf16, got {self.mixed_precision!r}"
+            )
+        _check_positive(self, "rank", "epochs", "batch_size", "max_length", "log_every")
+        for name in ("max_tasks", "examples_per_task", "eval_examples", "save_every", "num_threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"LibraryTrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"LibraryTrainConfig.lr must be > 0, got {self.lr}")
+        self.target_modules, self.formats = list(self.target_modules), list(self.formats)
+
+    @property
+    def suite_dir(self) -> Path:
+        return Path(self.data_dir) if self.data_dir else hypergen_home() / "data" / "bigbench"
+
+    @property
+    def library_dir(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else hypergen_home() / "loras"
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else hypergen_home() / "runs" / "library"
+
+
+__all__ = ["LibraryTrainConfig", "LoraTrainConfig", "MetaTrainConfig", "load_config", "save_config"]
