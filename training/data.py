@@ -33,12 +33,14 @@ class Sample:
         condition: row of the description phrasing in the condition table (-1: none).
         prompt: prompt text fed to the LM.
         completion: completion text the loss is on.
+        fmt: text format shown to the LM (``training/formats.py``).
     """
 
     task: str
     condition: int
     prompt: str
     completion: str
+    fmt: str = "plain"
 
 
 @dataclass
@@ -116,6 +118,7 @@ class MixtureSampler:
         examples: task -> examples to draw from.
         phrasings: task -> condition rows to draw from (None: samples carry condition -1).
         seed: with the step, the only input of each batch's generator.
+        formats: text formats to draw from (one format draws nothing: batches stay as before).
     """
 
     def __init__(
@@ -123,11 +126,13 @@ class MixtureSampler:
         examples: dict[str, list[Example]],
         phrasings: dict[str, list[int]] | None = None,
         seed: int = 0,
+        formats: Sequence[str] = ("plain",),
     ):
         self.tasks = sorted(t for t in examples if examples[t])
         if not self.tasks:
             raise ValueError("MixtureSampler needs at least one task with examples")
         self.examples, self.phrasings, self.seed = examples, phrasings, seed
+        self.formats = list(formats)
 
     def batch(self, step: int, size: int) -> list[Sample]:
         """The global batch of ``step``: ``size`` samples, a function of ``(seed, step)`` only."""
@@ -137,7 +142,8 @@ class MixtureSampler:
             task = rng.choice(self.tasks)
             example = rng.choice(self.examples[task])
             condition = rng.choice(self.phrasings[task]) if self.phrasings else -1
-            samples.append(Sample(task, condition, example.prompt, example.completion))
+            fmt = rng.choice(self.formats) if len(self.formats) > 1 else self.formats[0]
+            samples.append(Sample(task, condition, example.prompt, example.completion, fmt))
         return samples
 
 

@@ -41,16 +41,17 @@ from tqdm import tqdm
 
 from hypergen.adapters import LoraWeights
 from hypergen.apply import apply_adapters
-from hypergen.checkpoint import CheckpointMeta, save_checkpoint
+from hypergen.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from hypergen.conditions import build_conditioner
 from hypergen.config import DTYPES, EncoderConfig, HyperNetConfig, LoraSpec
 from hypergen.export import load_peft
 from hypergen.generator import AdapterGenerator
+from hypergen.lora_geometry import cosine_matrix
 from hypergen.models import load_base_model
 from hypergen.targets import AdapterTarget
-from hypergen.text_batches import tokenize_pairs
 from training.config import MetaTrainConfig, load_config, save_config
 from training.data import MixtureSampler, Sample, conditions_for, load_task_data, shard
+from training.formats import tokenize_formatted
 from training.objectives import delta_w_loss, example_losses
 from training.train_lora import MULTITASK, library_folder
 
@@ -123,7 +124,15 @@ class MetaTrainer:
             self.model, cfg.base_model, conditioner, encoder, hypernet_config, seed=cfg.seed
         )
         self.meta: CheckpointMeta = generator.meta
-        hypernet = generator.hypernet.to(device).train()
+        hypernet = generator.hypernet
+        if cfg.init_from:
+            # e.g. a reconstruction run's checkpoint: SFT then starts from task-specific adapters
+            start, _ = load_checkpoint(cfg.init_from, targets=hypernet.targets)
+            if start.config.to_dict() != hypernet.config.to_dict():
+                raise ValueError(f"init_from {cfg.init_from}: hypernetwork shape differs from this config")
+            hypernet.load_state_dict(start.state_dict())
+            logger.info("hypernetwork initialised from %s", cfg.init_from)
+        hypernet = hypernet.to(device).train()
         del generator, conditioner
 
         # 5. The LoRA library (reconstruction targets and final baselines).
@@ -142,12 +151,20 @@ class MetaTrainer:
                 "objective=both but no training task has a LoRA in %s: SFT only", cfg.library_dir
             )
         self.sampler = MixtureSampler(
-            {t: self.data.train_examples[t] for t in pool}, self.data.train_phrasings, seed=cfg.seed
+            {t: self.data.train_examples[t] for t in pool},
+            self.data.train_phrasings,
+            seed=cfg.seed,
+            formats=cfg.formats,
         )
 
-        # 6. Optimizer and schedule, then accelerate wraps the trainable parts only.
+        # 6. Optimizer (heads and trunk may take different rates) and schedule, then accelerate
+        #    wraps the trainable parts only.
+        heads = [p for n, p in hypernet.named_parameters() if n.startswith("heads.")]
+        trunk = [p for n, p in hypernet.named_parameters() if not n.startswith("heads.")]
         optimizer = torch.optim.AdamW(
-            hypernet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+            [{"params": trunk}, {"params": heads, "lr": cfg.head_lr or cfg.lr}],
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         self.hypernet, self.optimizer, self.scheduler = acc.prepare(hypernet, optimizer, scheduler)
@@ -231,18 +248,22 @@ class MetaTrainer:
 
     # --- losses ----------------------------------------------------------------------------
 
-    def _tokenize(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
-        batch = tokenize_pairs(
+    def _tokenize(self, samples: list[Sample], train: bool) -> dict[str, torch.Tensor]:
+        """Training samples in their own format (ending with the end token if configured);
+        evaluation items plain, without it, so held-out losses compare across runs."""
+        batch = tokenize_formatted(
             self.tokenizer,
-            [s.prompt for s in samples],
-            [s.completion for s in samples],
+            [(s.prompt, s.completion, s.fmt if train else "plain") for s in samples],
             self.config.max_length,
+            end_of_answer=train and self.config.end_of_answer,
         )
         return {k: v.to(self.accelerator.device) for k, v in batch.items()}
 
-    def _lm_losses(self, samples: list[Sample], lora: LoraWeights | None) -> torch.Tensor:
+    def _lm_losses(
+        self, samples: list[Sample], lora: LoraWeights | None, train: bool = False
+    ) -> torch.Tensor:
         """(b,) per-example completion losses of the frozen LM with ``lora`` applied (or none)."""
-        batch = self._tokenize(samples)
+        batch = self._tokenize(samples, train)
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         # Autocast the LM only: the hypernetwork's output (the adapters) stays float32.
         device_type = self.accelerator.device.type
@@ -263,7 +284,7 @@ class MetaTrainer:
         parts: dict[str, torch.Tensor] = {}
         total = 0.0
         if cfg.objective in ("sft", "both"):
-            parts["sft"] = self._lm_losses(samples, lora).mean()
+            parts["sft"] = self._lm_losses(samples, lora, train=True).mean()
             total = total + (cfg.sft_weight if cfg.objective == "both" else 1.0) * parts["sft"]
         if cfg.objective in ("reconstruction", "both"):
             rows = [i for i, s in enumerate(samples) if s.task in self.library]
@@ -359,7 +380,14 @@ class MetaTrainer:
                 self._log(record)
                 window = []
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
-                self._log({"step": self.step, "heldout_loss": self._eval_generated()["loss"]})
+                result = self._eval_generated()
+                self._log(
+                    {
+                        "step": self.step,
+                        "heldout_loss": result["loss"],
+                        **{f"specificity_{k}": v for k, v in result["specificity"].items()},
+                    }
+                )
             if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps:
                 self.save_checkpoint(final=self.step == cfg.steps)
         bar.close()
@@ -367,8 +395,28 @@ class MetaTrainer:
     def _eval_generated(self) -> dict:
         self.hypernet.eval()
         result = self.evaluate(self._generated)
+        result["specificity"] = self.specificity()
         self.hypernet.train()
         return result
+
+    @torch.no_grad()
+    def specificity(self) -> dict[str, float]:
+        """Mean pairwise cosine of the generated delta W across tasks' plain descriptions.
+
+        Near 1: one adapter for every task (the collapse this project started from, 0.994).
+        Cheap (no LM forward), so it is logged at every evaluation.
+        """
+        hypernet = self.accelerator.unwrap_model(self.hypernet)
+        out = {}
+        for group, tasks in (("heldout", self.data.heldout_tasks), ("train", self.data.train_tasks[:32])):
+            if len(tasks) < 2:
+                continue
+            rows = torch.tensor([self.data.eval_phrasing[t] for t in tasks], device=self.conditions.device)
+            cos = cosine_matrix(hypernet(self.conditions[rows]))
+            off = cos[~torch.eye(len(tasks), dtype=torch.bool)]
+            off = off[~off.isnan()]
+            out[group] = off.mean().item() if off.numel() else float("nan")
+        return out
 
     def _log(self, record: dict) -> None:
         self.history.append(record)
@@ -439,7 +487,14 @@ class MetaTrainer:
         report = {"base": self.base_heldout}
         self.hypernet.eval()
         report["generated"] = self.evaluate(self._generated)
-        self._log({"step": self.step, "heldout_loss": report["generated"]["loss"]})
+        report["specificity"] = self.specificity()
+        self._log(
+            {
+                "step": self.step,
+                "heldout_loss": report["generated"]["loss"],
+                **{f"specificity_{k}": v for k, v in report["specificity"].items()},
+            }
+        )
         unseen = self.data.unseen_phrasings
         if any(unseen.get(t) for t in self.data.heldout_tasks):
 
@@ -468,7 +523,8 @@ class MetaTrainer:
             report["oracle_lora"]["tasks"] = oracle_tasks
         if self.accelerator.is_main_process:
             for key, value in report.items():
-                logger.info("final held-out loss, %s: %.4f", key, value["loss"])
+                if "loss" in value:
+                    logger.info("final held-out loss, %s: %.4f", key, value["loss"])
         seconds = time.perf_counter() - self.started  # this session's training time (+ evals)
         return {"seconds": round(seconds, 3), "final_heldout": report}
 
