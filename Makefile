@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install install-python install-browser bench-serving test test-slow lint format serve bench data train eval
+.PHONY: install install-python install-browser bench-serving test test-slow lint format serve bench data library loras recon pipeline train eval
 
 install: install-python install-browser
 
@@ -47,9 +47,23 @@ bench-serving:
 data:
 	$(PYTHON) training/prepare_data.py
 
-# Extra `key=value` overrides: make loras ARGS="per_task=all", make train ARGS="steps=50 resume=true".
+# Extra `key=value` overrides: make library ARGS="examples_per_task=32", make train ARGS="steps=50 resume=true".
+# The per-task LoRA library in one batched run (reconstruction targets, training-task oracles).
+library:
+	$(PYTHON) training/train_library.py --config training/configs/library_smollm2.yaml $(ARGS)
+
+# PEFT one-at-a-time LoRAs: held-out oracles and the multi-task LoRA baseline.
 loras:
 	$(PYTHON) training/train_lora.py --config training/configs/loras_smollm2.yaml $(ARGS)
+
+# Stage 1 of the shipped checkpoint: reconstruction pre-training on the library.
+recon:
+	$(LAUNCH) training/meta_train.py --config training/configs/recon_smollm2.yaml $(ARGS)
+
+# library -> recon -> train into one folder (any device; bf16 on CUDA): make pipeline OUT=/path
+OUT ?= $(HOME)/.cache/hypergen/runs/pipeline
+pipeline:
+	$(PYTHON) training/pipeline.py --out $(OUT) $(ARGS)
 
 # One process by default; for GPUs/machines: make train LAUNCH="accelerate launch --config_file training/accelerate/multi_gpu.yaml"
 LAUNCH ?= $(PYTHON) -m accelerate.commands.launch

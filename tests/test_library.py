@@ -9,7 +9,14 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from hypergen import LoraWeights, apply_adapters, find_targets, load_base_model, load_peft
+from hypergen import (
+    AdapterGenerator,
+    LoraWeights,
+    apply_adapters,
+    find_targets,
+    load_base_model,
+    load_peft,
+)
 from hypergen.text_batches import IGNORE_INDEX, tokenize_pairs
 from tests.test_training import write_toy_suite
 from training.config import LibraryTrainConfig
@@ -219,3 +226,31 @@ def test_library_feeds_reconstruction_then_sft_from_its_checkpoint(toy, tmp_path
     assert final and -1.0 <= final[-1]["specificity_heldout"] <= 1.0
     with pytest.raises(ValueError, match="shape differs"):
         run_meta_train(toy, tmp_path / "bad", init_from=str(start), hidden_dim=8)
+
+
+def test_pipeline_runs_all_stages_into_one_folder_and_skips_finished_ones(toy, tmp_path):
+    from training import pipeline
+    from training.meta_train import main as _  # noqa: F401 (the recipes it chains)
+
+    tiny = str(pipeline.CONFIGS / "tiny.yaml")
+    out = tmp_path / "pipe"
+    argv = [
+        "--out", str(out),
+        "--recon-config", tiny,
+        "--sft-config", tiny,
+        "--all", *[f"{k}={v}" for k, v in toy.items()], "num_threads=1", "cpu=true",
+        "--library", "examples_per_task=4", "rank=2", "alpha=4.0", "batch_size=4", "max_length=48",
+        "mixed_precision=no", "eval_examples=1",
+        "--recon", "objective=reconstruction", "steps=2",
+        "--sft", "objective=both", "steps=2", "formats=[plain,chat]", "end_of_answer=true",
+    ]  # fmt: skip
+    assert pipeline.main(argv) == 0
+    assert (out / "library" / "library.json").is_file()
+    generator = AdapterGenerator.from_pretrained(out / "checkpoint")
+    assert generator.meta.trained_steps == 2 and generator.meta.training["objective"] == "both"
+    log = (out / "pipeline.log").read_text()
+    assert all(f"stage {s}: done" in log for s in ("library", "recon", "sft"))
+    assert pipeline.main(argv) == 0  # a rerun finds every stage complete
+    assert (out / "pipeline.log").read_text().count("already complete, skipped") == 3
+    with pytest.raises(SystemExit):
+        pipeline.main(["--out", str(out), "--stages", "library,dpo"])

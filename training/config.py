@@ -55,7 +55,9 @@ class MetaTrainConfig:
         head_lr: learning rate of the LoRA heads (null: ``lr``); the heads write every layer's
             A/B at once, the trunk only shapes the condition.
         init_from: a hypergen checkpoint to start the hypernetwork from (e.g. the result of a
-            reconstruction run); it must have the same shape.
+            reconstruction run); it must have the same shape. A relative path that does not
+            exist from the working directory is read under ``$HYPERGEN_HOME``
+            (``runs/smollm2-recon/final``).
         seed: seeds the model init and the data order (the data order is a function of
             ``(seed, step)`` alone, which makes runs reproducible across process counts and resumes).
         eval_every: held-out loss every N steps (0: only at the end).
@@ -128,6 +130,8 @@ class MetaTrainConfig:
             raise ValueError(
                 f"MetaTrainConfig.lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}"
             )
+        if self.mixed_precision is False:  # YAML reads a bare `no` as false
+            self.mixed_precision = "no"
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(
                 f"MetaTrainConfig.mixed_precision must be no or bf16, got {self.mixed_precision!r}"
@@ -164,6 +168,13 @@ class MetaTrainConfig:
     @property
     def library_dir(self) -> Path:
         return Path(self.lora_library) if self.lora_library else hypergen_home() / "loras"
+
+    @property
+    def init_checkpoint(self) -> Path | None:
+        if not self.init_from:
+            return None
+        path = Path(self.init_from).expanduser()
+        return path if path.is_absolute() or path.exists() else hypergen_home() / path
 
 
 @dataclass
@@ -288,6 +299,8 @@ class LibraryTrainConfig:
         unknown = [f for f in self.formats if f not in ("plain", "chat")]
         if unknown or not self.formats:
             raise ValueError(f"LibraryTrainConfig.formats must be a non-empty subset of plain/chat, got {self.formats}")
+        if self.mixed_precision is False:  # YAML reads a bare `no` as false
+            self.mixed_precision = "no"
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(
                 f"LibraryTrainConfig.mixed_precision must be no or bf16, got {self.mixed_precision!r}"

@@ -125,13 +125,13 @@ class MetaTrainer:
         )
         self.meta: CheckpointMeta = generator.meta
         hypernet = generator.hypernet
-        if cfg.init_from:
+        if cfg.init_checkpoint:
             # e.g. a reconstruction run's checkpoint: SFT then starts from task-specific adapters
-            start, _ = load_checkpoint(cfg.init_from, targets=hypernet.targets)
+            start, _ = load_checkpoint(cfg.init_checkpoint, targets=hypernet.targets)
             if start.config.to_dict() != hypernet.config.to_dict():
                 raise ValueError(f"init_from {cfg.init_from}: hypernetwork shape differs from this config")
             hypernet.load_state_dict(start.state_dict())
-            logger.info("hypernetwork initialised from %s", cfg.init_from)
+            logger.info("hypernetwork initialised from %s", cfg.init_checkpoint)
         hypernet = hypernet.to(device).train()
         del generator, conditioner
 
