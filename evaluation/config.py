@@ -1,7 +1,7 @@
 """The evaluation config: one dataclass, read from a YAML file plus ``key=value`` overrides.
 
 Unknown keys fail, naming the key. Paths left empty fall back to the cache under
-``$HYPERGEN_HOME`` (``hypergen.models.hypergen_home``): tasks in ``data/bigbench``, LoRAs in
+``$HYPERGEN_HOME`` (``hypergen.layout``): tasks in ``data/bigbench``, LoRAs in
 ``loras/``. Relative paths are relative to the working directory (the repository root for
 ``make eval``).
 """

@@ -116,11 +116,11 @@ def _in(name: str, names: Sequence[str]) -> bool:
 
 def resolve_paths(config: EvalConfig) -> dict[str, str]:
     """The suite and LoRA folders, with empty config paths falling back to $HYPERGEN_HOME."""
-    from hypergen.models import hypergen_home
+    from hypergen.layout import library_dir, suite_dir
 
     return {
-        "suite": config.suite or str(hypergen_home() / "data" / "bigbench"),
-        "loras_dir": config.loras_dir or str(hypergen_home() / "loras"),
+        "suite": str(suite_dir(config.suite)),
+        "loras_dir": str(library_dir(config.loras_dir)),
     }
 
 

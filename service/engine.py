@@ -30,7 +30,8 @@ from hypergen.checkpoint import DEFAULT_CHECKPOINT as SHIPPED_CHECKPOINT
 from hypergen.config import DTYPES
 from hypergen.export import save_peft
 from hypergen.generator import AdapterGenerator
-from hypergen.models import hypergen_home, load_base_model
+from hypergen.layout import hypergen_home
+from hypergen.models import load_base_model
 from hypergen.targets import find_targets
 from service.batched_lora import BatchedLora
 from service.decoding import Completion, Job, generate, model_call_names

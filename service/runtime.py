@@ -12,7 +12,7 @@ from pathlib import Path
 
 from flask import Flask, current_app
 
-from hypergen.models import hypergen_home
+from hypergen.layout import hypergen_home
 from service.batcher import Batcher
 from service.engine import Engine
 from service.errors import EngineUnavailable

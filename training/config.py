@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hypergen.config_files import load_config, save_config
-from hypergen.models import hypergen_home
+from hypergen.layout import hypergen_home, library_dir, run_dir, suite_dir
 
 OBJECTIVES = ("sft", "reconstruction", "both")
 SCHEDULES = ("cosine", "constant")
@@ -159,15 +159,15 @@ class MetaTrainConfig:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.output_dir) if self.output_dir else hypergen_home() / "runs" / self.name
+        return run_dir(self.name, self.output_dir)
 
     @property
     def suite_dir(self) -> Path:
-        return Path(self.data_dir) if self.data_dir else hypergen_home() / "data" / "bigbench"
+        return suite_dir(self.data_dir)
 
     @property
     def library_dir(self) -> Path:
-        return Path(self.lora_library) if self.lora_library else hypergen_home() / "loras"
+        return library_dir(self.lora_library)
 
     @property
     def init_checkpoint(self) -> Path | None:
@@ -229,11 +229,11 @@ class LoraTrainConfig:
 
     @property
     def suite_dir(self) -> Path:
-        return Path(self.data_dir) if self.data_dir else hypergen_home() / "data" / "bigbench"
+        return suite_dir(self.data_dir)
 
     @property
     def library_dir(self) -> Path:
-        return Path(self.output_dir) if self.output_dir else hypergen_home() / "loras"
+        return library_dir(self.output_dir)
 
 
 @dataclass
@@ -315,15 +315,15 @@ class LibraryTrainConfig:
 
     @property
     def suite_dir(self) -> Path:
-        return Path(self.data_dir) if self.data_dir else hypergen_home() / "data" / "bigbench"
+        return suite_dir(self.data_dir)
 
     @property
     def library_dir(self) -> Path:
-        return Path(self.output_dir) if self.output_dir else hypergen_home() / "loras"
+        return library_dir(self.output_dir)
 
     @property
     def state_dir(self) -> Path:
-        return Path(self.run_dir) if self.run_dir else hypergen_home() / "runs" / "library"
+        return run_dir("library", self.run_dir)
 
 
 __all__ = ["LibraryTrainConfig", "LoraTrainConfig", "MetaTrainConfig", "load_config", "save_config"]

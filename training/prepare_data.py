@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from hypergen.models import hypergen_home
+from hypergen.layout import suite_dir
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ MARKER = ".complete.json"  # written last; its presence means the cache is whole
 
 def default_cache() -> Path:
     """The default cache folder: `$HYPERGEN_HOME/data/bigbench` (HYPERGEN_HOME: ~/.cache/hypergen)."""
-    return hypergen_home().expanduser() / "data" / "bigbench"
+    return suite_dir().expanduser()
 
 
 def download_sdist(dest: Path) -> Path:
