@@ -276,8 +276,10 @@ class LibraryTrainer:
             "steps": self.step,
             "examples": len(self.plan),
             "mean_test_loss": {
-                k: sum(r[k] for r in report.values()) / max(1, len(report)) for k in ("base", "own", "other")
-            },
+                k: sum(r[k] for r in report.values()) / len(report) for k in ("base", "own", "other")
+            }
+            if report
+            else None,  # eval_examples=0: no report
             "own_beats_other": f"{own_better}/{len(report)}",
             "seconds_per_step": self.history[-1]["s_per_step"] if self.history else None,
             "config": asdict(cfg),
