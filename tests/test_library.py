@@ -254,3 +254,17 @@ def test_pipeline_runs_all_stages_into_one_folder_and_skips_finished_ones(toy, t
     assert (out / "pipeline.log").read_text().count("already complete, skipped") == 3
     with pytest.raises(SystemExit):
         pipeline.main(["--out", str(out), "--stages", "library,dpo"])
+
+
+def test_shared_init_starts_every_task_from_the_same_lora(llama, tokenizer):
+    model, _ = llama
+    targets = find_targets(model, ["q_proj", "v_proj"])
+    shared = LoraBank(targets, num_tasks=3, rank=2, alpha=4.0, shared_init=True)
+    apart = LoraBank(targets, num_tasks=3, rank=2, alpha=4.0)
+    for A in shared.A:
+        assert torch.equal(A[0], A[1]) and torch.equal(A[0], A[2])
+        assert A.stride(0) != 0  # real rows, not an expanded view
+    assert all(not torch.equal(A[0], A[1]) for A in apart.A)
+    # rows still train independently
+    _losses(model, tokenizer, shared(torch.tensor([1, 1, 1]))).sum().backward()
+    assert all(p.grad[[0, 2]].abs().sum() == 0 for p in [*shared.A, *shared.B])

@@ -250,6 +250,8 @@ class LibraryTrainConfig:
         examples_per_task: each task's first N training examples in a seeded order (0: all).
         epochs: passes over those examples.
         rank, alpha, target_modules: the LoRA (the hypernetwork's, so it can be a target).
+        shared_init: every task's LoRA starts from the same random A (``training/lora_bank.py``):
+            the differences between tasks are then only what training put there.
         formats: text formats mixed in training (``plain``, ``chat``: ``training/formats.py``).
         end_of_answer: end every completion with the end-of-turn token.
         batch_size, lr, weight_decay, max_length, seed: as in meta-training.
@@ -274,6 +276,7 @@ class LibraryTrainConfig:
     rank: int = 8
     alpha: float = 16.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    shared_init: bool = True
     formats: list[str] = field(default_factory=lambda: ["plain", "chat"])
     end_of_answer: bool = True
     batch_size: int = 8

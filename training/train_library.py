@@ -120,7 +120,9 @@ class LibraryTrainer:
         self.total_steps = -(-len(self.plan) // cfg.batch_size)
         self.targets = find_targets(self.model, cfg.target_modules)
         torch.manual_seed(cfg.seed)
-        bank = LoraBank(self.targets, len(self.tasks), cfg.rank, cfg.alpha).to(acc.device)
+        bank = LoraBank(
+            self.targets, len(self.tasks), cfg.rank, cfg.alpha, shared_init=cfg.shared_init
+        ).to(acc.device)
         optimizer = torch.optim.AdamW(bank.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.bank, self.optimizer = acc.prepare(bank, optimizer)
         logger.info(
