@@ -268,3 +268,18 @@ def test_shared_init_starts_every_task_from_the_same_lora(llama, tokenizer):
     # rows still train independently
     _losses(model, tokenizer, shared(torch.tensor([1, 1, 1]))).sum().backward()
     assert all(p.grad[[0, 2]].abs().sum() == 0 for p in [*shared.A, *shared.B])
+
+
+def test_plot_log_draws_the_stages_of_a_run(tmp_path):
+    from training import plot_log
+
+    for name, records in {
+        "recon": [{"step": 10, "loss": 1.0, "reconstruction": 1.0}, {"step": 20, "heldout_loss": 2.5, "specificity_heldout": 0.4}],
+        "sft": [{"step": 5, "loss": 3.0, "sft": 2.0}, {"step": 10, "heldout_loss": 2.2, "specificity_heldout": 0.6}],
+    }.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "curve.png"
+    assert plot_log.main([str(tmp_path / "recon"), str(tmp_path / "sft"), "-o", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_log.main([str(tmp_path / "nothing"), "-o", str(out)]) == 2
