@@ -178,3 +178,22 @@ def engine(checkpoint_dir):
     from service.engine import Engine
 
     return Engine.load(checkpoint_dir)
+
+
+@pytest.fixture
+def make_app(engine, tmp_path):
+    """Factory: a test app on the tiny engine with a fresh store; batchers are closed afterwards."""
+    from service import create_app
+
+    apps = []
+
+    def make(engine=engine, **config):
+        app = create_app(
+            {"TESTING": True, "STORE": str(tmp_path / "store"), **config}, engine=engine
+        )
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["hypergen"].close()

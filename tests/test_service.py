@@ -28,23 +28,6 @@ DESCRIPTION = "Translate English to French."
 
 
 @pytest.fixture
-def make_app(engine, tmp_path):
-    """Factory: a test app on the tiny engine with a fresh store; batchers are closed afterwards."""
-    apps = []
-
-    def make(engine=engine, **config):
-        app = create_app(
-            {"TESTING": True, "STORE": str(tmp_path / "store"), **config}, engine=engine
-        )
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.extensions["hypergen"].close()
-
-
-@pytest.fixture
 def app(make_app):
     return make_app()
 

@@ -16,29 +16,12 @@ import urllib.request
 import pytest
 import torch
 
-from service import create_app, decoding
+from service import decoding
 from service.batcher import Batcher
 from service.decoding import Completion, Job, SamplingParams
 from service.server import BackgroundServer
 
 ROUTES = ("/v1/adapters", "/v1/completions", "/v1/chat/completions")
-
-
-@pytest.fixture
-def make_app(engine, tmp_path):
-    """Factory: a test app on the tiny engine with a fresh store; batchers are closed afterwards."""
-    apps = []
-
-    def make(**config):
-        app = create_app(
-            {"TESTING": True, "STORE": str(tmp_path / "store"), **config}, engine=engine
-        )
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.extensions["hypergen"].close()
 
 
 @pytest.fixture
