@@ -26,7 +26,7 @@ from hypergen.config import (
 )
 from hypergen.export import save_peft
 from hypergen.hypernet import HyperNetwork
-from hypergen.models import BUILTIN_MODELS, load_base_model
+from hypergen.models import hub_id, load_base_model
 from hypergen.targets import find_targets
 
 logger = logging.getLogger(__name__)
@@ -142,8 +142,7 @@ class AdapterGenerator:
     @property
     def base_model_id(self) -> str:
         """The base model as other tools know it: built-in names map to their Hub id."""
-        builtin = BUILTIN_MODELS.get(self.meta.base_model)
-        return builtin[2] if builtin else self.meta.base_model
+        return hub_id(self.meta.base_model)
 
 
 def init_checkpoint(

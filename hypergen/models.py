@@ -59,6 +59,12 @@ def _convert_gguf(package: str, gguf_file: str, out_dir: Path) -> None:
         tokenizer.save_pretrained(tmp)
 
 
+def hub_id(name: str) -> str:
+    """The base model as other tools know it: a built-in name maps to its Hub id."""
+    builtin = BUILTIN_MODELS.get(name)
+    return builtin[2] if builtin else name
+
+
 def resolve_model_path(name: str) -> str:
     """Built-in name -> converted cache folder (converting on first use); anything else unchanged."""
     if name in BUILTIN_MODELS:

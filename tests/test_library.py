@@ -230,7 +230,6 @@ def test_library_feeds_reconstruction_then_sft_from_its_checkpoint(toy, tmp_path
 
 def test_pipeline_runs_all_stages_into_one_folder_and_skips_finished_ones(toy, tmp_path):
     from training import pipeline
-    from training.meta_train import main as _  # noqa: F401 (the recipes it chains)
 
     tiny = str(pipeline.CONFIGS / "tiny.yaml")
     out = tmp_path / "pipe"

@@ -32,7 +32,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from hypergen.layout import suite_dir
+from hypergen.layout import hypergen_home, suite_dir
 from hypergen.tasks import load_split
 
 logger = logging.getLogger("training.device_bundle")
@@ -48,7 +48,8 @@ def _sha256(data: bytes) -> str:
 
 def task_files(split: str | Path, suite: Path) -> list[Path]:
     """The task.json files of the split's tasks (a task's subtasks included), relative to ``suite``."""
-    names = [*load_split(split).train_tasks, *load_split(split).heldout_tasks]
+    chosen = load_split(split)
+    names = [*chosen.train_tasks, *chosen.heldout_tasks]
     files = sorted({p.relative_to(suite) for n in names for p in (suite / n).rglob("task.json")})
     if not files:
         raise ValueError(f"no task files of {split} under {suite}: run `make data` first")
@@ -139,8 +140,6 @@ def pack(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hypergen.layout import hypergen_home
-
     home = Path(args.home) if args.home else hypergen_home()
     wheels = unpack(join_parts(Path(args.parts)), home)
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", *map(str, wheels)], check=True)

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from hypergen.apply import apply_adapters
 from hypergen.export import save_peft
-from hypergen.models import BUILTIN_MODELS, load_base_model
+from hypergen.models import hub_id, load_base_model
 from hypergen.targets import find_targets
 from training.config import LibraryTrainConfig, load_config, save_config
 from training.data import TaskData, load_task_data, shard
@@ -247,8 +247,7 @@ class LibraryTrainer:
         """One PEFT folder per task, plus ``library.json``; returns the library folder."""
         cfg = self.config
         bank = self.accelerator.unwrap_model(self.bank)
-        builtin = BUILTIN_MODELS.get(cfg.base_model)
-        base_id = builtin[2] if builtin else cfg.base_model
+        base_id = hub_id(cfg.base_model)
         seen = [0] * len(self.tasks)
         for item in self.plan:
             seen[item.task] += 1
