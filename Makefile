@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install install-python install-browser bench-serving test test-slow lint format serve bench data library loras recon pipeline device-bundle train eval
+.PHONY: install install-python install-browser bench-serving test test-slow lint format serve bench data library loras recon chat-replies pipeline device-bundle train eval
 
 install: install-python install-browser
 
@@ -60,7 +60,11 @@ loras:
 recon:
 	$(LAUNCH) training/meta_train.py --config training/configs/recon_smollm2.yaml $(ARGS)
 
-# library -> recon -> train into one folder (any device; bf16 on CUDA): make pipeline OUT=/path
+# The base model's own correct chat replies, the chat targets of `make train` (training/chat_replies.py).
+chat-replies:
+	$(PYTHON) training/chat_replies.py $(ARGS)
+
+# library -> recon -> replies -> train into one folder (any device; bf16 on CUDA): make pipeline OUT=/path
 OUT ?= $(HOME)/.cache/hypergen/runs/pipeline
 pipeline:
 	$(PYTHON) training/pipeline.py --out $(OUT) $(ARGS)

@@ -248,9 +248,10 @@ def test_pipeline_runs_all_stages_into_one_folder_and_skips_finished_ones(toy, t
     generator = AdapterGenerator.from_pretrained(out / "checkpoint")
     assert generator.meta.trained_steps == 2 and generator.meta.training["objective"] == "both"
     log = (out / "pipeline.log").read_text()
-    assert all(f"stage {s}: done" in log for s in ("library", "recon", "sft"))
+    assert all(f"stage {s}: done" in log for s in ("library", "recon", "replies", "sft"))
+    assert f"chat_replies={out / 'chat_replies.json'}" in log  # SFT trains chat on them
     assert pipeline.main(argv) == 0  # a rerun finds every stage complete
-    assert (out / "pipeline.log").read_text().count("already complete, skipped") == 3
+    assert (out / "pipeline.log").read_text().count("already complete, skipped") == 4
     with pytest.raises(SystemExit):
         pipeline.main(["--out", str(out), "--stages", "library,dpo"])
 
@@ -282,3 +283,32 @@ def test_plot_log_draws_the_stages_of_a_run(tmp_path):
     assert plot_log.main([str(tmp_path / "recon"), str(tmp_path / "sft"), "-o", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_log.main([str(tmp_path / "nothing"), "-o", str(out)]) == 2
+
+
+def test_a_multitask_run_trains_one_lora_on_the_same_plan(toy, tmp_path, llama_dir):
+    """``multitask=true``: the multitask_lora baseline of evaluation, on exactly the library's
+    examples, written to ``_multitask/`` without touching the per-task library's summary."""
+    config = _config(toy, tmp_path, multitask=True)
+    per_task = make_plan(_config(toy, tmp_path), *_data_and_tasks(toy))
+    trainer = LibraryTrainer(config)
+    trainer.setup()
+    assert [(it.prompt, it.fmt) for it in trainer.plan] == [(it.prompt, it.fmt) for it in per_task]
+    assert {it.task for it in trainer.plan} == {0} and trainer.rows == ["_multitask"]
+    assert config.state_dir.name == "run"  # explicit run_dir; the default is runs/library-multitask
+    trainer.train()
+    report = trainer.report()
+    assert set(report) == set(trainer.tasks) and all(r["own"] == r["other"] for r in report.values())
+    library = trainer.write_library(report)
+    assert sorted(p.name for p in library.iterdir()) == ["_multitask"]
+    record = json.loads((library / "_multitask" / "training.json").read_text())
+    assert record["train_examples"] == len(trainer.plan) and record["tasks"] == trainer.tasks
+    model, _ = load_base_model(llama_dir)
+    PeftModel.from_pretrained(model, str(library / "_multitask"))
+    assert LibraryTrainConfig(multitask=True).state_dir.name == "library-multitask"
+
+
+def _data_and_tasks(toy):
+    from training.data import load_task_data
+
+    data = load_task_data(toy["split"], toy["data_dir"])
+    return data, data.train_tasks

@@ -18,6 +18,8 @@ from hypergen.layout import hypergen_home, library_dir, run_dir, suite_dir
 
 OBJECTIVES = ("sft", "reconstruction", "both")
 SCHEDULES = ("cosine", "constant")
+
+
 def _check_positive(obj: Any, *names: str) -> None:
     for name in names:
         if getattr(obj, name) < 1:
@@ -58,6 +60,10 @@ class MetaTrainConfig:
             reconstruction run); it must have the same shape. A relative path that does not
             exist from the working directory is read under ``$HYPERGEN_HOME``
             (``runs/smollm2-recon/final``).
+        chat_replies: JSON of the base model's own correct chat replies
+            (``training/chat_replies.py``): ``chat`` samples of a task that has some train on them
+            instead of the terse reference. Relative paths as for ``init_from``
+            (``data/chat_replies.json``).
         seed: seeds the model init and the data order (the data order is a function of
             ``(seed, step)`` alone, which makes runs reproducible across process counts and resumes).
         eval_every: held-out loss every N steps (0: only at the end).
@@ -107,6 +113,7 @@ class MetaTrainConfig:
     end_of_answer: bool = False
     head_lr: float | None = None
     init_from: str | None = None
+    chat_replies: str | None = None
     seed: int = 0
     eval_every: int = 50
     eval_examples: int = 16
@@ -151,9 +158,13 @@ class MetaTrainConfig:
                 f"MetaTrainConfig.batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})"
             )
         if self.lr <= 0 or (self.head_lr is not None and self.head_lr <= 0):
-            raise ValueError(f"MetaTrainConfig.lr and head_lr must be > 0, got {self.lr}, {self.head_lr}")
+            raise ValueError(
+                f"MetaTrainConfig.lr and head_lr must be > 0, got {self.lr}, {self.head_lr}"
+            )
         if not self.formats or any(f not in ("plain", "chat") for f in self.formats):
-            raise ValueError(f"MetaTrainConfig.formats must be a non-empty subset of plain/chat, got {self.formats}")
+            raise ValueError(
+                f"MetaTrainConfig.formats must be a non-empty subset of plain/chat, got {self.formats}"
+            )
         self.target_modules, self.log_with = list(self.target_modules), list(self.log_with)
         self.formats = list(self.formats)
 
@@ -171,10 +182,19 @@ class MetaTrainConfig:
 
     @property
     def init_checkpoint(self) -> Path | None:
-        if not self.init_from:
-            return None
-        path = Path(self.init_from).expanduser()
-        return path if path.is_absolute() or path.exists() else hypergen_home() / path
+        return _here_or_home(self.init_from)
+
+    @property
+    def chat_replies_file(self) -> Path | None:
+        return _here_or_home(self.chat_replies)
+
+
+def _here_or_home(name: str | None) -> Path | None:
+    """A path as given, or under ``$HYPERGEN_HOME`` when relative and absent from here."""
+    if not name:
+        return None
+    path = Path(name).expanduser()
+    return path if path.is_absolute() or path.exists() else hypergen_home() / path
 
 
 @dataclass
@@ -252,6 +272,9 @@ class LibraryTrainConfig:
         rank, alpha, target_modules: the LoRA (the hypernetwork's, so it can be a target).
         shared_init: every task's LoRA starts from the same random A (``training/lora_bank.py``):
             the differences between tasks are then only what training put there.
+        multitask: train ONE LoRA on the same examples instead (the ``multitask_lora`` baseline
+            of evaluation, written to ``<output_dir>/_multitask/``; run folder
+            ``runs/library-multitask``).
         formats: text formats mixed in training (``plain``, ``chat``: ``training/formats.py``).
         end_of_answer: end every completion with the end-of-turn token.
         batch_size, lr, weight_decay, max_length, seed: as in meta-training.
@@ -277,6 +300,7 @@ class LibraryTrainConfig:
     alpha: float = 16.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     shared_init: bool = True
+    multitask: bool = False
     formats: list[str] = field(default_factory=lambda: ["plain", "chat"])
     end_of_answer: bool = True
     batch_size: int = 8
@@ -301,7 +325,9 @@ class LibraryTrainConfig:
             )
         unknown = [f for f in self.formats if f not in ("plain", "chat")]
         if unknown or not self.formats:
-            raise ValueError(f"LibraryTrainConfig.formats must be a non-empty subset of plain/chat, got {self.formats}")
+            raise ValueError(
+                f"LibraryTrainConfig.formats must be a non-empty subset of plain/chat, got {self.formats}"
+            )
         if self.mixed_precision is False:  # YAML reads a bare `no` as false
             self.mixed_precision = "no"
         if self.mixed_precision not in ("no", "bf16"):
@@ -309,9 +335,17 @@ class LibraryTrainConfig:
                 f"LibraryTrainConfig.mixed_precision must be no or bf16, got {self.mixed_precision!r}"
             )
         _check_positive(self, "rank", "epochs", "batch_size", "max_length", "log_every")
-        for name in ("max_tasks", "examples_per_task", "eval_examples", "save_every", "num_threads"):
+        for name in (
+            "max_tasks",
+            "examples_per_task",
+            "eval_examples",
+            "save_every",
+            "num_threads",
+        ):
             if getattr(self, name) < 0:
-                raise ValueError(f"LibraryTrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+                raise ValueError(
+                    f"LibraryTrainConfig.{name} must be >= 0, got {getattr(self, name)}"
+                )
         if self.lr <= 0:
             raise ValueError(f"LibraryTrainConfig.lr must be > 0, got {self.lr}")
         self.target_modules, self.formats = list(self.target_modules), list(self.formats)
@@ -326,7 +360,54 @@ class LibraryTrainConfig:
 
     @property
     def state_dir(self) -> Path:
-        return run_dir("library", self.run_dir)
+        return run_dir("library-multitask" if self.multitask else "library", self.run_dir)
 
 
 __all__ = ["LibraryTrainConfig", "LoraTrainConfig", "MetaTrainConfig", "load_config", "save_config"]
+
+
+@dataclass
+class ChatRepliesConfig:
+    """The base model's own correct chat replies as chat training targets (``training/chat_replies.py``).
+
+    Args:
+        base_model: built-in name, local folder or Hub id of the frozen LM.
+        data_dir, split: the task suite and split; only the split's training tasks are asked.
+        examples_per_task: each task's first N training examples are asked.
+        max_question_chars: longer questions are skipped (they would be cut in training).
+        max_new_tokens: reply length cap; a reply that reaches it is not kept.
+        batch_size: questions per generation batch.
+        max_tasks: only the first N training tasks (0: all).
+        output: the JSON file; default ``$HYPERGEN_HOME/data/chat_replies.json``.
+        overwrite: replace an existing output file.
+        num_threads: torch CPU threads (0: torch's default).
+        cpu: stay on CPU even if CUDA is present.
+    """
+
+    base_model: str = "smollm2-135m"
+    data_dir: str | None = None
+    split: str = "evaluation/splits/bigbench.yaml"
+    examples_per_task: int = 4
+    max_question_chars: int = 400
+    max_new_tokens: int = 64
+    batch_size: int = 16
+    max_tasks: int = 0
+    output: str | None = None
+    overwrite: bool = False
+    num_threads: int = 0
+    cpu: bool = False
+
+    def __post_init__(self):
+        _check_positive(
+            self, "examples_per_task", "max_question_chars", "max_new_tokens", "batch_size"
+        )
+        if self.max_tasks < 0 or self.num_threads < 0:
+            raise ValueError("ChatRepliesConfig.max_tasks and num_threads must be >= 0")
+
+    @property
+    def suite_dir(self) -> Path:
+        return suite_dir(self.data_dir)
+
+    @property
+    def output_file(self) -> Path:
+        return Path(self.output) if self.output else hypergen_home() / "data" / "chat_replies.json"

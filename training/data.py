@@ -119,6 +119,8 @@ class MixtureSampler:
         phrasings: task -> condition rows to draw from (None: samples carry condition -1).
         seed: with the step, the only input of each batch's generator.
         formats: text formats to draw from (one format draws nothing: batches stay as before).
+        chat_examples: task -> examples a ``chat`` sample of that task is drawn from instead
+            (the base model's own correct replies: ``training/chat_replies.py``).
     """
 
     def __init__(
@@ -127,12 +129,14 @@ class MixtureSampler:
         phrasings: dict[str, list[int]] | None = None,
         seed: int = 0,
         formats: Sequence[str] = ("plain",),
+        chat_examples: dict[str, list[Example]] | None = None,
     ):
         self.tasks = sorted(t for t in examples if examples[t])
         if not self.tasks:
             raise ValueError("MixtureSampler needs at least one task with examples")
         self.examples, self.phrasings, self.seed = examples, phrasings, seed
         self.formats = list(formats)
+        self.chat_examples = chat_examples or {}
 
     def batch(self, step: int, size: int) -> list[Sample]:
         """The global batch of ``step``: ``size`` samples, a function of ``(seed, step)`` only."""
@@ -143,6 +147,8 @@ class MixtureSampler:
             example = rng.choice(self.examples[task])
             condition = rng.choice(self.phrasings[task]) if self.phrasings else -1
             fmt = rng.choice(self.formats) if len(self.formats) > 1 else self.formats[0]
+            if fmt == "chat" and self.chat_examples.get(task):
+                example = rng.choice(self.chat_examples[task])
             samples.append(Sample(task, condition, example.prompt, example.completion, fmt))
         return samples
 

@@ -49,6 +49,7 @@ from hypergen.generator import AdapterGenerator
 from hypergen.lora_geometry import cosine_matrix
 from hypergen.models import load_base_model
 from hypergen.targets import AdapterTarget
+from training.chat_replies import load_chat_examples
 from training.config import MetaTrainConfig, load_config, save_config
 from training.data import MixtureSampler, Sample, conditions_for, load_task_data, shard
 from training.formats import tokenize_formatted
@@ -150,11 +151,16 @@ class MetaTrainer:
             logger.warning(
                 "objective=both but no training task has a LoRA in %s: SFT only", cfg.library_dir
             )
+        chat_examples = None
+        if cfg.chat_replies_file and "chat" in cfg.formats:
+            chat_examples = load_chat_examples(cfg.chat_replies_file, pool)
+            logger.info("chat replies for %d of %d tasks from %s", len(chat_examples), len(pool), cfg.chat_replies_file)
         self.sampler = MixtureSampler(
             {t: self.data.train_examples[t] for t in pool},
             self.data.train_phrasings,
             seed=cfg.seed,
             formats=cfg.formats,
+            chat_examples=chat_examples,
         )
 
         # 6. Optimizer (heads and trunk may take different rates) and schedule, then accelerate

@@ -7,6 +7,7 @@
 Stages (each a recipe of its own, with its YAML config):
     library  training/train_library.py   (library_smollm2.yaml)  -> DIR/library/<task>/ PEFT folders
     recon    training/meta_train.py      (recon_smollm2.yaml)    -> DIR/recon/final
+    replies  training/chat_replies.py    (its defaults)          -> DIR/chat_replies.json
     sft      training/meta_train.py      (smollm2.yaml)          -> DIR/sft/final, DIR/checkpoint
 
 On a CUDA device every stage runs under bf16 autocast (``mixed_precision=bf16``); on a CPU it
@@ -22,14 +23,23 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 
-from training import meta_train, train_library
+from training import chat_replies, meta_train, train_library
+from training.config import ChatRepliesConfig
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
-STAGES = ("library", "recon", "sft")
+STAGES = ("library", "recon", "replies", "sft")
+RECIPES = {
+    "library": train_library,
+    "recon": meta_train,
+    "replies": chat_replies,
+    "sft": meta_train,
+}
+REPLIES_KEYS = {f.name for f in fields(ChatRepliesConfig)}
 logger = logging.getLogger("training.pipeline")
 
 
@@ -40,14 +50,20 @@ def stage_overrides(stage: str, out: Path, common: list[str], own: list[str]) ->
     placed = {
         "library": [f"output_dir={out / 'library'}", f"run_dir={out / 'library-run'}"],
         "recon": [library, f"output_dir={out / 'recon'}", "resume=true", "export_dir=null"],
+        "replies": [f"output={out / 'chat_replies.json'}"],
         "sft": [
             library,
             f"output_dir={out / 'sft'}",
             f"init_from={out / 'recon' / 'final'}",
             f"export_dir={out / 'checkpoint'}",
             "resume=true",
+            # the replies stage's file, or none (a run without that stage trains on references)
+            f"chat_replies={replies if (replies := out / 'chat_replies.json').is_file() else 'null'}",
         ],
     }[stage]
+    if stage == "replies":  # it has no training keys: keep the common ones it knows
+        common = [kv for kv in common if kv.split("=", 1)[0] in REPLIES_KEYS]
+        device = []
     return [*placed, *device, *common, *own]
 
 
@@ -55,20 +71,27 @@ def done(stage: str, out: Path) -> bool:
     marker = {
         "library": out / "library" / "library.json",
         "recon": out / "recon" / "final" / "model.safetensors",
+        "replies": out / "chat_replies.json",
         "sft": out / "sft" / "final" / "model.safetensors",
     }[stage]
     return marker.is_file()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, type=Path, help="folder for every output of the run")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out", required=True, type=Path, help="folder for every output of the run"
+    )
     parser.add_argument("--library-config", default=str(CONFIGS / "library_smollm2.yaml"))
     parser.add_argument("--recon-config", default=str(CONFIGS / "recon_smollm2.yaml"))
     parser.add_argument("--sft-config", default=str(CONFIGS / "smollm2.yaml"))
     parser.add_argument("--all", nargs="*", default=[], metavar="KEY=VALUE", help="for every stage")
     for stage in STAGES:
-        parser.add_argument(f"--{stage}", nargs="*", default=[], metavar="KEY=VALUE", help=f"for the {stage} stage")
+        parser.add_argument(
+            f"--{stage}", nargs="*", default=[], metavar="KEY=VALUE", help=f"for the {stage} stage"
+        )
     parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset to run")
     args = parser.parse_args(argv)
     stages = [s for s in args.stages.split(",") if s]
@@ -81,7 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.FileHandler(out / "pipeline.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
-    configs = {"library": args.library_config, "recon": args.recon_config, "sft": args.sft_config}
+    configs = {
+        "library": args.library_config,
+        "recon": args.recon_config,
+        "replies": None,
+        "sft": args.sft_config,
+    }
     device = "cuda (bf16 autocast)" if torch.cuda.is_available() else "cpu"
     logger.info("pipeline into %s on %s: %s", out, device, ", ".join(stages))
     for stage in stages:
@@ -92,8 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         overrides = stage_overrides(stage, out, args.all, own)
         logger.info("stage %s: %s %s", stage, configs[stage], " ".join(overrides))
         start = time.perf_counter()
-        recipe = train_library if stage == "library" else meta_train
-        recipe.main(["--config", configs[stage], *overrides])
+        config = ["--config", configs[stage]] if configs[stage] else []
+        result = RECIPES[stage].main([*config, *overrides])
+        if isinstance(result, int) and result != 0:
+            logger.error("stage %s: failed (exit %d)", stage, result)
+            return result
         logger.info("stage %s: done in %.0f s", stage, time.perf_counter() - start)
     logging.getLogger().removeHandler(handler)
     return 0

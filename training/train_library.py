@@ -41,7 +41,7 @@ from training.data import TaskData, load_task_data, shard
 from training.formats import tokenize_formatted
 from training.lora_bank import LoraBank
 from training.objectives import example_losses
-from training.train_lora import library_folder
+from training.train_lora import MULTITASK, library_folder
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,8 @@ def make_plan(config: LibraryTrainConfig, data: TaskData, tasks: list[str]) -> l
 
     Each task contributes its first ``examples_per_task`` training examples in a seeded order,
     ``epochs`` times, each time in a format drawn from ``formats``; the whole list is shuffled, so
-    every batch mixes tasks and every task is seen equally often.
+    every batch mixes tasks and every task is seen equally often. ``multitask``: the same plan,
+    every example on bank row 0.
     """
     rng = random.Random(f"library:{config.seed}")
     plan = []
@@ -91,7 +92,10 @@ def make_plan(config: LibraryTrainConfig, data: TaskData, tasks: list[str]) -> l
         if config.examples_per_task:
             examples = examples[: config.examples_per_task]
         for _ in range(config.epochs):
-            plan += [Item(row, e.prompt, e.completion, rng.choice(config.formats)) for e in examples]
+            bank_row = 0 if config.multitask else row
+            plan += [
+                Item(bank_row, e.prompt, e.completion, rng.choice(config.formats)) for e in examples
+            ]
     rng.shuffle(plan)
     return plan
 
@@ -117,16 +121,19 @@ class LibraryTrainer:
         if not self.tasks:
             raise ValueError("no task with training examples to train a LoRA for")
         self.plan = make_plan(cfg, self.data, self.tasks)
+        # the bank's rows: one LoRA per task, or one for all of them
+        self.rows = [MULTITASK] if cfg.multitask else self.tasks
         self.total_steps = -(-len(self.plan) // cfg.batch_size)
         self.targets = find_targets(self.model, cfg.target_modules)
         torch.manual_seed(cfg.seed)
         bank = LoraBank(
-            self.targets, len(self.tasks), cfg.rank, cfg.alpha, shared_init=cfg.shared_init
+            self.targets, len(self.rows), cfg.rank, cfg.alpha, shared_init=cfg.shared_init
         ).to(acc.device)
         optimizer = torch.optim.AdamW(bank.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.bank, self.optimizer = acc.prepare(bank, optimizer)
         logger.info(
-            "%d task LoRAs (%.1fM parameters), %d examples, %d steps of %d; %d processes on %s",
+            "%d LoRAs for %d tasks (%.1fM parameters), %d examples, %d steps of %d; %d processes on %s",
+            len(self.rows),
             len(self.tasks),
             sum(p.numel() for p in bank.parameters()) / 1e6,
             len(self.plan),
@@ -138,7 +145,11 @@ class LibraryTrainer:
         state = cfg.state_dir / "state"
         if cfg.resume and (state / STATE_FILE).is_file():
             saved = json.loads((state / STATE_FILE).read_text())
-            if saved["tasks"] != self.tasks or saved["plan_size"] != len(self.plan):
+            if (
+                saved["tasks"] != self.tasks
+                or saved.get("rows", self.tasks) != self.rows
+                or saved["plan_size"] != len(self.plan)
+            ):
                 raise ValueError(
                     f"{state} belongs to another library run (other tasks or plan); "
                     "use another run_dir or resume=false"
@@ -156,7 +167,9 @@ class LibraryTrainer:
         # sorted by length so micro-batches pad less; the loss is a per-example mean
         return sorted(items, key=lambda it: len(it.prompt) + len(it.completion))
 
-    def losses(self, items: list[Item], bank: LoraBank | None, rows: list[int] | None = None) -> torch.Tensor:
+    def losses(
+        self, items: list[Item], bank: LoraBank | None, rows: list[int] | None = None
+    ) -> torch.Tensor:
         """(b,) completion losses of ``items``, each under bank row ``rows[k]`` (default: its task)."""
         cfg, device = self.config, self.accelerator.device
         batch = tokenize_formatted(
@@ -167,12 +180,16 @@ class LibraryTrainer:
         )
         batch = {k: v.to(device) for k, v in batch.items()}
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16")
+        autocast = torch.autocast(
+            device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"
+        )
         with autocast:
             if bank is None:
                 logits = self.model(**inputs).logits
             else:
-                ids = torch.tensor(rows if rows is not None else [it.task for it in items], device=device)
+                ids = torch.tensor(
+                    rows if rows is not None else [it.task for it in items], device=device
+                )
                 with apply_adapters(self.model, bank(ids)):
                     logits = self.model(**inputs).logits
         return example_losses(logits, batch["labels"])
@@ -181,7 +198,12 @@ class LibraryTrainer:
         """Train up to step ``until`` (default: the end of the plan), saving state as configured."""
         cfg, acc = self.config, self.accelerator
         until = self.total_steps if until is None else min(until, self.total_steps)
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="library", disable=not acc.is_main_process)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc="library",
+            disable=not acc.is_main_process,
+        )
         start, first = time.perf_counter(), self.step
         window: list[float] = []
         while self.step < until:
@@ -203,7 +225,9 @@ class LibraryTrainer:
                 window = []
                 bar.set_postfix(loss=f"{record['loss']:.3f}")
                 self._log(record)
-            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == self.total_steps:
+            if (
+                cfg.save_every and self.step % cfg.save_every == 0
+            ) or self.step == self.total_steps:
                 self.save_state()
         bar.close()
 
@@ -213,86 +237,114 @@ class LibraryTrainer:
         acc.wait_for_everyone()
         acc.save_state(str(state))
         if acc.is_main_process:
-            record = {"step": self.step, "tasks": self.tasks, "plan_size": len(self.plan), "history": self.history}
+            record = {
+                "step": self.step,
+                "tasks": self.tasks,
+                "rows": self.rows,
+                "plan_size": len(self.plan),
+                "history": self.history,
+            }
             (state / STATE_FILE).write_text(json.dumps(record) + "\n")
 
     @torch.no_grad()
     def report(self) -> dict[str, dict[str, float]]:
-        """Test loss per task: base model, its own LoRA, and the next task's LoRA (a wrong one).
+        """Test loss per task: base model, its own LoRA, and the next task's LoRA (a wrong one;
+        the multi-task LoRA again in a ``multitask`` run).
 
         Plain format with the end token, on up to ``eval_examples`` test examples per task.
         """
         cfg, bank = self.config, self.accelerator.unwrap_model(self.bank)
         items = [
-            Item(row, e.prompt, e.completion, "plain")
-            for row, task in enumerate(self.tasks)
+            Item(t, e.prompt, e.completion, "plain")
+            for t, task in enumerate(self.tasks)
             for e in self.data.test_examples[task][: cfg.eval_examples]
         ]
+        own_row = (lambda t: 0) if cfg.multitask else (lambda t: t)
+        other_row = (lambda t: 0) if cfg.multitask else (lambda t: (t + 1) % len(self.tasks))
         sums: dict[int, list[float]] = {row: [0.0, 0.0, 0.0, 0] for row in range(len(self.tasks))}
         for start in tqdm(range(0, len(items), cfg.batch_size), desc="library report", leave=False):
             chunk = items[start : start + cfg.batch_size]
             base = self.losses(chunk, None)
-            own = self.losses(chunk, bank)
-            other = self.losses(chunk, bank, [(it.task + 1) % len(self.tasks) for it in chunk])
+            own = self.losses(chunk, bank, [own_row(it.task) for it in chunk])
+            other = self.losses(chunk, bank, [other_row(it.task) for it in chunk])
             for it, b, o, w in zip(chunk, base.tolist(), own.tolist(), other.tolist()):
                 s = sums[it.task]
                 s[0], s[1], s[2], s[3] = s[0] + b, s[1] + o, s[2] + w, s[3] + 1
         return {
-            self.tasks[row]: {"base": s[0] / s[3], "own": s[1] / s[3], "other": s[2] / s[3], "n": s[3]}
+            self.tasks[row]: {
+                "base": s[0] / s[3],
+                "own": s[1] / s[3],
+                "other": s[2] / s[3],
+                "n": s[3],
+            }
             for row, s in sums.items()
             if s[3]
         }
 
     def write_library(self, report: dict[str, dict[str, float]]) -> Path:
-        """One PEFT folder per task, plus ``library.json``; returns the library folder."""
+        """One PEFT folder per bank row, with its ``training.json``; a per-task library also gets
+        ``library.json`` (a ``multitask`` run writes ``_multitask/`` only). Returns the library folder."""
         cfg = self.config
         bank = self.accelerator.unwrap_model(self.bank)
         base_id = hub_id(cfg.base_model)
-        seen = [0] * len(self.tasks)
+        seen = [0] * len(self.rows)
         for item in self.plan:
             seen[item.task] += 1
+        summary = self._summary(report)
         out = cfg.library_dir
-        for row, task in enumerate(tqdm(self.tasks, desc="write library", leave=False)):
-            folder = library_folder(out, task)
+        for row, name in enumerate(tqdm(self.rows, desc="write library", leave=False)):
+            folder = library_folder(out, name)
             # overwrite: the library folders are this recipe's own outputs (a rerun replaces them)
             save_peft(
                 bank.lora(row),
                 self.targets,
                 folder,
                 base_model_name_or_path=base_id,
-                metadata={"hypergen_task": task},
+                metadata={"hypergen_task": name},
                 overwrite=True,
             )
             record = {
-                "task": task,
+                "task": name,
                 "trainer": "training/train_library.py (batched bank)",
                 "train_examples": seen[row],
-                "test_loss": report.get(task),
+                "test_loss": summary["mean_test_loss"] if cfg.multitask else report.get(name),
                 "config": asdict(cfg),
             }
+            if cfg.multitask:
+                record["tasks"] = self.tasks
             (folder / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+        if not cfg.multitask:
+            (out / "library.json").write_text(json.dumps(summary, indent=2) + "\n")
+        logger.info("library: %s", json.dumps({k: v for k, v in summary.items() if k != "config"}))
+        return out
+
+    def _summary(self, report: dict[str, dict[str, float]]) -> dict:
         own_better = sum(r["own"] < r["other"] for r in report.values())
-        summary = {
+        return {
             "tasks": len(self.tasks),
+            "loras": len(self.rows),
             "steps": self.step,
             "examples": len(self.plan),
             "mean_test_loss": {
-                k: sum(r[k] for r in report.values()) / len(report) for k in ("base", "own", "other")
+                k: sum(r[k] for r in report.values()) / len(report)
+                for k in ("base", "own", "other")
             }
             if report
             else None,  # eval_examples=0: no report
             "own_beats_other": f"{own_better}/{len(report)}",
             "seconds_per_step": self.history[-1]["s_per_step"] if self.history else None,
-            "config": asdict(cfg),
+            "config": asdict(self.config),
         }
-        (out / "library.json").write_text(json.dumps(summary, indent=2) + "\n")
-        logger.info("library: %s", json.dumps({k: v for k, v in summary.items() if k != "config"}))
-        return out
 
     def _log(self, record: dict) -> None:
         self.history.append(record)
         if self.accelerator.is_main_process:
-            logger.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+            logger.info(
+                " ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in record.items()
+                )
+            )
             with open(self.config.state_dir / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
 
@@ -302,7 +354,9 @@ def _header() -> str:
 
 
 def main(argv: list[str] | None = None) -> LibraryTrainer:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", help="YAML config (see training/configs/library_smollm2.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of config entries")
     args = parser.parse_args(argv)
