@@ -9,7 +9,7 @@ adapter generated from each prompt's description ("with"):
               sampled test examples, plain prompts (``Q: ... A:``), the task's own description
 
 Decoding is greedy, at most ``check_max_new_tokens`` new tokens, stopping only at the tokenizer's
-and generation config's end-of-sequence ids (``scoring.eos_token_ids``), never at newlines: a
+and generation config's end-of-sequence ids (``hypergen.decoding.eos_token_ids``), never at newlines: a
 reply that loops runs to the cap. Per reply: the distinct-bigram ratio of its whitespace tokens
 (``metrics.distinct_bigram_ratio``; replies of fewer than two words have none and are counted as
 ``short``), whether it ended by itself (end-of-sequence before the cap), whether it loops
@@ -36,15 +36,17 @@ import yaml
 
 from evaluation.cache import cache_path, load_cached, sha256_json, write_json
 from evaluation.metrics import contains_reference, distinct_bigram_ratio, exact_match
-from evaluation.scoring import ScoringConfig, eos_token_ids, greedy_generations
+from evaluation.scoring import ScoringConfig, greedy_generations
 from evaluation.systems import GeneratorSource, MissingArtifact, task_description
+from hypergen.decoding import eos_token_ids
 
 if TYPE_CHECKING:  # the harness imports this module
     from evaluation.harness import EvalTask
 
 logger = logging.getLogger(__name__)
 
-CHECK_VERSION = 1  # bump when the check's decoding or metrics change, to invalidate its cache
+# bump when the check's decoding or metrics change, to invalidate its cache (2: hypergen.decoding)
+CHECK_VERSION = 2
 DEFAULT_CHAT_PROMPTS = Path(__file__).parent / "chat_prompts.yaml"
 LOOP_THRESHOLD = 0.5  # a reply loops if fewer than half of its word bigrams are distinct
 SIDES = ("without", "with")

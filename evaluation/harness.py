@@ -42,7 +42,7 @@ import torch
 from evaluation.cache import cache_path, load_cached, sha256_json, write_json
 from evaluation.config import EvalConfig
 from evaluation.metrics import bootstrap_ci, exact_match, rouge_l
-from evaluation.scoring import ScoringConfig, generate_greedy, score_options, stop_token_ids
+from evaluation.scoring import ScoringConfig, greedy_answers, score_options, stop_token_ids
 from evaluation.systems import (
     GeneratorSource,
     MissingArtifact,
@@ -62,6 +62,10 @@ from hypergen.tasks import MULTIPLE_CHOICE, Example, Task, load_split, load_suit
 logger = logging.getLogger(__name__)
 
 HARNESS_VERSION = 1  # bump when scoring changes, to invalidate every cached result
+# Bump when greedy decoding changes: invalidates the cached results of generation tasks only
+# (multiple-choice scores do not decode). 2: the shared loop (hypergen.decoding), left-padded rows
+# that leave the batch when done; the same tokens up to float rounding in near-ties.
+DECODE_VERSION = 2
 TEXT_OVERLAP_METRICS = ("rouge", "bleu", "bleurt", "sequence_f1")
 
 
@@ -287,7 +291,7 @@ def _model_examples(
                 }
             )
     else:
-        answers = generate_greedy(
+        answers = greedy_answers(
             model,
             tokenizer,
             prompts,
@@ -623,6 +627,7 @@ def run(config: EvalConfig, model=None, tokenizer=None) -> dict[str, Any]:
     }
     results = {
         "harness_version": HARNESS_VERSION,
+        "decode_version": DECODE_VERSION,
         "config": config.to_dict(),
         "paths": paths,
         "model": model_record,
@@ -708,6 +713,7 @@ def _evaluate_one(
         "examples": et.indices,
         "max_new_tokens": et.max_new_tokens,
         **(scoring_key if system.uses_model else {"harness": scoring_key["harness"]}),
+        **({} if et.multiple_choice else {"decode": DECODE_VERSION}),
     }
     key = sha256_json(key_data)
     path = cache_path(out, system.name, et.name)

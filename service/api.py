@@ -31,8 +31,8 @@ from typing import Any
 from flask import Blueprint, current_app, g, request, send_file, url_for
 
 from hypergen.adapters import LoraWeights
+from hypergen.decoding import Job, SamplingParams
 from service.batcher import Overloaded
-from service.decoding import Job, SamplingParams
 from service.errors import APIError
 from service.runtime import get_runtime
 from service.store import valid_id

@@ -25,7 +25,7 @@ from evaluation.generation_check import (
 )
 from evaluation.harness import EvalTask, paired_delta, run
 from evaluation.metrics import contains_reference, distinct_bigram_ratio
-from evaluation.scoring import ScoringConfig, eos_token_ids, generate_greedy, greedy_generations
+from evaluation.scoring import ScoringConfig, greedy_answers, greedy_generations
 from evaluation.specificity import (
     cosine_matrix,
     inner_products,
@@ -42,6 +42,7 @@ from evaluation.systems import (
     task_description,
 )
 from hypergen.adapters import LoraWeights
+from hypergen.decoding import eos_token_ids
 from hypergen.generator import AdapterGenerator
 from hypergen.tasks import Task
 from tests.conftest import make_generator, randomize_
@@ -205,7 +206,7 @@ def test_generation_stops_at_eos_ids_not_at_newlines(llama):
     try:
         free = greedy_generations(model, tokenizer, prompts, 5, stop_ids=eos)
         one_line = greedy_generations(model, tokenizer, prompts, 5)  # newlines stop by default
-        answers = generate_greedy(model, tokenizer, prompts, 5)
+        answers = greedy_answers(model, tokenizer, prompts, 5)
     finally:
         handle.remove()
     # with only eos ids as stops a newline loop runs to the cap and does not "end"

@@ -13,12 +13,12 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from torch import nn
-from transformers import PreTrainedTokenizerFast
+from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 from evaluation.config import ALL_SYSTEMS, load_config
 from evaluation.harness import cache_path, headline_metric, run
 from evaluation.metrics import accuracy, bootstrap_ci, exact_match, normalize_text, rouge_l
-from evaluation.scoring import OptionScores, ScoringConfig, generate_greedy, score_options
+from evaluation.scoring import OptionScores, ScoringConfig, greedy_answers, score_options
 from evaluation.systems import nearest_answer_pick, nearest_neighbours, random_words
 from hypergen.tasks import Example, Task
 from hypergen.text_batches import completion_logprobs, tokenize_pairs
@@ -103,11 +103,22 @@ class BigramLM(nn.Module):
             table[current] = torch.tensor([fixed.get(j, rest) for j in range(n)])
         self.model = BigramBackbone(table.log())
         self.head = nn.Identity()
-        self.config = SimpleNamespace()
+        self.config = LlamaConfig(num_hidden_layers=1, vocab_size=n)  # sizes the (unused) cache
 
     @property
     def base_model(self):
         return self.model
+
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        position_ids=None,
+        cache=None,
+        use_cache=None,
+        logits_to_keep=0,
+    ):
+        return SimpleNamespace(logits=self.head(self.model(input_ids).last_hidden_state))
 
     def get_output_embeddings(self):
         return self.head
@@ -158,7 +169,7 @@ def test_greedy_generation_follows_the_forced_path_and_stops_at_newline():
         ("long", "answer"): 0.9,
     }
     lm = BigramLM({**probs, ("answer", "\n"): 0.9})
-    answers = generate_greedy(
+    answers = greedy_answers(
         lm, tokenizer, ["question", "short", "question short"], 5, stop_ids={newline}
     )
     assert answers == [
@@ -168,7 +179,7 @@ def test_greedy_generation_follows_the_forced_path_and_stops_at_newline():
     ]  # the word-level decoder joins with spaces
     # without a newline the answer runs to max_new_tokens: "answer" -> "here" -> "here" ...
     lm = BigramLM({**probs, ("answer", "here"): 0.9, ("here", "here"): 0.9})
-    assert generate_greedy(lm, tokenizer, ["short"], 4, stop_ids={newline}) == [
+    assert greedy_answers(lm, tokenizer, ["short"], 4, stop_ids={newline}) == [
         "long answer here here"
     ]
 
@@ -218,13 +229,13 @@ def test_per_example_adapters_equal_each_example_alone(llama, llama_generator):
         )
         assert together[e].logliks == pytest.approx(alone.logliks, abs=1e-4)
         assert together[e].logliks != pytest.approx(base[e].logliks, abs=1e-4)  # adapters do act
-    answers = generate_greedy(
+    answers = greedy_answers(
         model, tokenizer, PROMPTS, 4, lora, index, ScoringConfig(batch_tokens=4096)
     )
     for e in range(3):
         assert (
             answers[e]
-            == generate_greedy(model, tokenizer, PROMPTS[e : e + 1], 4, lora.select(index[e]))[0]
+            == greedy_answers(model, tokenizer, PROMPTS[e : e + 1], 4, lora.select(index[e]))[0]
         )
 
 
@@ -247,7 +258,7 @@ def test_forced_tiny_llama_picks_forced_option(llama):
 
 def test_greedy_equals_step_by_step_decoding(llama):
     model, tokenizer = llama
-    answers = generate_greedy(model, tokenizer, PROMPTS, 6, config=ScoringConfig(batch_tokens=4096))
+    answers = greedy_answers(model, tokenizer, PROMPTS, 6, config=ScoringConfig(batch_tokens=4096))
     for prompt, answer in zip(PROMPTS, answers):
         ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
         tokens = []

@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 
 from hypergen import AdapterGenerator, apply_adapters, load_base_model, load_peft
 from hypergen.checkpoint import CONFIG_NAME
+from hypergen.decoding import Job, SamplingParams
 from service import create_app
 from service.batched_lora import BatchedLora
 from service.batcher import Batcher
-from service.decoding import Job, SamplingParams
 from service.engine import Engine, resolve_checkpoint
 from service.store import AdapterStore, LRUCache
 from tests.conftest import ENCODER, make_generator

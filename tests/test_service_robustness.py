@@ -16,9 +16,9 @@ import urllib.request
 import pytest
 import torch
 
-from service import decoding
+from hypergen import decoding
+from hypergen.decoding import Completion, Job, SamplingParams
 from service.batcher import Batcher
-from service.decoding import Completion, Job, SamplingParams
 from service.server import BackgroundServer
 
 ROUTES = ("/v1/adapters", "/v1/completions", "/v1/chat/completions")
