@@ -28,10 +28,10 @@ from peft import LoraConfig, get_peft_model
 
 from hypergen.apply import apply_adapters
 from hypergen.config import HyperNetConfig, LoraSpec
+from hypergen.data.text_batches import tokenize_pairs
 from hypergen.hypernet import HyperNetwork
 from hypergen.models import hypergen_home, load_base_model
 from hypergen.targets import find_targets
-from hypergen.text_batches import tokenize_pairs
 from training.objectives import example_losses
 
 

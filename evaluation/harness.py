@@ -57,7 +57,14 @@ from evaluation.systems import (
 )
 from hypergen.adapters import LoraWeights
 from hypergen.config import DTYPES
-from hypergen.tasks import MULTIPLE_CHOICE, Example, Task, load_split, load_suite, split_examples
+from hypergen.data.tasks import (
+    MULTIPLE_CHOICE,
+    Example,
+    Task,
+    load_split,
+    load_suite,
+    split_examples,
+)
 
 logger = logging.getLogger(__name__)
 

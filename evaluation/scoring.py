@@ -17,7 +17,7 @@ end-of-sequence token (prompts end in "A:", so the answer is the rest of that li
 themselves or hit the token cap.
 
 Prompts and options are tokenized separately without special tokens and concatenated, as in
-``hypergen.text_batches.tokenize_pairs``. Scoring rows are right-padded; attention masks hide the
+``hypergen.data.text_batches.tokenize_pairs``. Scoring rows are right-padded; attention masks hide the
 padding and position ids continue each row from its own prompt length.
 
 Axes: b example, m (example, option) row, n prompt token, o option token, v vocabulary, d hidden.

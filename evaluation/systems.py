@@ -38,8 +38,8 @@ import numpy as np
 from torch import nn
 
 from hypergen.adapters import LoraWeights
-from hypergen.descriptions import TRAIN, UNSEEN, describe
-from hypergen.tasks import Example, Task
+from hypergen.data.descriptions import TRAIN, UNSEEN, describe
+from hypergen.data.tasks import Example, Task
 
 logger = logging.getLogger(__name__)
 

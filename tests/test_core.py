@@ -284,7 +284,7 @@ def test_conditioner_dim_mismatch_is_clear(llama, llama_dir):
 
 
 def test_tokenize_pairs_labels_only_completion(tokenizer):
-    from hypergen.text_batches import IGNORE_INDEX, tokenize_pairs
+    from hypergen.data.text_batches import IGNORE_INDEX, tokenize_pairs
 
     batch = tokenize_pairs(tokenizer, ["Q: What is 2 plus 3?\nA:", "Hi"], [" 5", " positive"], max_length=6)
     completion = tokenizer(" positive", add_special_tokens=False).input_ids
@@ -295,7 +295,7 @@ def test_tokenize_pairs_labels_only_completion(tokenizer):
 
 
 def test_completion_logprobs_matches_manual(llama):
-    from hypergen.text_batches import completion_logprobs, tokenize_pairs
+    from hypergen.data.text_batches import completion_logprobs, tokenize_pairs
 
     model, tokenizer = llama
     batch = tokenize_pairs(tokenizer, ["The cat", "What is"], [" sits on the mat", " 5"])

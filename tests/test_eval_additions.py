@@ -42,9 +42,9 @@ from evaluation.systems import (
     task_description,
 )
 from hypergen.adapters import LoraWeights
+from hypergen.data.tasks import Task
 from hypergen.decoding import eos_token_ids
 from hypergen.generator import AdapterGenerator
-from hypergen.tasks import Task
 from tests.conftest import make_generator, randomize_
 
 TINY_CONFIG = Path(__file__).parents[1] / "evaluation" / "configs" / "tiny.yaml"
@@ -378,7 +378,7 @@ def test_specificity_in_results_matches_dense_computation(evaluated, checkpoint_
 
 def saved_task(name: str) -> Task:
     """The tiny suite's task ``name`` (for its description)."""
-    from hypergen.tasks import load_suite
+    from hypergen.data.tasks import load_suite
 
     return load_suite(Path(__file__).parent / "data" / "eval_tasks" / "suite", [name])[name]
 

@@ -32,8 +32,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from hypergen.data.tasks import load_split
 from hypergen.layout import hypergen_home, suite_dir
-from hypergen.tasks import load_split
 
 logger = logging.getLogger("training.device_bundle")
 

@@ -25,8 +25,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from tqdm import tqdm
 
+from hypergen.data.text_batches import tokenize_pairs
 from hypergen.models import load_base_model
-from hypergen.text_batches import tokenize_pairs
 from training.config import LoraTrainConfig, load_config
 from training.data import MixtureSampler, TaskData, load_task_data
 from training.objectives import example_losses
