@@ -38,6 +38,7 @@ from evaluation.cache import cache_path, load_cached, sha256_json, write_json
 from evaluation.metrics import contains_reference, distinct_bigram_ratio, exact_match
 from evaluation.scoring import ScoringConfig, greedy_generations
 from evaluation.systems import GeneratorSource, MissingArtifact, task_description
+from hypergen.config import check_keys
 from hypergen.decoding import eos_token_ids
 
 if TYPE_CHECKING:  # the harness imports this module
@@ -83,9 +84,7 @@ def load_chat_prompts(path: str | Path) -> list[ChatPrompt]:
     for k, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise ValueError(f"{path}: prompts[{k}] must be a mapping")  # noqa: TRY004 (a file error)
-        unknown = set(entry) - {"name", "description", "prompt", "references"}
-        if unknown:
-            raise ValueError(f"{path}: prompts[{k}] has unknown fields {sorted(unknown)}")
+        check_keys(entry, ("name", "description", "prompt", "references"), f"{path}: prompts[{k}]")
         for key in ("name", "description", "prompt"):
             if not isinstance(entry.get(key), str) or not entry[key].strip():
                 raise ValueError(f"{path}: prompts[{k}].{key} must be a non-empty string")

@@ -31,6 +31,7 @@ from typing import Any
 from flask import Blueprint, current_app, g, request, send_file, url_for
 
 from hypergen.adapters import LoraWeights
+from hypergen.config import DTYPE_NAMES, unknown_keys
 from hypergen.decoding import Job, SamplingParams
 from service.batcher import Overloaded
 from service.errors import APIError
@@ -39,7 +40,7 @@ from service.store import valid_id
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
-ADAPTER_DTYPES = ("float32", "bfloat16", "float16")
+ADAPTER_DTYPES = DTYPE_NAMES
 CHAT_ROLES = ("system", "user", "assistant")
 MAX_STOP = 4
 MAX_STOP_CHARS = 200
@@ -137,7 +138,7 @@ def _check_unicode(text: str, path: str) -> None:
 
 
 def _reject_unknown(body: dict[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(body) - allowed)
+    unknown = unknown_keys(body, allowed)
     if unknown:
         raise APIError(
             400, f"unknown field(s) {unknown}; expected some of {sorted(allowed)}", param=unknown[0]

@@ -91,9 +91,26 @@ def test_hypernetwork_shapes_and_condition_dependence(llama_generator):
 def test_config_validation():
     with pytest.raises(ValueError, match="rank"):
         LoraSpec(rank=0)
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\)"):
         HyperNetConfig.from_dict({"hidden_dim": 8, "hiden_dim": 8})
     assert HyperNetConfig.from_dict({"lora": {"rank": 2}}).lora.rank == 2
+
+
+def test_dtype_names_are_checked_by_one_rule_everywhere():
+    """Service, training and evaluation configs reject a bad dtype with the same message."""
+    from evaluation.config import EvalConfig
+    from service import create_app
+    from training.config import MetaTrainConfig
+
+    expected = r"must be one of \['float32', 'float16', 'bfloat16'\], got 'float64'"
+    with pytest.raises(ValueError, match="EvalConfig.dtype " + expected):
+        EvalConfig(dtype="float64")
+    with pytest.raises(ValueError, match="MetaTrainConfig.export_dtype " + expected):
+        MetaTrainConfig(export_dtype="float64")
+    with pytest.raises(ValueError, match="DTYPE " + expected):
+        create_app({"DTYPE": "float64"})
+    with pytest.raises(ValueError, match=r"EvalConfig.autocast must be one of \['', 'float16'"):
+        EvalConfig(autocast="float32")
 
 
 # --- on-the-fly application ---------------------------------------------------------------------

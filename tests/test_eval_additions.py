@@ -176,7 +176,7 @@ def test_committed_chat_prompts(tmp_path):
     with pytest.raises(ValueError, match="description"):
         load_chat_prompts(bad)
     bad.write_text("prompts:\n  - {name: a, description: d, prompt: p, answer: x}\n")
-    with pytest.raises(ValueError, match="unknown fields"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\)"):
         load_chat_prompts(bad)
 
 

@@ -314,7 +314,7 @@ def test_headline_metric_follows_task_file():
 
 
 def test_config_rejects_unknown_keys_and_systems():
-    with pytest.raises(ValueError, match="unknown config key"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\)"):
         load_config(TINY_CONFIG, ["max_exampels=3"])
     with pytest.raises(ValueError, match="systems"):
         load_config(TINY_CONFIG, ["systems=[base, telepathy]"])
