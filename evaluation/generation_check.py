@@ -34,12 +34,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
-from evaluation.cache import cache_path, load_cached, sha256_json, write_json
+from evaluation.cache import cache_path, load_cached, write_json
 from evaluation.metrics import contains_reference, distinct_bigram_ratio, exact_match
 from evaluation.scoring import ScoringConfig, greedy_generations
 from evaluation.systems import GeneratorSource, MissingArtifact, task_description
 from hypergen.config import check_keys
 from hypergen.decoding import eos_token_ids
+from hypergen.digests import sha256_json
 
 if TYPE_CHECKING:  # the harness imports this module
     from evaluation.harness import EvalTask

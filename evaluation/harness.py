@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluation.cache import cache_path, load_cached, sha256_json, write_json
+from evaluation.cache import cache_path, load_cached, write_json
 from evaluation.config import EvalConfig
 from evaluation.metrics import bootstrap_ci, exact_match, rouge_l
 from evaluation.scoring import ScoringConfig, greedy_answers, score_options, stop_token_ids
@@ -49,7 +49,6 @@ from evaluation.systems import (
     System,
     TaskSetup,
     build_systems,
-    file_sha256,
     nearest_answer_pick,
     nearest_neighbours,
     random_words,
@@ -65,6 +64,7 @@ from hypergen.data.tasks import (
     load_suite,
     split_examples,
 )
+from hypergen.digests import file_sha256, sha256_json
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,6 @@ that task, and the harness reports it as missing with the reason.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -40,10 +39,11 @@ from torch import nn
 from hypergen.adapters import LoraWeights
 from hypergen.data.descriptions import TRAIN, UNSEEN, describe
 from hypergen.data.tasks import Example, Task
+from hypergen.digests import file_sha256
+from hypergen.layout import MULTITASK, library_folder
 
 logger = logging.getLogger(__name__)
 
-MULTITASK_FOLDER = "_multitask"
 
 
 class MissingArtifact(Exception):
@@ -119,14 +119,6 @@ def random_words(seed: int, task_name: str, num_words: int) -> str:
 def describe_prefix(description: str) -> str:
     """The prompt prefix of the +desc systems."""
     return f"{description}\n\n"
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- nearest training example
@@ -256,11 +248,6 @@ class GeneratorSource:
         self.meta["trained_steps"] = generator.meta.trained_steps
 
 
-def _lora_folder(loras_dir: Path, task_name: str) -> Path:
-    """``train_lora.library_folder``'s layout: subtask "a/b" lives in ``a__b``."""
-    return loras_dir / task_name.replace("/", "__")
-
-
 def _peft_setup(folder: Path, model: nn.Module, what: str, absent: str = "") -> TaskSetup:
     from hypergen.export import CONFIG_NAME, WEIGHTS_NAME, load_peft
 
@@ -368,8 +355,8 @@ def build_systems(
         return TaskSetup(fingerprint={"method": "tfidf-cosine, chance fallback"})
 
     def oracle(task: Task) -> TaskSetup:
-        # held-out and training tasks alike, in ``training.train_lora.library_folder``'s layout
-        folder = _lora_folder(loras_dir, task.name)
+        # held-out and training tasks alike, in the library's layout (``hypergen.layout``)
+        folder = library_folder(loras_dir, task.name)
         return _peft_setup(
             folder,
             model,
@@ -378,7 +365,7 @@ def build_systems(
         )
 
     def multitask(task: Task) -> TaskSetup:
-        return _peft_setup(loras_dir / MULTITASK_FOLDER, model, "multi-task LoRA")
+        return _peft_setup(library_folder(loras_dir, MULTITASK), model, "multi-task LoRA")
 
     catalogue = [
         System("base", "frozen LM, input only", base),

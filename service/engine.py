@@ -29,7 +29,7 @@ from hypergen.config import DTYPES
 from hypergen.decoding import Completion, Job, adapter_forward, decode, eos_token_ids, new_cache
 from hypergen.export import save_peft
 from hypergen.generator import AdapterGenerator
-from hypergen.layout import hypergen_home
+from hypergen.layout import checkpoint_cache_dir
 from hypergen.models import load_base_model
 from hypergen.targets import find_targets
 from service.batched_lora import BatchedLora
@@ -62,7 +62,7 @@ def resolve_checkpoint(configured: str | Path | None = None, home: Path | None =
         return folder
     if (DEFAULT_CHECKPOINT / CONFIG_NAME).is_file():
         return DEFAULT_CHECKPOINT
-    folder = (home or hypergen_home()) / "checkpoints" / UNTRAINED_CHECKPOINT
+    folder = checkpoint_cache_dir(UNTRAINED_CHECKPOINT, home)
     if not (folder / CONFIG_NAME).is_file():
         from hypergen.generator import init_checkpoint
 

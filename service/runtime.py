@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
 
 from flask import Flask, current_app
 
-from hypergen.layout import hypergen_home
+from hypergen.layout import store_dir
 from service.batcher import Batcher
 from service.engine import Engine
 from service.errors import EngineUnavailable
@@ -66,11 +65,7 @@ class Runtime:
     def store(self) -> AdapterStore:
         with self._lock:
             if self._store is None:
-                root = (
-                    Path(self.config["STORE"])
-                    if self.config["STORE"]
-                    else hypergen_home() / "store"
-                )
+                root = store_dir(self.config["STORE"])
                 self._store = AdapterStore(root, cache_size=int(self.config["LRU_SIZE"]))
             return self._store
 

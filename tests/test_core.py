@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -347,3 +348,19 @@ def test_bf16_autocast_generation_is_close_to_float32(llama_generator):
     for name in exact.module_names:
         torch.testing.assert_close(fast.B[name].float(), exact.B[name], atol=2e-2, rtol=5e-2)
         torch.testing.assert_close(fast.A[name].float(), exact.A[name], atol=2e-2, rtol=5e-2)
+
+
+def test_hypergen_home_layout_is_defined_once(tmp_path, monkeypatch):
+    """Every folder under $HYPERGEN_HOME comes from hypergen.layout; explicit paths win."""
+    from hypergen import layout
+
+    monkeypatch.setenv("HYPERGEN_HOME", str(tmp_path))
+    assert layout.suite_dir() == tmp_path / "data" / "bigbench"
+    assert layout.suite_dir(home=tmp_path / "other") == tmp_path / "other" / "data" / "bigbench"
+    assert layout.suite_dir("mine", home=tmp_path / "other") == Path("mine")
+    assert layout.library_dir() == tmp_path / "loras"
+    assert layout.store_dir() == tmp_path / "store" and layout.store_dir("s") == Path("s")
+    assert layout.run_dir("r") == tmp_path / "runs" / "r"
+    assert layout.checkpoint_cache_dir("c") == tmp_path / "checkpoints" / "c"
+    assert layout.library_folder("lib", "bbq_lite_json/age") == Path("lib/bbq_lite_json__age")
+    assert layout.library_folder("lib", layout.MULTITASK) == Path("lib/_multitask")
