@@ -49,13 +49,13 @@ def _slug(text: str, limit: int = 40) -> str:
 
 
 def adapter_folders(descriptions: list[str], out: str | Path) -> list[Path]:
-    """Where ``generate`` writes: ``out`` for one description, ``out/<index>-<slug>`` for several."""
+    """Where ``write_adapters`` writes: ``out`` for one description, ``out/<index>-<slug>`` for several."""
     if len(descriptions) == 1:
         return [Path(out)]
     return [Path(out) / f"{i:03d}-{_slug(d)}" for i, d in enumerate(descriptions)]
 
 
-def generate(
+def write_adapters(
     checkpoint: str | Path | None,
     descriptions: list[str],
     out: str | Path,
@@ -63,7 +63,8 @@ def generate(
     bf16: bool = False,
     overwrite: bool = False,
 ) -> list[Path]:
-    """Generate one PEFT folder per description, all in one batch.
+    """Write one PEFT folder per description (the adapters made in one batch): what
+    ``hypergen generate`` does.
 
     Args:
         checkpoint: hypernetwork checkpoint folder; None: the one shipped with the package
@@ -162,7 +163,7 @@ def generate_main(argv: list[str]) -> int:
 
     def action() -> None:
         # AdapterGenerator.from_pretrained warns (stderr) when the checkpoint is untrained.
-        folders = generate(
+        folders = write_adapters(
             args.checkpoint, args.descriptions, args.out, args.dtype, args.bf16, args.overwrite
         )
         for folder in folders:

@@ -569,7 +569,7 @@ def _completions(body: dict[str, Any]):
         )
     model, lora, store_later = _resolve_adapter(body)
     engine = get_runtime().engine
-    jobs = [Job(_check_prompt(engine.encode(p), params, "prompt"), lora, params) for p in prompts]
+    jobs = [Job(_check_prompt(engine.tokenize(p), params, "prompt"), lora, params) for p in prompts]
     results, usage = _run(jobs, store_later)
     return {
         "id": f"cmpl-{uuid.uuid4().hex}",
@@ -624,7 +624,7 @@ def _chat_completions(body: dict[str, Any]):
     messages = _messages(body)
     model, lora, store_later = _resolve_adapter(body)
     try:
-        ids = get_runtime().engine.encode_chat(messages)
+        ids = get_runtime().engine.tokenize_chat(messages)
     except ValueError as err:
         raise APIError(400, str(err), param="messages") from err
     (result,), usage = _run(

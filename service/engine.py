@@ -232,11 +232,12 @@ class Engine:
 
     # --- text ------------------------------------------------------------------------------
 
-    def encode(self, text: str) -> list[int]:
+    def tokenize(self, text: str) -> list[int]:
+        """Prompt text -> token ids (with the tokenizer's special tokens, e.g. BOS)."""
         with self.tokenizer_lock:
             return list(self.tokenizer(text, add_special_tokens=True).input_ids)
 
-    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+    def tokenize_chat(self, messages: list[dict[str, str]]) -> list[int]:
         """Messages -> prompt tokens through the model's chat template (ValueError if none)."""
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(

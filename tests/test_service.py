@@ -198,7 +198,7 @@ def test_completions_apply_the_adapter(client, engine):
     out = response.json
     assert out["object"] == "text_completion" and out["model"] == meta["id"]
     assert out["id"].startswith("cmpl-") and out["choices"][0]["finish_reason"] == "length"
-    ids = engine.encode(prompt)
+    ids = engine.tokenize(prompt)
     assert out["usage"] == {
         "prompt_tokens": len(ids),
         "completion_tokens": 8,
@@ -250,7 +250,7 @@ def test_chat_completions(client, engine):
     assert out.status_code == 200
     choice = out.json["choices"][0]
     assert out.json["object"] == "chat.completion" and choice["message"]["role"] == "assistant"
-    ids = engine.encode_chat(messages)
+    ids = engine.tokenize_chat(messages)
     lora = engine.make_adapters([DESCRIPTION])[0]
     expected = engine.complete([Job(ids, lora, SamplingParams(max_tokens=6))])[0]
     assert choice["message"]["content"] == expected.text and out.json["usage"][
@@ -312,7 +312,7 @@ def test_mixed_batch_equals_each_row_alone(engine, llama, llama_dir, conditioner
     ]
     adapters = [loras[0], loras[1], None, other, loras[0]]
     jobs = [
-        Job(engine.encode(p), a, SamplingParams(max_tokens=4 + 3 * i))
+        Job(engine.tokenize(p), a, SamplingParams(max_tokens=4 + 3 * i))
         for i, (p, a) in enumerate(zip(prompts, adapters))
     ]
     batched = engine.complete(jobs)
