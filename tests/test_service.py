@@ -213,6 +213,36 @@ def test_completions_apply_the_adapter(client, engine):
     assert by_name["choices"][0]["text"] == base["choices"][0]["text"]
 
 
+def test_adapters_and_completions_share_one_get_or_create(make_app, engine, monkeypatch):
+    """POST /v1/adapters and a completion naming the same description find one adapter, made once
+    (``service.adapters.AdapterRegistry.get_or_create``)."""
+    made = []
+    real = engine.make_adapters
+
+    def counting(conditions, dtype="float32"):
+        made.append(list(conditions))
+        return real(conditions, dtype)
+
+    monkeypatch.setattr(engine, "make_adapters", counting)
+    client = make_app().test_client()
+    created = client.post("/v1/adapters", json={"descriptions": ["Count words.", "Count words."]})
+    assert created.status_code == 201 and made == [["Count words."]], "a repeat is made once"
+    [first, second] = created.json["data"]
+    assert first["id"] == second["id"]
+    out = client.post(
+        "/v1/completions",
+        json={"adapter_description": "Count  words.", "prompt": "one two", "max_tokens": 2},
+    )
+    assert out.status_code == 200 and out.json["model"] == first["id"]
+    assert made == [["Count words."]], "the completion found the stored adapter"
+    fresh = client.post(
+        "/v1/completions", json={"adapter_description": "New task.", "prompt": "x", "max_tokens": 1}
+    )
+    assert made[-1] == ["New task."]
+    record = client.get(f"/v1/adapters/{fresh.json['model']}").json
+    assert record["condition"]["description"] == "New task." and record["format"] == "peft-lora"
+
+
 def test_completions_with_a_description(client, engine):
     body = {
         "adapter_description": "Solve arithmetic.",
