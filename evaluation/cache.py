@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from hypergen.atomic import atomic_write_text
-from hypergen.layout import task_slug
+from hypergen.layout import portable_path, task_slug
+
+# Results record paths under the repository (or the installed packages' folder) relative to it,
+# and cache paths as $HYPERGEN_HOME/...: ``record_path``.
+REPO = Path(__file__).resolve().parents[1]
+
+
+def record_path(path: str | Path) -> str:
+    """``path`` as results record it (``hypergen.layout.portable_path`` against ``REPO``)."""
+    return portable_path(path, REPO)
 
 
 def write_json(path: Path, data: Any, indent: int | None = None) -> None:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
-from evaluation.cache import cache_path, load_cached, write_json
+from evaluation.cache import cache_path, load_cached, record_path, write_json
 from evaluation.metrics import contains_reference, distinct_bigram_ratio, exact_match
 from evaluation.scoring import ScoringConfig, greedy_generations
 from evaluation.systems import GeneratorSource, MissingArtifact, task_description
@@ -324,7 +324,7 @@ def run_check(
             "stop_ids": sorted(stop_ids),
             "decoding": "greedy; stops only at end-of-sequence ids",
             "max_examples_per_task": max_examples,
-            "chat_prompts": str(prompts_path),
+            "chat_prompts": record_path(prompts_path),
             "loop_threshold": LOOP_THRESHOLD,
         },
         "sets": {},

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluation.cache import cache_path, load_cached, write_json
+from evaluation.cache import cache_path, load_cached, record_path, write_json
 from evaluation.config import EvalConfig
 from evaluation.metrics import bootstrap_ci, exact_match, rouge_l
 from evaluation.scoring import ScoringConfig, greedy_answers, score_options, stop_token_ids
@@ -217,7 +217,7 @@ def model_fingerprint(name: str) -> dict[str, Any]:
         if file.is_file():
             digest.update(file.name.encode())
             digest.update(file_sha256(file).encode())
-    return {"name": name, "path": str(path), "sha256": digest.hexdigest()}
+    return {"name": name, "path": record_path(path), "sha256": digest.hexdigest()}
 
 
 def environment(num_threads: int) -> dict[str, Any]:
@@ -636,12 +636,12 @@ def run(config: EvalConfig, model=None, tokenizer=None) -> dict[str, Any]:
         "harness_version": HARNESS_VERSION,
         "decode_version": DECODE_VERSION,
         "config": config.to_dict(),
-        "paths": paths,
+        "paths": {k: record_path(v) for k, v in paths.items()},
         "model": model_record,
         "checkpoint": source.meta
         or {"path": config.checkpoint, "error": source.error or "not loaded"},
         "data": {
-            "suite": paths["suite"],
+            "suite": record_path(paths["suite"]),
             "split": config.split or None,
             "version": sha256_json({et.name: et.file_sha256 for et in tasks}),
             "files": {et.name: et.file_sha256 for et in tasks},
@@ -728,6 +728,7 @@ def _evaluate_one(
     if cached is not None:
         counts["reused"] += 1
         bar.update(len(et.test))
+        cached["info"] = setup.info  # today's facts (paths move between machines, the key does not)
         return cached
     started = time.perf_counter()
     try:

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from evaluation.cache import record_path
 from hypergen.adapters import LoraWeights
 from hypergen.data.descriptions import TRAIN, UNSEEN, describe
 from hypergen.data.tasks import Example, Task
@@ -225,18 +226,18 @@ class GeneratorSource:
             return
         folder = Path(self.checkpoint)
         if not folder.is_dir():
-            self._error = f"no hypernetwork checkpoint at {folder}"
+            self._error = f"no hypernetwork checkpoint at {record_path(folder)}"
             return
         try:
             generator = AdapterGenerator.from_pretrained(
                 folder, device=self.device, base_model=self.model
             )
         except (FileNotFoundError, ValueError) as err:
-            self._error = f"checkpoint {folder} cannot be used: {err}"
+            self._error = f"checkpoint {record_path(folder)} cannot be used: {err}"
             return
         self._generator = generator
         self.meta = {
-            "path": str(folder),
+            "path": record_path(folder),
             "hash": checkpoint_hash(folder),
             **meta_dict(generator.meta),
         }
@@ -252,18 +253,18 @@ def _peft_setup(folder: Path, model: nn.Module, what: str, absent: str = "") -> 
     from hypergen.export import CONFIG_NAME, WEIGHTS_NAME, load_peft
 
     if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
-        raise MissingArtifact(absent or f"no {what} at {folder}")
+        raise MissingArtifact(absent or f"no {what} at {record_path(folder)}")
     try:
         lora, _ = load_peft(folder)
     except (ValueError, KeyError) as err:
-        raise MissingArtifact(f"{what} at {folder} cannot be read: {err}") from err
+        raise MissingArtifact(f"{what} at {record_path(folder)} cannot be read: {err}") from err
     modules = dict(model.named_modules())
     absent = [n for n in lora.module_names if n not in modules]
     if absent:
         raise MissingArtifact(
-            f"{what} at {folder} targets modules the base model lacks: {absent[:3]}"
+            f"{what} at {record_path(folder)} targets modules the base model lacks: {absent[:3]}"
         )
-    info: dict[str, Any] = {"path": str(folder), "rank": lora.rank}
+    info: dict[str, Any] = {"path": record_path(folder), "rank": lora.rank}
     record = folder / "training.json"
     if record.is_file():
         try:
@@ -361,7 +362,7 @@ def build_systems(
             folder,
             model,
             "oracle LoRA",
-            f"no oracle LoRA for this task in {loras_dir} (looked for {folder.name}/)",
+            f"no oracle LoRA for this task in {record_path(loras_dir)} (looked for {folder.name}/)",
         )
 
     def multitask(task: Task) -> TaskSetup:

@@ -72,3 +72,21 @@ def checkpoint_cache_dir(name: str, home: str | Path | None = None) -> Path:
 def model_cache_dir(name: str) -> Path:
     """Where a built-in base model is converted to."""
     return hypergen_home() / "models" / name
+
+
+def portable_path(path: str | Path, repo: str | Path | None = None) -> str:
+    """``path`` as a results file should record it: ``$HYPERGEN_HOME/...`` when it lies under the
+    home, relative to ``repo`` when it lies under that, else as given. An absolute path of one
+    machine's cache means nothing on another.
+    """
+    full = Path(os.path.abspath(os.path.expanduser(path)))
+    for root, label in ((hypergen_home(), "$HYPERGEN_HOME"), (repo, None)):
+        if root is None:
+            continue
+        root = Path(os.path.abspath(os.path.expanduser(root)))
+        if full == root or root in full.parents:
+            relative = full.relative_to(root).as_posix()
+            if label is None:
+                return relative
+            return label if relative == "." else f"{label}/{relative}"
+    return str(path)

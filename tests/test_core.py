@@ -364,3 +364,10 @@ def test_hypergen_home_layout_is_defined_once(tmp_path, monkeypatch):
     assert layout.checkpoint_cache_dir("c") == tmp_path / "checkpoints" / "c"
     assert layout.library_folder("lib", "bbq_lite_json/age") == Path("lib/bbq_lite_json__age")
     assert layout.library_folder("lib", layout.MULTITASK) == Path("lib/_multitask")
+    # results record paths that mean something on another machine
+    assert layout.portable_path(tmp_path / "loras" / "t") == "$HYPERGEN_HOME/loras/t"
+    assert layout.portable_path(tmp_path) == "$HYPERGEN_HOME"
+    repo = tmp_path.parent / "repo"
+    assert layout.portable_path(repo / "evaluation" / "x.yaml", repo) == "evaluation/x.yaml"
+    assert layout.portable_path("/elsewhere/x", repo) == "/elsewhere/x"
+    assert layout.portable_path("relative/x", repo) == "relative/x"

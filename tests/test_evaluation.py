@@ -343,13 +343,20 @@ def _config(tmp_path, llama_dir, checkpoint, loras, *extra):
     return load_config(TINY_CONFIG, [*overrides, *extra])
 
 
-def test_end_to_end_outputs_missing_systems_and_resume(tmp_path, llama_dir, checkpoint_dir, loras):
+def test_end_to_end_outputs_missing_systems_and_resume(
+    tmp_path, llama_dir, checkpoint_dir, loras, monkeypatch
+):
+    monkeypatch.setenv("HYPERGEN_HOME", str(tmp_path))  # the LoRA library lies in the home
     config = _config(tmp_path, llama_dir, checkpoint_dir, loras)
     results = run(config)
     out = tmp_path / "out"
     assert {p.name for p in out.iterdir()} >= {"results.json", "results.md", "scores.png", "cache"}
     assert (out / "scores.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((out / "results.json").read_text())
+    # results record portable paths, not this machine's cache folder
+    assert saved["paths"]["loras_dir"] == "$HYPERGEN_HOME/loras"
+    oracle_info = saved["results"]["oracle_lora"]["opposites"]["info"]
+    assert oracle_info["path"] == "$HYPERGEN_HOME/loras/opposites"
     assert saved["checkpoint"]["hash"] and saved["data"]["version"] and saved["model"]["sha256"]
     assert set(saved["results"]) == set(ALL_SYSTEMS)
     assert (
