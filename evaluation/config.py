@@ -13,22 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evaluation.systems import SYSTEMS
 from hypergen.config import DEFAULT_BASE_MODEL, HALF_DTYPE_NAMES, check_dtype
 from hypergen.config_files import read_config
 
-# Every system the harness knows, in report order (see evaluation.systems).
-ALL_SYSTEMS = (
-    "base",
-    "base+desc",
-    "nearest_example",
-    "multitask_lora",
-    "oracle_lora",
-    "generated",
-    "generated+desc",
-    "generated_paraphrase",
-    "generated_random",
-    "generated_other_task",
-)
+# Every system the harness knows, in report order: the registry's (see evaluation.systems).
+ALL_SYSTEMS = tuple(SYSTEMS)
 TASK_GROUPS = ("heldout", "train", "all")
 
 

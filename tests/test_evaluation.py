@@ -442,3 +442,21 @@ def test_cli_runs_fast_mode(tmp_path, llama_dir, checkpoint_dir, capsys):
     printed = capsys.readouterr().out
     assert "| generated |" in printed and (tmp_path / "cli" / "results.json").is_file()
     assert main(["eval", "--config", str(TINY_CONFIG), "bogus_key=1"]) == 2
+
+
+def test_systems_come_from_one_registry():
+    from evaluation import systems
+
+    assert ALL_SYSTEMS == tuple(systems.SYSTEMS)  # the config's list is the registry's
+    with pytest.raises(ValueError, match="registered twice"):
+        systems.register("base", "again")(lambda context, task: None)
+    built, _ = systems.build_systems(
+        ["generated_random", "base"], None, [], "", "loras", num_random_words=5
+    )
+    assert [s.name for s in built] == ["generated_random", "base"]
+    assert built[0].summary == "generated from 5 random words"
+    assert built[1].setup(Task("t", "d", (), "generative", (), [])).fingerprint == {
+        "prompt": "input"
+    }
+    with pytest.raises(ValueError, match="unknown systems"):
+        systems.build_systems(["telepathy"], None, [], "", "loras")
