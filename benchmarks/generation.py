@@ -18,9 +18,9 @@ import torch
 
 from hypergen.conditions import TextConditioner
 from hypergen.config import EncoderConfig, HyperNetConfig
+from hypergen.data.text_batches import tokenize_pairs
 from hypergen.generator import AdapterGenerator
 from hypergen.models import load_base_model
-from hypergen.text_batches import tokenize_pairs
 
 WORDS = ["answer", "classify", "translate", "dates", "sentiment", "arithmetic", "riddles", "logic", "names", "sports", "french", "code"]
 

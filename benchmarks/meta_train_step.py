@@ -28,10 +28,11 @@ from peft import LoraConfig, get_peft_model
 
 from hypergen.apply import apply_adapters
 from hypergen.config import HyperNetConfig, LoraSpec
+from hypergen.data.text_batches import tokenize_pairs
 from hypergen.hypernet import HyperNetwork
-from hypergen.models import hypergen_home, load_base_model
+from hypergen.layout import suite_dir
+from hypergen.models import load_base_model
 from hypergen.targets import find_targets
-from hypergen.text_batches import tokenize_pairs
 from training.objectives import example_losses
 
 
@@ -94,7 +95,7 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="autocast both steps to bfloat16")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--split", default="evaluation/splits/bigbench.yaml")
-    parser.add_argument("--data-dir", default=str(hypergen_home() / "data" / "bigbench"))
+    parser.add_argument("--data-dir", default=str(suite_dir()))
     parser.add_argument("--out", help="also write the figures to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

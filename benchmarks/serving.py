@@ -7,7 +7,7 @@ Three measurements, all in this process on the same machine:
 1. Batch of 16 prompts (64 tokens each, then 32 greedy tokens, end-of-sequence ignored) with
    1, 4 and 16 distinct adapters per batch: prefill and decode tokens/s of this service's hooks
    and of PEFT's mixed-adapter batch (``adapter_names``), as ratios to the bare base model. The
-   three run through the same decode loop (``service.decoding.generate``).
+   three run through the same decode loop (``hypergen.decoding.decode``).
 2. A new description to the first token (batch 1): ours = generate the adapter + prefill with it
    applied (in the engine, and end to end over HTTP); PEFT's path = generate + write the folder +
    ``load_adapter`` + prefill; and the bare model's prefill alone, the floor of both.
@@ -33,10 +33,10 @@ from pathlib import Path
 
 import torch
 
+from hypergen.decoding import Job, SamplingParams, decode, model_call_names, new_cache
 from hypergen.models import load_base_model
 from service import create_app
-from service.decoding import Job, SamplingParams, generate, model_call_names
-from service.engine import Engine, new_cache
+from service.engine import Engine
 from service.server import BackgroundServer
 
 TEXT = (
@@ -115,7 +115,7 @@ def bench_batch(engine: Engine, peft_model, loras, peft_names, args) -> list[dic
 
         def run(mark):
             with torch.inference_mode():
-                generate(
+                decode(
                     jobs,
                     forward,
                     new_cache(engine.model),

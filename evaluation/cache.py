@@ -8,36 +8,30 @@ interrupted run never leaves half a record.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from hypergen.atomic import atomic_write_text
+from hypergen.layout import portable_path, task_slug
 
-def sha256_json(data: Any) -> str:
-    """sha256 of ``data`` as canonical JSON (sorted keys; non-JSON values as ``str``)."""
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+# Results record paths under the repository (or the installed packages' folder) relative to it,
+# and cache paths as $HYPERGEN_HOME/...: ``record_path``.
+REPO = Path(__file__).resolve().parents[1]
+
+
+def record_path(path: str | Path) -> str:
+    """``path`` as results record it (``hypergen.layout.portable_path`` against ``REPO``)."""
+    return portable_path(path, REPO)
 
 
 def write_json(path: Path, data: Any, indent: int | None = None) -> None:
     """Write atomically, so an interrupted run never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=indent)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=indent) + "\n")
 
 
 def cache_path(out: str | Path, system: str, task: str) -> Path:
-    return Path(out) / "cache" / system / (task.replace("/", "__") + ".json")
+    return Path(out) / "cache" / system / (task_slug(task) + ".json")
 
 
 def load_cached(path: Path, key: str) -> dict[str, Any] | None:

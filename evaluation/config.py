@@ -13,21 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evaluation.systems import SYSTEMS
+from hypergen.config import DEFAULT_BASE_MODEL, HALF_DTYPE_NAMES, check_dtype
 from hypergen.config_files import read_config
 
-# Every system the harness knows, in report order (see evaluation.systems).
-ALL_SYSTEMS = (
-    "base",
-    "base+desc",
-    "nearest_example",
-    "multitask_lora",
-    "oracle_lora",
-    "generated",
-    "generated+desc",
-    "generated_paraphrase",
-    "generated_random",
-    "generated_other_task",
-)
+# Every system the harness knows, in report order: the registry's (see evaluation.systems).
+ALL_SYSTEMS = tuple(SYSTEMS)
 TASK_GROUPS = ("heldout", "train", "all")
 
 
@@ -73,7 +64,7 @@ class EvalConfig:
     """
 
     out: str = "results/eval"
-    base_model: str = "smollm2-135m"
+    base_model: str = DEFAULT_BASE_MODEL
     checkpoint: str = ""
     loras_dir: str = ""
     suite: str = ""
@@ -117,14 +108,8 @@ class EvalConfig:
             raise ValueError(
                 f"EvalConfig.test_fraction must be in (0, 1], got {self.test_fraction}"
             )
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(
-                f"EvalConfig.dtype must be float32, bfloat16 or float16, got {self.dtype!r}"
-            )
-        if self.autocast not in ("", "bfloat16", "float16"):
-            raise ValueError(
-                f"EvalConfig.autocast must be '', bfloat16 or float16, got {self.autocast!r}"
-            )
+        check_dtype(self.dtype, "EvalConfig.dtype")
+        check_dtype(self.autocast, "EvalConfig.autocast", ("", *HALF_DTYPE_NAMES))
         for name in (
             "max_new_tokens",
             "max_length",

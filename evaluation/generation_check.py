@@ -9,7 +9,7 @@ adapter generated from each prompt's description ("with"):
               sampled test examples, plain prompts (``Q: ... A:``), the task's own description
 
 Decoding is greedy, at most ``check_max_new_tokens`` new tokens, stopping only at the tokenizer's
-and generation config's end-of-sequence ids (``scoring.eos_token_ids``), never at newlines: a
+and generation config's end-of-sequence ids (``hypergen.decoding.eos_token_ids``), never at newlines: a
 reply that loops runs to the cap. Per reply: the distinct-bigram ratio of its whitespace tokens
 (``metrics.distinct_bigram_ratio``; replies of fewer than two words have none and are counted as
 ``short``), whether it ended by itself (end-of-sequence before the cap), whether it loops
@@ -34,17 +34,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
-from evaluation.cache import cache_path, load_cached, sha256_json, write_json
+from evaluation.cache import cache_path, load_cached, record_path, write_json
 from evaluation.metrics import contains_reference, distinct_bigram_ratio, exact_match
-from evaluation.scoring import ScoringConfig, eos_token_ids, greedy_generations
+from evaluation.scoring import ScoringConfig, greedy_generations
 from evaluation.systems import GeneratorSource, MissingArtifact, task_description
+from hypergen.config import check_keys
+from hypergen.decoding import eos_token_ids
+from hypergen.digests import sha256_json
 
 if TYPE_CHECKING:  # the harness imports this module
     from evaluation.harness import EvalTask
 
 logger = logging.getLogger(__name__)
 
-CHECK_VERSION = 1  # bump when the check's decoding or metrics change, to invalidate its cache
+# bump when the check's decoding or metrics change, to invalidate its cache (2: hypergen.decoding)
+CHECK_VERSION = 2
 DEFAULT_CHAT_PROMPTS = Path(__file__).parent / "chat_prompts.yaml"
 LOOP_THRESHOLD = 0.5  # a reply loops if fewer than half of its word bigrams are distinct
 SIDES = ("without", "with")
@@ -81,9 +85,7 @@ def load_chat_prompts(path: str | Path) -> list[ChatPrompt]:
     for k, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise ValueError(f"{path}: prompts[{k}] must be a mapping")  # noqa: TRY004 (a file error)
-        unknown = set(entry) - {"name", "description", "prompt", "references"}
-        if unknown:
-            raise ValueError(f"{path}: prompts[{k}] has unknown fields {sorted(unknown)}")
+        check_keys(entry, ("name", "description", "prompt", "references"), f"{path}: prompts[{k}]")
         for key in ("name", "description", "prompt"):
             if not isinstance(entry.get(key), str) or not entry[key].strip():
                 raise ValueError(f"{path}: prompts[{k}].{key} must be a non-empty string")
@@ -322,7 +324,7 @@ def run_check(
             "stop_ids": sorted(stop_ids),
             "decoding": "greedy; stops only at end-of-sequence ids",
             "max_examples_per_task": max_examples,
-            "chat_prompts": str(prompts_path),
+            "chat_prompts": record_path(prompts_path),
             "loop_threshold": LOOP_THRESHOLD,
         },
         "sets": {},

@@ -32,24 +32,23 @@ import platform
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from evaluation.cache import cache_path, load_cached, sha256_json, write_json
+from evaluation.cache import cache_path, load_cached, record_path, write_json
 from evaluation.config import EvalConfig
 from evaluation.metrics import bootstrap_ci, exact_match, rouge_l
-from evaluation.scoring import ScoringConfig, generate_greedy, score_options, stop_token_ids
+from evaluation.scoring import ScoringConfig, greedy_answers, score_options, stop_token_ids
 from evaluation.systems import (
     GeneratorSource,
     MissingArtifact,
     System,
     TaskSetup,
     build_systems,
-    file_sha256,
     nearest_answer_pick,
     nearest_neighbours,
     random_words,
@@ -57,11 +56,23 @@ from evaluation.systems import (
 )
 from hypergen.adapters import LoraWeights
 from hypergen.config import DTYPES
-from hypergen.tasks import MULTIPLE_CHOICE, Example, Task, load_split, load_suite, split_examples
+from hypergen.data.tasks import (
+    MULTIPLE_CHOICE,
+    Example,
+    Task,
+    load_split,
+    load_suite,
+    split_examples,
+)
+from hypergen.digests import file_sha256, sha256_json
 
 logger = logging.getLogger(__name__)
 
 HARNESS_VERSION = 1  # bump when scoring changes, to invalidate every cached result
+# Bump when greedy decoding changes: invalidates the cached results of generation tasks only
+# (multiple-choice scores do not decode). 2: the shared loop (hypergen.decoding), left-padded rows
+# that leave the batch when done; the same tokens up to float rounding in near-ties.
+DECODE_VERSION = 2
 TEXT_OVERLAP_METRICS = ("rouge", "bleu", "bleurt", "sequence_f1")
 
 
@@ -206,7 +217,7 @@ def model_fingerprint(name: str) -> dict[str, Any]:
         if file.is_file():
             digest.update(file.name.encode())
             digest.update(file_sha256(file).encode())
-    return {"name": name, "path": str(path), "sha256": digest.hexdigest()}
+    return {"name": name, "path": record_path(path), "sha256": digest.hexdigest()}
 
 
 def environment(num_threads: int) -> dict[str, Any]:
@@ -287,7 +298,7 @@ def _model_examples(
                 }
             )
     else:
-        answers = generate_greedy(
+        answers = greedy_answers(
             model,
             tokenizer,
             prompts,
@@ -514,6 +525,27 @@ def _max_new_tokens(tokenizer, task: Task, cap: int) -> int:
     return max(1, min(cap, longest + 2))
 
 
+@dataclass
+class RunSetup:
+    """Everything one evaluation run works with, built by ``setup_run`` in dependency order."""
+
+    config: EvalConfig
+    paths: dict[str, str]
+    out: Path
+    tasks: list[EvalTask]
+    model: Any
+    tokenizer: Any
+    model_record: dict[str, Any]
+    scoring: ScoringConfig
+    scoring_key: dict[str, Any]
+    stop_ids: set[int]
+    systems: list[System]
+    source: GeneratorSource
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"computed": 0, "reused": 0, "missing": 0}
+    )
+
+
 def run(config: EvalConfig, model=None, tokenizer=None) -> dict[str, Any]:
     """Evaluate ``config.systems`` on ``config.tasks`` and write the results folder.
 
@@ -525,17 +557,26 @@ def run(config: EvalConfig, model=None, tokenizer=None) -> dict[str, Any]:
     Returns:
         The results dictionary also written to ``<out>/results.json``.
     """
-    from evaluation.report import plot_scores, write_markdown
+    start = time.perf_counter()
+    setup = setup_run(config, model, tokenizer)
+    records = evaluate_systems(setup)
+    check = generation_check(setup)
+    results = summarize(setup, records, check)
+    results["wall_seconds"] = round(time.perf_counter() - start, 1)
+    write_results(results, setup.out)
+    logger.info("wrote %s (%s)", setup.out, setup.counts)
+    return results
+
+
+def setup_run(config: EvalConfig, model=None, tokenizer=None) -> RunSetup:
+    """Paths, tasks, the LM (loaded unless given), scoring settings and the systems."""
     from hypergen.models import load_base_model
 
-    start = time.perf_counter()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     paths = resolve_paths(config)
-    out = Path(config.out)
     tasks = load_eval_tasks(config, paths["suite"])
     logger.info("evaluating %d tasks x %d systems", len(tasks), len(config.systems))
-
     if model is None:
         model, tokenizer = load_base_model(
             config.base_model, dtype=DTYPES[config.dtype], device=config.device
@@ -567,42 +608,67 @@ def run(config: EvalConfig, model=None, tokenizer=None) -> dict[str, Any]:
         "autocast": config.autocast,
         "max_length": config.max_length,
     }
+    return RunSetup(
+        config=config,
+        paths=paths,
+        out=Path(config.out),
+        tasks=tasks,
+        model=model,
+        tokenizer=tokenizer,
+        model_record=model_record,
+        scoring=scoring,
+        scoring_key=scoring_key,
+        stop_ids=stop_ids,
+        systems=systems,
+        source=source,
+    )
 
+
+def evaluate_systems(setup: RunSetup) -> dict[str, dict[str, dict]]:
+    """Every (system, task) record, from the cache where its key matches: system -> task -> record."""
     from tqdm.auto import tqdm
 
+    tasks, systems = setup.tasks, setup.systems
     total = len(systems) * sum(len(et.test) for et in tasks)
-    bar = tqdm(total=total, unit="ex", disable=not config.progress, dynamic_ncols=True)
+    bar = tqdm(total=total, unit="ex", disable=not setup.config.progress, dynamic_ncols=True)
     records: dict[str, dict[str, dict]] = {s.name: {} for s in systems}
-    counts = {"computed": 0, "reused": 0, "missing": 0}
     try:
         for system in systems:
             for et in tasks:
                 bar.set_description(f"{system.name} | {et.name}"[:60])
-                record = _evaluate_one(
-                    model, tokenizer, system, et, scoring, scoring_key, stop_ids, out, bar, counts
-                )
-                records[system.name][et.name] = record
+                records[system.name][et.name] = _evaluate_one(setup, system, et, bar)
     finally:
         bar.close()
+    return records
 
-    check = None
-    if config.generation_check:
-        from evaluation.generation_check import DEFAULT_CHAT_PROMPTS, run_check
 
-        check = run_check(
-            model,
-            tokenizer,
-            tasks,
-            source,
-            config.chat_prompts or DEFAULT_CHAT_PROMPTS,
-            config.check_max_new_tokens,
-            config.check_max_examples,
-            scoring,
-            scoring_key,
-            out,
-            counts,
-        )
+def generation_check(setup: RunSetup) -> dict[str, Any] | None:
+    """The generation check's report (``evaluation.generation_check``), or None when off."""
+    config = setup.config
+    if not config.generation_check:
+        return None
+    from evaluation.generation_check import DEFAULT_CHAT_PROMPTS, run_check
 
+    return run_check(
+        setup.model,
+        setup.tokenizer,
+        setup.tasks,
+        setup.source,
+        config.chat_prompts or DEFAULT_CHAT_PROMPTS,
+        config.check_max_new_tokens,
+        config.check_max_examples,
+        setup.scoring,
+        setup.scoring_key,
+        setup.out,
+        setup.counts,
+    )
+
+
+def summarize(
+    setup: RunSetup, records: dict[str, dict[str, dict]], check: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The results dictionary: provenance, per-task scores, group summaries and comparisons."""
+    config, tasks, systems, source = setup.config, setup.tasks, setup.systems, setup.source
     per_system = {
         s.name: {
             et.name: task_summary(
@@ -615,85 +681,80 @@ def run(config: EvalConfig, model=None, tokenizer=None) -> dict[str, Any]:
     groups = sorted(
         {et.group for et in tasks}, key=lambda g: ("heldout", "train", "suite", "other").index(g)
     )
+    by_group = {g: [et for et in tasks if et.group == g] for g in groups}
     specificity = {  # before the checkpoint record below: this loads the checkpoint if nothing did
-        g: adapter_specificity(
-            source, [et for et in tasks if et.group == g], config.seed, config.random_words
-        )
+        g: adapter_specificity(source, by_group[g], config.seed, config.random_words)
         for g in groups
     }
-    results = {
+    samples, seed = config.bootstrap_samples, config.seed
+    return {
         "harness_version": HARNESS_VERSION,
+        "decode_version": DECODE_VERSION,
         "config": config.to_dict(),
-        "paths": paths,
-        "model": model_record,
+        "paths": {k: record_path(v) for k, v in setup.paths.items()},
+        "model": setup.model_record,
         "checkpoint": source.meta
         or {"path": config.checkpoint, "error": source.error or "not loaded"},
-        "data": {
-            "suite": paths["suite"],
-            "split": config.split or None,
-            "version": sha256_json({et.name: et.file_sha256 for et in tasks}),
-            "files": {et.name: et.file_sha256 for et in tasks},
-        },
+        "data": _data_record(setup),
         "sampling": {
             "rule": "random.Random(f'{seed}:{task}').sample(test part, max_examples), kept in file order",
             "seed": config.seed,
             "max_examples": config.max_examples,
         },
         "systems": {s.name: s.summary for s in systems},
-        "tasks": {
-            et.name: {
-                "group": et.group,
-                "kind": et.task.kind,
-                "metric": et.metric,
-                "n_test": et.num_test,
-                "n_sampled": len(et.test),
-                "n_train": len(et.train),
-                "max_new_tokens": et.max_new_tokens or None,
-                "indices": et.indices,
-            }
-            for et in tasks
-        },
+        "tasks": {et.name: _task_record(et) for et in tasks},
         "results": per_system,
-        "summary": {
-            g: group_summary(
-                [et for et in tasks if et.group == g],
-                per_system,
-                config.bootstrap_samples,
-                config.seed,
-            )
-            for g in groups
-        },
-        "comparisons": {
-            g: comparisons(
-                [et for et in tasks if et.group == g],
-                per_system,
-                config.bootstrap_samples,
-                config.seed,
-            )
-            for g in groups
-        },
+        "summary": {g: group_summary(by_group[g], per_system, samples, seed) for g in groups},
+        "comparisons": {g: comparisons(by_group[g], per_system, samples, seed) for g in groups},
         "specificity": specificity,
         "generation_check": check or {"status": "off"},
         "environment": environment(config.num_threads),
-        "cache": counts,
+        "cache": setup.counts,
         "compute_seconds": round(
             sum(r.get("seconds", 0.0) for s in records.values() for r in s.values())
             + (check["seconds"] if check else 0.0),
             1,
         ),
-        "wall_seconds": round(time.perf_counter() - start, 1),
     }
+
+
+def _data_record(setup: RunSetup) -> dict[str, Any]:
+    files = {et.name: et.file_sha256 for et in setup.tasks}
+    return {
+        "suite": record_path(setup.paths["suite"]),
+        "split": setup.config.split or None,
+        "version": sha256_json(files),
+        "files": files,
+    }
+
+
+def _task_record(et: EvalTask) -> dict[str, Any]:
+    return {
+        "group": et.group,
+        "kind": et.task.kind,
+        "metric": et.metric,
+        "n_test": et.num_test,
+        "n_sampled": len(et.test),
+        "n_train": len(et.train),
+        "max_new_tokens": et.max_new_tokens or None,
+        "indices": et.indices,
+    }
+
+
+def write_results(results: dict[str, Any], out: Path) -> None:
+    """``results.json``, ``results.md`` and ``scores.png`` in ``out``."""
+    from evaluation.report import plot_scores, write_markdown
+
     write_json(out / "results.json", results, indent=1)
     write_markdown(results, out / "results.md")
     plot_scores(results, out / "scores.png")
-    logger.info("wrote %s (%s)", out, counts)
-    return results
 
 
-def _evaluate_one(
-    model, tokenizer, system: System, et: EvalTask, scoring, scoring_key, stop_ids, out, bar, counts
-) -> dict:
+def _evaluate_one(setup: RunSetup, system: System, et: EvalTask, bar) -> dict:
     """One (system, task): its cached result if the key matches, else compute and cache it."""
+    model, tokenizer, scoring = setup.model, setup.tokenizer, setup.scoring
+    scoring_key = setup.scoring_key
+    stop_ids, out, counts = setup.stop_ids, setup.out, setup.counts
     try:
         setup = system.setup(et.task)
     except MissingArtifact as err:
@@ -708,6 +769,7 @@ def _evaluate_one(
         "examples": et.indices,
         "max_new_tokens": et.max_new_tokens,
         **(scoring_key if system.uses_model else {"harness": scoring_key["harness"]}),
+        **({} if et.multiple_choice else {"decode": DECODE_VERSION}),
     }
     key = sha256_json(key_data)
     path = cache_path(out, system.name, et.name)
@@ -715,6 +777,7 @@ def _evaluate_one(
     if cached is not None:
         counts["reused"] += 1
         bar.update(len(et.test))
+        cached["info"] = setup.info  # today's facts (paths move between machines, the key does not)
         return cached
     started = time.perf_counter()
     try:

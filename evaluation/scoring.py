@@ -9,22 +9,22 @@ fraction of the work when options are short and prompts long.
     raw pick        = argmax_k  sum_t log p(option_k token t | prompt, earlier tokens)
     normalised pick = argmax_k (that sum / number of option_k tokens)      [tokens, not chars]
 
-Generation: greedy decoding with a key/value cache, stopped at a set of stop tokens. Task
-answers stop at the first newline or end-of-sequence token (prompts end in "A:", so the answer is
-the rest of that line; ``generate_greedy``); free replies (chat) stop only at the model's
-end-of-sequence ids (``eos_token_ids``, ``greedy_generations``) and say whether they ended by
+Generation: greedy decoding through the library's one decode loop (``hypergen.decoding.decode``,
+the service's too), stopped at a set of stop tokens. Task answers stop at the first newline or
+end-of-sequence token (prompts end in "A:", so the answer is the rest of that line;
+``greedy_answers``); free replies (chat) stop only at the model's end-of-sequence ids
+(``hypergen.decoding.eos_token_ids``, ``greedy_generations``) and say whether they ended by
 themselves or hit the token cap.
 
 Prompts and options are tokenized separately without special tokens and concatenated, as in
-``hypergen.text_batches.tokenize_pairs``. Rows are right-padded; attention masks hide the padding
-and position ids continue each row from its own prompt length.
+``hypergen.data.text_batches.tokenize_pairs``. Scoring rows are right-padded; attention masks hide the
+padding and position ids continue each row from its own prompt length.
 
 Axes: b example, m (example, option) row, n prompt token, o option token, v vocabulary, d hidden.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -32,10 +32,19 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from hypergen.adapters import LoraWeights
 from hypergen.apply import apply_adapters
+from hypergen.decoding import (
+    Job,
+    SamplingParams,
+    adapter_forward,
+    decode,
+    model_call_names,
+    new_cache,
+    pad_token_id,
+)
 
 # rows of hidden states turned into logits at once (bounds the (rows, vocab) logit matrix)
 _LOGIT_CHUNK = 256
@@ -98,9 +107,7 @@ class _LM:
         self.head = model.get_output_embeddings()
         if self.backbone is model or self.head is None:
             raise ValueError(f"{type(model).__name__} has no separate backbone and output head")
-        params = inspect.signature(self.backbone.forward).parameters
-        # transformers 5 renamed past_key_values to cache
-        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.cache_arg = model_call_names(self.backbone)[0]
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.device = next(model.parameters()).device
         self.autocast_dtype = config.autocast_dtype
@@ -170,11 +177,6 @@ def _right_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor]
     return ids, mask
 
 
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return 0 if pad is None else pad
-
-
 def _batches(costs: Sequence[int], budget: int) -> list[list[int]]:
     """Group item indices, longest first, so each group's padded cost stays within ``budget``.
 
@@ -227,7 +229,7 @@ def score_options(
             f"adapter_index has {len(adapter_index)} entries for {len(prompts)} examples"
         )
     lm = _LM(model, config)
-    pad = _pad_id(tokenizer)
+    pad = pad_token_id(tokenizer)
     prompt_ids = tokenizer(list(prompts), add_special_tokens=False).input_ids
     option_ids = [tokenizer(list(opts), add_special_tokens=False).input_ids for opts in options]
     for e, opts in enumerate(option_ids):
@@ -261,7 +263,7 @@ def _score_group(
     lengths = torch.tensor([len(p) for p in prompts])
     ids, mask = _right_pad(prompts, pad)  # (b, n)
     positions = torch.arange(ids.shape[1]).expand(len(group), -1)
-    cache = DynamicCache()
+    cache = new_cache(lm.model)
     with _adapted(lm.model, _adapter_rows(adapters, adapter_index, group)):
         hidden = lm.forward(ids, mask, positions, cache)  # (b, n, d)
     # the last prompt token predicts each option's first token
@@ -314,23 +316,6 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
     return ids
 
 
-def eos_token_ids(
-    tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None
-) -> set[int]:
-    """End-of-sequence ids only: the tokenizer's and the model's generation config's (as the
-    service's ``Engine`` stops chat replies); newlines do not stop."""
-    ids: set[int] = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    generation_config = getattr(model, "generation_config", None)
-    extra = getattr(generation_config, "eos_token_id", None)
-    if extra is not None:
-        ids.update(int(i) for i in (extra if isinstance(extra, (list, tuple)) else [extra]))
-    if not ids:
-        raise ValueError("the tokenizer and the model's generation config name no eos token")
-    return ids
-
-
 @dataclass(frozen=True)
 class Generation:
     """One greedy reply.
@@ -370,7 +355,8 @@ def greedy_generations(
         adapter_index: example e uses adapter ``adapter_index[e]``; None shares one adapter.
         config: batching, truncation and autocast.
         stop_ids: token ids that end a reply (default: ``stop_token_ids(tokenizer)``, newlines
-            and end-of-sequence; ``eos_token_ids(tokenizer, model)`` for free replies). Pass it
+            and end-of-sequence; ``hypergen.decoding.eos_token_ids(tokenizer, model)`` for free
+            replies). Pass it
             in when calling often: computing the default decodes the whole vocabulary.
         on_examples: called with the number of examples finished after each batch (progress).
 
@@ -384,31 +370,33 @@ def greedy_generations(
         raise ValueError(
             f"adapter_index has {len(adapter_index)} entries for {len(prompts)} examples"
         )
-    stop_ids = stop_token_ids(tokenizer) if stop_ids is None else stop_ids
-    lm = _LM(model, config)
-    pad = _pad_id(tokenizer)
+    stop_ids = stop_token_ids(tokenizer) if stop_ids is None else set(stop_ids)
     keep = max(1, config.max_length - max_new_tokens)
     prompt_ids = [p[-keep:] for p in tokenizer(list(prompts), add_special_tokens=False).input_ids]
     if any(not p for p in prompt_ids):
         raise ValueError("generation needs non-empty prompts")
+    params = SamplingParams(max_tokens=max_new_tokens)  # greedy
+    device = next(model.parameters()).device
     results: list[Generation | None] = [None] * len(prompts)
     costs = [len(p) + max_new_tokens for p in prompt_ids]
-    stop = torch.tensor(sorted(stop_ids), dtype=torch.long)
     with torch.inference_mode():
         for group in _batches(costs, config.batch_tokens):
-            with _adapted(lm.model, _adapter_rows(adapters, adapter_index, group)):
-                tokens, ended = _greedy_group(
-                    lm, pad, [prompt_ids[e] for e in group], max_new_tokens, stop
-                )
-            for e, row, end in zip(group, tokens, ended):
-                text = tokenizer.decode(row, skip_special_tokens=True).strip()
-                results[e] = Generation(text, len(row), end)
+            forward = adapter_forward(
+                model, _adapter_rows(adapters, adapter_index, group), config.autocast_dtype
+            )
+            jobs = [Job(prompt_ids[e], params=params) for e in group]
+            done = decode(jobs, forward, new_cache(model), tokenizer, stop_ids, device)
+            for e, completion in zip(group, done):
+                if completion.error is not None:  # scores must not quietly lose a row
+                    raise completion.error
+                ended = completion.finish_reason == "stop"
+                results[e] = Generation(completion.text.strip(), completion.completion_tokens, ended)
             if on_examples is not None:
                 on_examples(len(group))
     return results  # type: ignore[return-value]
 
 
-def generate_greedy(
+def greedy_answers(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
@@ -438,30 +426,3 @@ def generate_greedy(
         on_examples,
     )
     return [r.text.split("\n")[0].strip() for r in replies]
-
-
-def _greedy_group(
-    lm: _LM, pad: int, prompts, max_new_tokens: int, stop: Tensor
-) -> tuple[list[list[int]], list[bool]]:
-    """Greedy tokens for one batch of prompts, each cut before its first stop token, and whether
-    each row met a stop token within ``max_new_tokens`` tokens."""
-    b = len(prompts)
-    lengths = torch.tensor([len(p) for p in prompts])
-    ids, mask = _right_pad(prompts, pad)  # (b, n)
-    cache = DynamicCache()
-    hidden = lm.forward(ids, mask, torch.arange(ids.shape[1]).expand(b, -1), cache)
-    next_token = lm.log_probs(hidden[torch.arange(b), lengths - 1]).argmax(-1).cpu()  # (b,)
-    out = [[] for _ in range(b)]
-    done = torch.zeros(b, dtype=torch.bool)
-    for t in range(max_new_tokens):
-        finished = torch.isin(next_token, stop)
-        for i in range(b):
-            if not done[i] and not finished[i]:
-                out[i].append(int(next_token[i]))
-        done |= finished
-        if done.all() or t == max_new_tokens - 1:
-            break
-        mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype)], dim=1)  # (b, n + t + 1)
-        hidden = lm.forward(next_token[:, None], mask, (lengths + t)[:, None], cache)  # (b, 1, d)
-        next_token = lm.log_probs(hidden[:, -1]).argmax(-1).cpu()
-    return out, done.tolist()

@@ -23,7 +23,6 @@ that task, and the harness reports it as missing with the reason.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -31,19 +30,25 @@ import re
 import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch import nn
 
-from hypergen.adapters import LoraWeights
-from hypergen.descriptions import TRAIN, UNSEEN, describe
-from hypergen.tasks import Example, Task
+from evaluation.cache import record_path
+from hypergen.data.descriptions import TRAIN, UNSEEN, describe
+from hypergen.data.tasks import Example, Task
+from hypergen.digests import file_sha256
+from hypergen.layout import MULTITASK, library_folder
+
+if TYPE_CHECKING:  # torch loads with the model, not with the config (``evaluation.config``)
+    from torch import nn
+
+    from hypergen.adapters import LoraWeights
 
 logger = logging.getLogger(__name__)
 
-MULTITASK_FOLDER = "_multitask"
 
 
 class MissingArtifact(Exception):
@@ -78,7 +83,7 @@ class System:
     """A named way of answering: ``setup(task)`` gives the prompt prefix and adapter.
 
     Attributes:
-        name: the system's id (see ``evaluation.config.ALL_SYSTEMS``).
+        name: the system's id (a key of ``SYSTEMS``).
         summary: one line for the report.
         setup: task -> TaskSetup, raising ``MissingArtifact`` when it cannot run.
         uses_model: False for the nearest-example baseline, which never calls the LM.
@@ -119,14 +124,6 @@ def random_words(seed: int, task_name: str, num_words: int) -> str:
 def describe_prefix(description: str) -> str:
     """The prompt prefix of the +desc systems."""
     return f"{description}\n\n"
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- nearest training example
@@ -233,18 +230,18 @@ class GeneratorSource:
             return
         folder = Path(self.checkpoint)
         if not folder.is_dir():
-            self._error = f"no hypernetwork checkpoint at {folder}"
+            self._error = f"no hypernetwork checkpoint at {record_path(folder)}"
             return
         try:
             generator = AdapterGenerator.from_pretrained(
                 folder, device=self.device, base_model=self.model
             )
         except (FileNotFoundError, ValueError) as err:
-            self._error = f"checkpoint {folder} cannot be used: {err}"
+            self._error = f"checkpoint {record_path(folder)} cannot be used: {err}"
             return
         self._generator = generator
         self.meta = {
-            "path": str(folder),
+            "path": record_path(folder),
             "hash": checkpoint_hash(folder),
             **meta_dict(generator.meta),
         }
@@ -256,27 +253,22 @@ class GeneratorSource:
         self.meta["trained_steps"] = generator.meta.trained_steps
 
 
-def _lora_folder(loras_dir: Path, task_name: str) -> Path:
-    """``train_lora.library_folder``'s layout: subtask "a/b" lives in ``a__b``."""
-    return loras_dir / task_name.replace("/", "__")
-
-
 def _peft_setup(folder: Path, model: nn.Module, what: str, absent: str = "") -> TaskSetup:
     from hypergen.export import CONFIG_NAME, WEIGHTS_NAME, load_peft
 
     if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
-        raise MissingArtifact(absent or f"no {what} at {folder}")
+        raise MissingArtifact(absent or f"no {what} at {record_path(folder)}")
     try:
         lora, _ = load_peft(folder)
     except (ValueError, KeyError) as err:
-        raise MissingArtifact(f"{what} at {folder} cannot be read: {err}") from err
+        raise MissingArtifact(f"{what} at {record_path(folder)} cannot be read: {err}") from err
     modules = dict(model.named_modules())
     absent = [n for n in lora.module_names if n not in modules]
     if absent:
         raise MissingArtifact(
-            f"{what} at {folder} targets modules the base model lacks: {absent[:3]}"
+            f"{what} at {record_path(folder)} targets modules the base model lacks: {absent[:3]}"
         )
-    info: dict[str, Any] = {"path": str(folder), "rank": lora.rank}
+    info: dict[str, Any] = {"path": record_path(folder), "rank": lora.rank}
     record = folder / "training.json"
     if record.is_file():
         try:
@@ -293,6 +285,60 @@ def _peft_setup(folder: Path, model: nn.Module, what: str, absent: str = "") -> 
     return TaskSetup(adapter=lora, fingerprint=fingerprint, info=info)
 
 
+# ---------------------------------------------------------------- the registry
+
+
+@dataclass
+class SystemContext:
+    """What the systems of one evaluation run share.
+
+    Args:
+        source: the (lazily loaded) hypernetwork checkpoint of the generated systems.
+        model: the base LM (PEFT LoRAs are checked against it).
+        tasks: every evaluated task; ``generated_other_task`` gives task i (sorted by name) the
+            description of task i+1, cyclically.
+        loras_dir: folder of per-task LoRAs and the multi-task one (``hypergen.layout``).
+        seed: seed of the random-string conditions.
+        num_random_words: words per random string.
+    """
+
+    source: GeneratorSource
+    model: nn.Module
+    tasks: Sequence[Task]
+    loras_dir: Path
+    seed: int = 0
+    num_random_words: int = 12
+
+    def __post_init__(self):
+        self.by_name = {t.name: t for t in self.tasks}
+        self.order = sorted(self.by_name)
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """A registered system: ``setup(context, task)``; ``summary`` may name context fields."""
+
+    name: str
+    summary: str
+    setup: Callable[[SystemContext, Task], TaskSetup]
+    uses_model: bool = True
+
+
+SYSTEMS: dict[str, SystemSpec] = {}  # name -> spec, in report order
+
+
+def register(name: str, summary: str, uses_model: bool = True):
+    """Add the decorated ``setup(context, task)`` to ``SYSTEMS`` as ``name``."""
+
+    def add(setup: Callable[[SystemContext, Task], TaskSetup]):
+        if name in SYSTEMS:
+            raise ValueError(f"system {name!r} is registered twice")
+        SYSTEMS[name] = SystemSpec(name, summary, setup, uses_model)
+        return setup
+
+    return add
+
+
 def build_systems(
     names: Sequence[str],
     model: nn.Module,
@@ -306,115 +352,124 @@ def build_systems(
     """The systems called ``names``, and the (lazily loaded) checkpoint the generated ones use.
 
     Args:
-        names: system ids, in report order.
-        model: the base LM (PEFT LoRAs and the checkpoint are checked against it).
-        tasks: every evaluated task; ``generated_other_task`` gives task i (sorted by name) the
-            description of task i+1, cyclically.
+        names: system ids (keys of ``SYSTEMS``), in report order.
         checkpoint: hypernetwork checkpoint folder ("" for none).
-        loras_dir: folder of per-task LoRAs and ``_multitask/``.
-        seed: seed of the random-string conditions.
-        num_random_words: words per random string.
         device: where the hypernetwork runs.
+        model, tasks, loras_dir, seed, num_random_words: see ``SystemContext``.
     """
-    loras_dir = Path(loras_dir)
-    source = GeneratorSource(checkpoint, model, device)
-    by_name = {t.name: t for t in tasks}
-    order = sorted(by_name)
-
-    def base(task: Task) -> TaskSetup:
-        return TaskSetup(fingerprint={"prompt": "input"})
-
-    def base_desc(task: Task) -> TaskSetup:
-        description = task_description(task)
-        return TaskSetup(
-            prompt_prefix=describe_prefix(description), fingerprint={"description": description}
-        )
-
-    def generated(condition: Callable[[Task], tuple[str, dict]], with_desc: bool = False):
-        def setup(task: Task) -> TaskSetup:
-            generator = source.get()
-            text, info = condition(task)
-            prefix = describe_prefix(task_description(task)) if with_desc else ""
-            lora = generator.generate([text])
-            fingerprint = {"checkpoint": source.meta["hash"], "condition": text, "prefix": prefix}
-            return TaskSetup(
-                prompt_prefix=prefix,
-                adapter=lora,
-                condition=text,
-                fingerprint=fingerprint,
-                info=info,
-            )
-
-        return setup
-
-    def own(task: Task) -> tuple[str, dict]:
-        return task_description(task), {}
-
-    def paraphrase(task: Task) -> tuple[str, dict]:
-        return unseen_paraphrase(task), {"template": describe(task, UNSEEN)[0].template}
-
-    def random_string(task: Task) -> tuple[str, dict]:
-        return random_words(seed, task.name, num_random_words), {}
-
-    def borrowed(task: Task) -> tuple[str, dict]:
-        if len(order) < 2:
-            raise MissingArtifact(
-                "needs at least two evaluated tasks to borrow another's description"
-            )
-        other = order[(order.index(task.name) + 1) % len(order)]
-        return task_description(by_name[other]), {"from_task": other}
-
-    def nearest(task: Task) -> TaskSetup:
-        return TaskSetup(fingerprint={"method": "tfidf-cosine, chance fallback"})
-
-    def oracle(task: Task) -> TaskSetup:
-        # held-out and training tasks alike, in ``training.train_lora.library_folder``'s layout
-        folder = _lora_folder(loras_dir, task.name)
-        return _peft_setup(
-            folder,
-            model,
-            "oracle LoRA",
-            f"no oracle LoRA for this task in {loras_dir} (looked for {folder.name}/)",
-        )
-
-    def multitask(task: Task) -> TaskSetup:
-        return _peft_setup(loras_dir / MULTITASK_FOLDER, model, "multi-task LoRA")
-
-    catalogue = [
-        System("base", "frozen LM, input only", base),
-        System("base+desc", "frozen LM, description + input", base_desc),
-        System(
-            "nearest_example",
-            "no LM: answer of the most similar train input (TF-IDF); MC: a guess if not an option",
-            nearest,
-            uses_model=False,
-        ),
-        System("multitask_lora", "one LoRA trained on all training tasks", multitask),
-        System("oracle_lora", "LoRA trained on this task's own train split (ceiling)", oracle),
-        System("generated", "adapter generated from the task description", generated(own)),
-        System(
-            "generated+desc",
-            "generated adapter + description in the prompt",
-            generated(own, with_desc=True),
-        ),
-        System(
-            "generated_paraphrase",
-            "generated from an unseen-template paraphrase",
-            generated(paraphrase),
-        ),
-        System(
-            "generated_random",
-            f"generated from {num_random_words} random words",
-            generated(random_string),
-        ),
-        System(
-            "generated_other_task",
-            "generated from another evaluated task's description",
-            generated(borrowed),
-        ),
-    ]
-    known = {s.name: s for s in catalogue}
-    unknown = [n for n in names if n not in known]
+    unknown = [n for n in names if n not in SYSTEMS]
     if unknown:
-        raise ValueError(f"unknown systems {unknown}; known: {list(known)}")
-    return [known[n] for n in names], source
+        raise ValueError(f"unknown systems {unknown}; known: {list(SYSTEMS)}")
+    source = GeneratorSource(checkpoint, model, device)
+    context = SystemContext(source, model, tasks, Path(loras_dir), seed, num_random_words)
+    systems = [
+        System(
+            spec.name,
+            spec.summary.format(num_random_words=num_random_words),
+            partial(spec.setup, context),
+            spec.uses_model,
+        )
+        for spec in (SYSTEMS[n] for n in names)
+    ]
+    return systems, source
+
+
+@register("base", "frozen LM, input only")
+def _base(context: SystemContext, task: Task) -> TaskSetup:
+    return TaskSetup(fingerprint={"prompt": "input"})
+
+
+@register("base+desc", "frozen LM, description + input")
+def _base_desc(context: SystemContext, task: Task) -> TaskSetup:
+    description = task_description(task)
+    return TaskSetup(
+        prompt_prefix=describe_prefix(description), fingerprint={"description": description}
+    )
+
+
+@register(
+    "nearest_example",
+    "no LM: answer of the most similar train input (TF-IDF); MC: a guess if not an option",
+    uses_model=False,
+)
+def _nearest(context: SystemContext, task: Task) -> TaskSetup:
+    return TaskSetup(fingerprint={"method": "tfidf-cosine, chance fallback"})
+
+
+@register("multitask_lora", "one LoRA trained on all training tasks")
+def _multitask(context: SystemContext, task: Task) -> TaskSetup:
+    return _peft_setup(
+        library_folder(context.loras_dir, MULTITASK), context.model, "multi-task LoRA"
+    )
+
+
+@register("oracle_lora", "LoRA trained on this task's own train split (ceiling)")
+def _oracle(context: SystemContext, task: Task) -> TaskSetup:
+    # held-out and training tasks alike, in the library's layout (``hypergen.layout``)
+    folder = library_folder(context.loras_dir, task.name)
+    return _peft_setup(
+        folder,
+        context.model,
+        "oracle LoRA",
+        f"no oracle LoRA for this task in {record_path(context.loras_dir)} "
+        f"(looked for {folder.name}/)",
+    )
+
+
+# The generated systems differ only in the condition: (text, info for the report) per task.
+
+
+def _own(context: SystemContext, task: Task) -> tuple[str, dict]:
+    return task_description(task), {}
+
+
+def _paraphrase(context: SystemContext, task: Task) -> tuple[str, dict]:
+    return unseen_paraphrase(task), {"template": describe(task, UNSEEN)[0].template}
+
+
+def _random_string(context: SystemContext, task: Task) -> tuple[str, dict]:
+    return random_words(context.seed, task.name, context.num_random_words), {}
+
+
+def _borrowed(context: SystemContext, task: Task) -> tuple[str, dict]:
+    order = context.order
+    if len(order) < 2:
+        raise MissingArtifact("needs at least two evaluated tasks to borrow another's description")
+    other = order[(order.index(task.name) + 1) % len(order)]
+    return task_description(context.by_name[other]), {"from_task": other}
+
+
+def _generated(condition, with_desc: bool = False):
+    """A generated system's setup: the adapter made from ``condition``'s text, and the task's
+    description before the input when ``with_desc``."""
+
+    def setup(context: SystemContext, task: Task) -> TaskSetup:
+        generator = context.source.get()
+        text, info = condition(context, task)
+        prefix = describe_prefix(task_description(task)) if with_desc else ""
+        lora = generator.generate([text])
+        fingerprint = {
+            "checkpoint": context.source.meta["hash"],
+            "condition": text,
+            "prefix": prefix,
+        }
+        return TaskSetup(
+            prompt_prefix=prefix, adapter=lora, condition=text, fingerprint=fingerprint, info=info
+        )
+
+    return setup
+
+
+register("generated", "adapter generated from the task description")(_generated(_own))
+register("generated+desc", "generated adapter + description in the prompt")(
+    _generated(_own, with_desc=True)
+)
+register("generated_paraphrase", "generated from an unseen-template paraphrase")(
+    _generated(_paraphrase)
+)
+register("generated_random", "generated from {num_random_words} random words")(
+    _generated(_random_string)
+)
+register("generated_other_task", "generated from another evaluated task's description")(
+    _generated(_borrowed)
+)

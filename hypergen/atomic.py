@@ -1,4 +1,7 @@
-"""Write a folder atomically, and never delete what the user did not create.
+"""Write a folder or a file atomically, and never delete what the user did not create.
+
+One file (``atomic_write_text``): written under a hidden temporary name in the same folder, then
+renamed over the target, so a reader or a resumed run never sees half a file.
 
 A write builds the folder under a fresh temporary name beside the target, then renames it into
 place. Readers (another replica, the PEFT loader, a crashed run's resume) see either the old
@@ -154,3 +157,21 @@ def _swap_into_place(new: Path, out_dir: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; the parent folder is created if needed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        umask = os.umask(0)  # mkstemp makes owner-only files; give what open() would
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

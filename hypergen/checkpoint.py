@@ -7,7 +7,6 @@ was not). Weights are safetensors only; nothing is unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from hypergen.atomic import FolderKind, atomic_folder
 from hypergen.config import EncoderConfig, HyperNetConfig
+from hypergen.digests import files_sha256
 from hypergen.hypernet import HyperNetwork
 from hypergen.targets import AdapterTarget
 
@@ -120,12 +120,7 @@ def load_checkpoint(
 
 def checkpoint_hash(folder: str | Path) -> str:
     """SHA-256 over the config and weights files: identifies a checkpoint in adapter ids and results."""
-    digest = hashlib.sha256()
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        with open(Path(folder) / name, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+    return files_sha256([Path(folder) / name for name in (CONFIG_NAME, WEIGHTS_NAME)])
 
 
 def meta_dict(meta: CheckpointMeta) -> dict[str, Any]:

@@ -23,7 +23,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hypergen.config import DEFAULT_BASE_MODEL, DEFAULT_ENCODER, DTYPE_NAMES
+from hypergen.config import (
+    DEFAULT_BASE_MODEL,
+    DEFAULT_ENCODER,
+    DEFAULT_ENCODER_KIND,
+    DEFAULT_HIDDEN_DIM,
+    DEFAULT_LORA_ALPHA,
+    DEFAULT_LORA_RANK,
+    DEFAULT_NUM_BLOCKS,
+    DEFAULT_TARGET_MODULES,
+    DTYPE_NAMES,
+)
 
 COMMAND_GROUP = "hypergen.commands"
 PROG = "hypergen"
@@ -39,13 +49,13 @@ def _slug(text: str, limit: int = 40) -> str:
 
 
 def adapter_folders(descriptions: list[str], out: str | Path) -> list[Path]:
-    """Where ``generate`` writes: ``out`` for one description, ``out/<index>-<slug>`` for several."""
+    """Where ``write_adapters`` writes: ``out`` for one description, ``out/<index>-<slug>`` for several."""
     if len(descriptions) == 1:
         return [Path(out)]
     return [Path(out) / f"{i:03d}-{_slug(d)}" for i, d in enumerate(descriptions)]
 
 
-def generate(
+def write_adapters(
     checkpoint: str | Path | None,
     descriptions: list[str],
     out: str | Path,
@@ -53,7 +63,8 @@ def generate(
     bf16: bool = False,
     overwrite: bool = False,
 ) -> list[Path]:
-    """Generate one PEFT folder per description, all in one batch.
+    """Write one PEFT folder per description (the adapters made in one batch): what
+    ``hypergen generate`` does.
 
     Args:
         checkpoint: hypernetwork checkpoint folder; None: the one shipped with the package
@@ -152,7 +163,7 @@ def generate_main(argv: list[str]) -> int:
 
     def action() -> None:
         # AdapterGenerator.from_pretrained warns (stderr) when the checkpoint is untrained.
-        folders = generate(
+        folders = write_adapters(
             args.checkpoint, args.descriptions, args.out, args.dtype, args.bf16, args.overwrite
         )
         for folder in folders:
@@ -168,13 +179,17 @@ def init_checkpoint_main(argv: list[str]) -> int:
     p.add_argument(
         "--base-model", default=DEFAULT_BASE_MODEL, help="built-in name, local folder or Hub id"
     )
-    p.add_argument("--encoder-kind", default="text", help="conditioner kind (text, hashing)")
+    p.add_argument(
+        "--encoder-kind", default=DEFAULT_ENCODER_KIND, help="conditioner kind (text, hashing)"
+    )
     p.add_argument("--encoder", default=DEFAULT_ENCODER, help="encoder name or folder")
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--alpha", type=float, default=16.0)
-    p.add_argument("--targets", default="q_proj,v_proj", help="comma-separated module suffixes")
-    p.add_argument("--hidden-dim", type=int, default=128)
-    p.add_argument("--num-blocks", type=int, default=2)
+    p.add_argument("--rank", type=int, default=DEFAULT_LORA_RANK)
+    p.add_argument("--alpha", type=float, default=DEFAULT_LORA_ALPHA)
+    p.add_argument(
+        "--targets", default=",".join(DEFAULT_TARGET_MODULES), help="comma-separated module suffixes"
+    )
+    p.add_argument("--hidden-dim", type=int, default=DEFAULT_HIDDEN_DIM)
+    p.add_argument("--num-blocks", type=int, default=DEFAULT_NUM_BLOCKS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--overwrite",

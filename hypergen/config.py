@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 DEFAULT_BASE_MODEL = "smollm2-135m"
 DEFAULT_ENCODER = "all-minilm-l6-v2"
+DEFAULT_ENCODER_KIND = "text"
+# the LoRA the hypernetwork emits and the network's size, unless a config says otherwise
+DEFAULT_LORA_RANK = 8
+DEFAULT_LORA_ALPHA = 16.0
+DEFAULT_TARGET_MODULES = ("q_proj", "v_proj")
+DEFAULT_HIDDEN_DIM = 128
+DEFAULT_NUM_BLOCKS = 2
 # dtype names accepted in configs, CLI flags and API requests; DTYPES maps them to torch dtypes
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
+HALF_DTYPE_NAMES = ("float16", "bfloat16")  # what autocast takes
 
 
 def __getattr__(name: str) -> Any:
@@ -22,12 +31,32 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _from_dict(cls, data: dict[str, Any]):
-    """Build a dataclass from a dict, failing on unknown keys (typos must not pass silently)."""
-    names = {f.name for f in fields(cls)}
-    unknown = set(data) - names
+def unknown_keys(data: Mapping[str, Any], allowed: Iterable[str]) -> list[str]:
+    """The keys of ``data`` not in ``allowed``, sorted."""
+    return sorted(set(data) - set(allowed))
+
+
+def check_keys(data: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
+    """The one unknown-key rule (configs, files, requests): a typo must not silently fall back to
+    a default.
+
+    Raises:
+        ValueError: naming ``where``, the unknown keys and the known ones.
+    """
+    unknown = unknown_keys(data, allowed)
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown keys {sorted(unknown)}; expected {sorted(names)}")
+        raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(allowed)}")
+
+
+def check_dtype(value: Any, where: str, allowed: Sequence[str] = DTYPE_NAMES) -> None:
+    """Raise a ValueError naming ``where`` unless ``value`` is one of the ``allowed`` dtype names."""
+    if value not in allowed:
+        raise ValueError(f"{where} must be one of {list(allowed)}, got {value!r}")
+
+
+def _from_dict(cls, data: dict[str, Any]):
+    """Build a dataclass from a dict, failing on unknown keys."""
+    check_keys(data, [f.name for f in fields(cls)], cls.__name__)
     return cls(**data)
 
 
@@ -41,9 +70,9 @@ class LoraSpec:
         target_modules: module-name suffixes to adapt, e.g. ``["q_proj", "v_proj"]``.
     """
 
-    rank: int = 8
-    alpha: float = 16.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    rank: int = DEFAULT_LORA_RANK
+    alpha: float = DEFAULT_LORA_ALPHA
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
 
     def __post_init__(self):
         if self.rank < 1:
@@ -75,7 +104,7 @@ class EncoderConfig:
         name: built-in name, local folder or Hub id of the encoder model.
     """
 
-    kind: str = "text"
+    kind: str = DEFAULT_ENCODER_KIND
     name: str = DEFAULT_ENCODER
 
     def __post_init__(self):
@@ -105,8 +134,8 @@ class HyperNetConfig:
     """
 
     condition_dim: int = 384
-    hidden_dim: int = 128
-    num_blocks: int = 2
+    hidden_dim: int = DEFAULT_HIDDEN_DIM
+    num_blocks: int = DEFAULT_NUM_BLOCKS
     dropout: float = 0.0
     lora: LoraSpec = field(default_factory=LoraSpec)
 

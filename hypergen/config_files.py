@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from hypergen.config import check_keys
+
 C = TypeVar("C")
 
 
@@ -39,13 +41,8 @@ def read_config(
             raise ValueError(f"{path}: expected a YAML mapping of config keys")
         data.update(loaded or {})
     data.update(parse_overrides(overrides))
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(
-            f"{cls.__name__}: unknown config key(s) {unknown} (from {path or 'overrides'}); "
-            f"known: {sorted(known)}"
-        )
+    known = [f.name for f in dataclasses.fields(cls)]
+    check_keys(data, known, f"{cls.__name__} (from {path or 'overrides'})")
     return _coerce(cls, data)
 
 

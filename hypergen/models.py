@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from hypergen.atomic import atomic_folder
-from hypergen.layout import hypergen_home, model_cache_dir  # noqa: F401 (hypergen_home re-exported)
+from hypergen.layout import model_cache_dir
 
 logger = logging.getLogger(__name__)
 

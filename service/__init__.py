@@ -18,6 +18,8 @@ from typing import Any
 
 from flask import Flask, g, request
 
+from hypergen.config import check_dtype
+
 DEFAULTS: dict[str, Any] = {
     # models
     "CHECKPOINT": None,  # folder; None: the repo's trained default, else an untrained one
@@ -146,8 +148,7 @@ def _check_config(config) -> None:
             raise ValueError(f"{key} must be a number >= 0, got {value!r}")
     if config["DEFAULT_MAX_TOKENS"] > config["MAX_TOKENS"]:
         raise ValueError("DEFAULT_MAX_TOKENS must not exceed MAX_TOKENS")
-    if config["DTYPE"] not in ("float32", "float16", "bfloat16"):
-        raise ValueError(f"DTYPE must be float32, float16 or bfloat16, got {config['DTYPE']!r}")
+    check_dtype(config["DTYPE"], "DTYPE")
 
 
 def _count_requests(app: Flask) -> None:

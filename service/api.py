@@ -25,21 +25,21 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
-from functools import partial
 from typing import Any
 
 from flask import Blueprint, current_app, g, request, send_file, url_for
 
 from hypergen.adapters import LoraWeights
+from hypergen.config import DTYPE_NAMES, unknown_keys
+from hypergen.decoding import Job, SamplingParams
 from service.batcher import Overloaded
-from service.decoding import Job, SamplingParams
 from service.errors import APIError
 from service.runtime import get_runtime
 from service.store import valid_id
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
-ADAPTER_DTYPES = ("float32", "bfloat16", "float16")
+ADAPTER_DTYPES = DTYPE_NAMES
 CHAT_ROLES = ("system", "user", "assistant")
 MAX_STOP = 4
 MAX_STOP_CHARS = 200
@@ -137,7 +137,7 @@ def _check_unicode(text: str, path: str) -> None:
 
 
 def _reject_unknown(body: dict[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(body) - allowed)
+    unknown = unknown_keys(body, allowed)
     if unknown:
         raise APIError(
             400, f"unknown field(s) {unknown}; expected some of {sorted(allowed)}", param=unknown[0]
@@ -219,54 +219,6 @@ def _metadata(record: dict[str, Any]) -> dict[str, Any]:
 # --- adapters ------------------------------------------------------------------------------------
 
 
-def _store_adapters(normalized: list[str], dtype: str) -> list[tuple[dict, bool]]:
-    """(record, created) per normalised description; new ones are generated in one forward pass."""
-    runtime = get_runtime()
-    engine, store = runtime.engine, runtime.store
-    ids = [engine.adapter_id(n, dtype) for n in normalized]
-    known = {i: store.get(i) for i in ids}
-    todo = {i: n for i, n in zip(ids, normalized) if known[i] is None}
-    made = dict(zip(todo, engine.make_adapters(list(todo.values()), dtype))) if todo else {}
-    results = []
-    for adapter_id, description in zip(ids, normalized):
-        if known[adapter_id] is not None:
-            runtime.metrics.inc("hypergen_adapter_lookups_total", source="store")
-            results.append((known[adapter_id], False))
-            continue
-        record, created = _put(adapter_id, description, made[adapter_id], dtype)
-        known[adapter_id] = record  # a repeat in the same batch is served from the store
-        source = "generated" if created else "store"
-        runtime.metrics.inc("hypergen_adapter_lookups_total", source=source)
-        results.append((record, created))
-    return results
-
-
-def _put(adapter_id: str, description: str, lora: LoraWeights, dtype: str) -> tuple[dict, bool]:
-    runtime = get_runtime()
-    engine = runtime.engine
-    info = engine.info()
-    record = {
-        "object": "adapter",
-        "condition": {"kind": engine.condition_kind, "description": description},
-        "base_model": engine.base_model,
-        "base_model_id": engine.base_model_id,
-        "checkpoint": {k: info["checkpoint"][k] for k in ("name", "hash", "trained_steps")},
-        "untrained": engine.untrained,
-        "lora": engine.adapter_settings(dtype),
-        "format": "peft-lora",
-    }
-    header = {
-        "hypergen_id": adapter_id,
-        "hypergen_checkpoint": engine.checkpoint_hash,
-        "hypergen_condition": description,
-    }
-    record, created = runtime.store.put(
-        adapter_id, record, lambda folder: engine.save_adapter(lora, folder, dtype, header)
-    )
-    runtime.store.cache.put(adapter_id, lora)  # rounded to dtype: equal to what the folder holds
-    return record, created
-
-
 @bp.post("/adapters")
 def create_adapters():
     body = _body()
@@ -293,13 +245,13 @@ def create_adapters():
                 param="descriptions",
             )
         normalized = [_description(d, f"descriptions[{i}]") for i, d in enumerate(raw)]
-    results = _store_adapters(normalized, dtype)
-    status = 201 if any(created for _, created in results) else 200
+    adapters = get_runtime().adapters.get_or_create(normalized, dtype)
+    status = 201 if any(a.created for a in adapters) else 200
     if "description" in body:
-        record = results[0][0]
+        record = adapters[0].record
         location = url_for("api.get_adapter", adapter_id=record["id"])
         return _metadata(record), status, {"Location": location}
-    return {"object": "list", "data": [_metadata(r) for r, _ in results]}, status
+    return {"object": "list", "data": [_metadata(a.record) for a in adapters]}, status
 
 
 @bp.get("/adapters")
@@ -378,7 +330,7 @@ def _resolve_adapter(body: dict[str, Any]) -> tuple[str, LoraWeights | None, Cal
     adapter the call that stores it: run it once the jobs are queued, so the disk write overlaps
     the forward pass instead of delaying the first token)."""
     runtime = get_runtime()
-    engine, store = runtime.engine, runtime.store
+    engine = runtime.engine
     base_names = {"base", engine.base_model, engine.base_model_id}
     model = body.get("model")
     if model is not None and not isinstance(model, str):
@@ -392,23 +344,18 @@ def _resolve_adapter(body: dict[str, Any]) -> tuple[str, LoraWeights | None, Cal
                 "'model' names another adapter than 'adapter_description'; send one of them",
                 param="model",
             )
-        lora, source = store.weights(adapter_id)
-        store_later = None
-        if lora is None:
-            lora = engine.make_adapters([description])[0]
-            store_later = partial(_put, adapter_id, description, lora, "float32")
-            source = "generated"
-        runtime.metrics.inc(
-            "hypergen_adapter_lookups_total", source="store" if source == "disk" else source
-        )
-        return adapter_id, lora, store_later
+        [adapter] = runtime.adapters.get_or_create([description], with_weights=True, defer_save=True)
+        return adapter.id, adapter.weights, adapter.save
     if not model:
         raise APIError(
             400, "'model' is required: an adapter id, or 'base' for the bare model", param="model"
         )
     if model in base_names:
         return model, None, None
-    lora, source = store.weights(model) if valid_id(model) else (None, "missing")
+    try:
+        lora = runtime.adapters.find(model) if valid_id(model) else None
+    except ValueError as err:  # stored for another base model or checkpoint layout
+        raise APIError(422, str(err), param="model", code="adapter_incompatible") from err
     if lora is None:
         raise APIError(
             404,
@@ -417,15 +364,6 @@ def _resolve_adapter(body: dict[str, Any]) -> tuple[str, LoraWeights | None, Cal
             param="model",
             code="model_not_found",
         )
-    if source == "disk":
-        try:
-            engine.check_adapter(lora)
-        except ValueError as err:
-            store.cache.pop(model)
-            raise APIError(422, str(err), param="model", code="adapter_incompatible") from err
-    runtime.metrics.inc(
-        "hypergen_adapter_lookups_total", source="store" if source == "disk" else source
-    )
     return model, lora, None
 
 
@@ -568,7 +506,7 @@ def _completions(body: dict[str, Any]):
         )
     model, lora, store_later = _resolve_adapter(body)
     engine = get_runtime().engine
-    jobs = [Job(_check_prompt(engine.encode(p), params, "prompt"), lora, params) for p in prompts]
+    jobs = [Job(_check_prompt(engine.tokenize(p), params, "prompt"), lora, params) for p in prompts]
     results, usage = _run(jobs, store_later)
     return {
         "id": f"cmpl-{uuid.uuid4().hex}",
@@ -623,7 +561,7 @@ def _chat_completions(body: dict[str, Any]):
     messages = _messages(body)
     model, lora, store_later = _resolve_adapter(body)
     try:
-        ids = get_runtime().engine.encode_chat(messages)
+        ids = get_runtime().engine.tokenize_chat(messages)
     except ValueError as err:
         raise APIError(400, str(err), param="messages") from err
     (result,), usage = _run(

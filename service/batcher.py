@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
-from service.decoding import Completion, Job
+from hypergen.decoding import Completion, Job
 
 logger = logging.getLogger(__name__)
 

@@ -17,24 +17,22 @@ import json
 import logging
 import threading
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from hypergen.adapters import LoraWeights
-from hypergen.apply import apply_adapters
 from hypergen.checkpoint import CONFIG_NAME, checkpoint_hash, meta_dict
 from hypergen.checkpoint import DEFAULT_CHECKPOINT as SHIPPED_CHECKPOINT
 from hypergen.config import DTYPES
+from hypergen.decoding import Completion, Job, adapter_forward, decode, eos_token_ids, new_cache
 from hypergen.export import save_peft
 from hypergen.generator import AdapterGenerator
-from hypergen.layout import hypergen_home
+from hypergen.layout import checkpoint_cache_dir
 from hypergen.models import load_base_model
 from hypergen.targets import find_targets
 from service.batched_lora import BatchedLora
-from service.decoding import Completion, Job, generate, model_call_names
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +62,7 @@ def resolve_checkpoint(configured: str | Path | None = None, home: Path | None =
         return folder
     if (DEFAULT_CHECKPOINT / CONFIG_NAME).is_file():
         return DEFAULT_CHECKPOINT
-    folder = (home or hypergen_home()) / "checkpoints" / UNTRAINED_CHECKPOINT
+    folder = checkpoint_cache_dir(UNTRAINED_CHECKPOINT, home)
     if not (folder / CONFIG_NAME).is_file():
         from hypergen.generator import init_checkpoint
 
@@ -103,12 +101,8 @@ class Engine:
         self.dtype = next(model.parameters()).dtype
         self.base_model = generator.meta.base_model
         self.base_model_id = generator.base_model_id
-        eos = {tokenizer.eos_token_id} | set(
-            _as_list(getattr(model.generation_config, "eos_token_id", None))
-        )
-        self.eos_ids = {int(t) for t in eos if t is not None}
+        self.eos_ids = eos_token_ids(tokenizer, model)
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
-        self._cache_kw, self._keep_kw = model_call_names(model)
         # Fast tokenizers are not thread-safe ("Already borrowed"); the encoder has one too.
         self.tokenizer_lock = threading.Lock()
         self._generator_lock = threading.Lock()
@@ -238,11 +232,12 @@ class Engine:
 
     # --- text ------------------------------------------------------------------------------
 
-    def encode(self, text: str) -> list[int]:
+    def tokenize(self, text: str) -> list[int]:
+        """Prompt text -> token ids (with the tokenizer's special tokens, e.g. BOS)."""
         with self.tokenizer_lock:
             return list(self.tokenizer(text, add_special_tokens=True).input_ids)
 
-    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+    def tokenize_chat(self, messages: list[dict[str, str]]) -> list[int]:
         """Messages -> prompt tokens through the model's chat template (ValueError if none)."""
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(
@@ -259,28 +254,10 @@ class Engine:
         adapters = BatchedLora.stack(
             [job.adapter for job in jobs], dtype=self.dtype, device=self.device
         )
-        current = [adapters]
-
-        def forward(rows, input_ids, attention_mask, position_ids, cache):
-            lora = current[0]
-            if lora is not None and len(lora) != len(rows):
-                lora = current[0] = adapters.select(rows.to(self.device))
-            kwargs = {self._cache_kw: cache, "use_cache": True}
-            if self._keep_kw:
-                kwargs[self._keep_kw] = 1
-            with apply_adapters(self.model, lora) if lora is not None else nullcontext():
-                out = self.model(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    position_ids=position_ids,
-                    **kwargs,
-                )
-            return out.logits[:, -1]
-
         with torch.inference_mode():
-            return generate(
+            return decode(
                 jobs,
-                forward,
+                adapter_forward(self.model, adapters),
                 new_cache(self.model),
                 self.tokenizer,
                 self.eos_ids,
@@ -288,19 +265,3 @@ class Engine:
                 tokenizer_lock=self.tokenizer_lock,
                 on_first_token=on_first_token,
             )
-
-
-def new_cache(model: torch.nn.Module):
-    """An empty dynamic KV cache for ``model``."""
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(config=model.config)
-    except TypeError:  # transformers < 4.56
-        return DynamicCache()
-
-
-def _as_list(value) -> list:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple, set)) else [value]

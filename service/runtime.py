@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
 
 from flask import Flask, current_app
 
-from hypergen.layout import hypergen_home
+from hypergen.layout import store_dir
+from service.adapters import AdapterRegistry
 from service.batcher import Batcher
 from service.engine import Engine
 from service.errors import EngineUnavailable
@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 class Runtime:
-    """Engine + store + batcher + metrics of one app.
+    """Engine + store + adapter registry + batcher + metrics of one app.
 
     Args:
         config: the app's config (read when a part is first built).
@@ -33,6 +33,7 @@ class Runtime:
     def __init__(self, config, engine: Engine | None = None):
         self.config = config
         self._engine, self._store, self._batcher = engine, None, None
+        self._adapters: AdapterRegistry | None = None
         self._lock = threading.RLock()
         self.metrics: Metrics = service_metrics(
             queue_depth=lambda: self._batcher.waiting if self._batcher else 0,
@@ -66,13 +67,17 @@ class Runtime:
     def store(self) -> AdapterStore:
         with self._lock:
             if self._store is None:
-                root = (
-                    Path(self.config["STORE"])
-                    if self.config["STORE"]
-                    else hypergen_home() / "store"
-                )
+                root = store_dir(self.config["STORE"])
                 self._store = AdapterStore(root, cache_size=int(self.config["LRU_SIZE"]))
             return self._store
+
+    @property
+    def adapters(self) -> AdapterRegistry:
+        """Adapters by condition (``service.adapters``); builds the engine and store if needed."""
+        with self._lock:
+            if self._adapters is None:
+                self._adapters = AdapterRegistry(self.engine, self.store, self.metrics)
+            return self._adapters
 
     @property
     def batcher(self) -> Batcher:

@@ -22,7 +22,8 @@ from transformers import (
 from hypergen.conditions import HashingConditioner
 from hypergen.config import EncoderConfig, HyperNetConfig, LoraSpec
 from hypergen.generator import AdapterGenerator
-from hypergen.models import hypergen_home, load_base_model
+from hypergen.layout import hypergen_home
+from hypergen.models import load_base_model
 
 CORPUS = [
     "Answer the question about dates. Q: What day comes after Monday? A: Tuesday",

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from hypergen.tasks import Example
+from hypergen.data.tasks import Example
 from tests.test_training import run_meta_train, write_toy_suite
 from training import chat_replies
 from training.data import MixtureSampler

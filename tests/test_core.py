@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,9 +92,26 @@ def test_hypernetwork_shapes_and_condition_dependence(llama_generator):
 def test_config_validation():
     with pytest.raises(ValueError, match="rank"):
         LoraSpec(rank=0)
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\)"):
         HyperNetConfig.from_dict({"hidden_dim": 8, "hiden_dim": 8})
     assert HyperNetConfig.from_dict({"lora": {"rank": 2}}).lora.rank == 2
+
+
+def test_dtype_names_are_checked_by_one_rule_everywhere():
+    """Service, training and evaluation configs reject a bad dtype with the same message."""
+    from evaluation.config import EvalConfig
+    from service import create_app
+    from training.config import MetaTrainConfig
+
+    expected = r"must be one of \['float32', 'float16', 'bfloat16'\], got 'float64'"
+    with pytest.raises(ValueError, match="EvalConfig.dtype " + expected):
+        EvalConfig(dtype="float64")
+    with pytest.raises(ValueError, match="MetaTrainConfig.export_dtype " + expected):
+        MetaTrainConfig(export_dtype="float64")
+    with pytest.raises(ValueError, match="DTYPE " + expected):
+        create_app({"DTYPE": "float64"})
+    with pytest.raises(ValueError, match=r"EvalConfig.autocast must be one of \['', 'float16'"):
+        EvalConfig(autocast="float32")
 
 
 # --- on-the-fly application ---------------------------------------------------------------------
@@ -284,7 +302,7 @@ def test_conditioner_dim_mismatch_is_clear(llama, llama_dir):
 
 
 def test_tokenize_pairs_labels_only_completion(tokenizer):
-    from hypergen.text_batches import IGNORE_INDEX, tokenize_pairs
+    from hypergen.data.text_batches import IGNORE_INDEX, tokenize_pairs
 
     batch = tokenize_pairs(tokenizer, ["Q: What is 2 plus 3?\nA:", "Hi"], [" 5", " positive"], max_length=6)
     completion = tokenizer(" positive", add_special_tokens=False).input_ids
@@ -295,7 +313,7 @@ def test_tokenize_pairs_labels_only_completion(tokenizer):
 
 
 def test_completion_logprobs_matches_manual(llama):
-    from hypergen.text_batches import completion_logprobs, tokenize_pairs
+    from hypergen.data.text_batches import completion_logprobs, tokenize_pairs
 
     model, tokenizer = llama
     batch = tokenize_pairs(tokenizer, ["The cat", "What is"], [" sits on the mat", " 5"])
@@ -330,3 +348,26 @@ def test_bf16_autocast_generation_is_close_to_float32(llama_generator):
     for name in exact.module_names:
         torch.testing.assert_close(fast.B[name].float(), exact.B[name], atol=2e-2, rtol=5e-2)
         torch.testing.assert_close(fast.A[name].float(), exact.A[name], atol=2e-2, rtol=5e-2)
+
+
+def test_hypergen_home_layout_is_defined_once(tmp_path, monkeypatch):
+    """Every folder under $HYPERGEN_HOME comes from hypergen.layout; explicit paths win."""
+    from hypergen import layout
+
+    monkeypatch.setenv("HYPERGEN_HOME", str(tmp_path))
+    assert layout.suite_dir() == tmp_path / "data" / "bigbench"
+    assert layout.suite_dir(home=tmp_path / "other") == tmp_path / "other" / "data" / "bigbench"
+    assert layout.suite_dir("mine", home=tmp_path / "other") == Path("mine")
+    assert layout.library_dir() == tmp_path / "loras"
+    assert layout.store_dir() == tmp_path / "store" and layout.store_dir("s") == Path("s")
+    assert layout.run_dir("r") == tmp_path / "runs" / "r"
+    assert layout.checkpoint_cache_dir("c") == tmp_path / "checkpoints" / "c"
+    assert layout.library_folder("lib", "bbq_lite_json/age") == Path("lib/bbq_lite_json__age")
+    assert layout.library_folder("lib", layout.MULTITASK) == Path("lib/_multitask")
+    # results record paths that mean something on another machine
+    assert layout.portable_path(tmp_path / "loras" / "t") == "$HYPERGEN_HOME/loras/t"
+    assert layout.portable_path(tmp_path) == "$HYPERGEN_HOME"
+    repo = tmp_path.parent / "repo"
+    assert layout.portable_path(repo / "evaluation" / "x.yaml", repo) == "evaluation/x.yaml"
+    assert layout.portable_path("/elsewhere/x", repo) == "/elsewhere/x"
+    assert layout.portable_path("relative/x", repo) == "relative/x"

@@ -25,7 +25,7 @@ from evaluation.generation_check import (
 )
 from evaluation.harness import EvalTask, paired_delta, run
 from evaluation.metrics import contains_reference, distinct_bigram_ratio
-from evaluation.scoring import ScoringConfig, eos_token_ids, generate_greedy, greedy_generations
+from evaluation.scoring import ScoringConfig, greedy_answers, greedy_generations
 from evaluation.specificity import (
     cosine_matrix,
     inner_products,
@@ -42,8 +42,9 @@ from evaluation.systems import (
     task_description,
 )
 from hypergen.adapters import LoraWeights
+from hypergen.data.tasks import Task
+from hypergen.decoding import eos_token_ids
 from hypergen.generator import AdapterGenerator
-from hypergen.tasks import Task
 from tests.conftest import make_generator, randomize_
 
 TINY_CONFIG = Path(__file__).parents[1] / "evaluation" / "configs" / "tiny.yaml"
@@ -175,7 +176,7 @@ def test_committed_chat_prompts(tmp_path):
     with pytest.raises(ValueError, match="description"):
         load_chat_prompts(bad)
     bad.write_text("prompts:\n  - {name: a, description: d, prompt: p, answer: x}\n")
-    with pytest.raises(ValueError, match="unknown fields"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\)"):
         load_chat_prompts(bad)
 
 
@@ -205,7 +206,7 @@ def test_generation_stops_at_eos_ids_not_at_newlines(llama):
     try:
         free = greedy_generations(model, tokenizer, prompts, 5, stop_ids=eos)
         one_line = greedy_generations(model, tokenizer, prompts, 5)  # newlines stop by default
-        answers = generate_greedy(model, tokenizer, prompts, 5)
+        answers = greedy_answers(model, tokenizer, prompts, 5)
     finally:
         handle.remove()
     # with only eos ids as stops a newline loop runs to the cap and does not "end"
@@ -377,7 +378,7 @@ def test_specificity_in_results_matches_dense_computation(evaluated, checkpoint_
 
 def saved_task(name: str) -> Task:
     """The tiny suite's task ``name`` (for its description)."""
-    from hypergen.tasks import load_suite
+    from hypergen.data.tasks import load_suite
 
     return load_suite(Path(__file__).parent / "data" / "eval_tasks" / "suite", [name])[name]
 

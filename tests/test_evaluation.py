@@ -13,15 +13,15 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from torch import nn
-from transformers import PreTrainedTokenizerFast
+from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 from evaluation.config import ALL_SYSTEMS, load_config
 from evaluation.harness import cache_path, headline_metric, run
 from evaluation.metrics import accuracy, bootstrap_ci, exact_match, normalize_text, rouge_l
-from evaluation.scoring import OptionScores, ScoringConfig, generate_greedy, score_options
+from evaluation.scoring import OptionScores, ScoringConfig, greedy_answers, score_options
 from evaluation.systems import nearest_answer_pick, nearest_neighbours, random_words
-from hypergen.tasks import Example, Task
-from hypergen.text_batches import completion_logprobs, tokenize_pairs
+from hypergen.data.tasks import Example, Task
+from hypergen.data.text_batches import completion_logprobs, tokenize_pairs
 
 DATA = Path(__file__).parent / "data" / "eval_tasks"
 TINY_CONFIG = Path(__file__).parents[1] / "evaluation" / "configs" / "tiny.yaml"
@@ -103,11 +103,22 @@ class BigramLM(nn.Module):
             table[current] = torch.tensor([fixed.get(j, rest) for j in range(n)])
         self.model = BigramBackbone(table.log())
         self.head = nn.Identity()
-        self.config = SimpleNamespace()
+        self.config = LlamaConfig(num_hidden_layers=1, vocab_size=n)  # sizes the (unused) cache
 
     @property
     def base_model(self):
         return self.model
+
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        position_ids=None,
+        cache=None,
+        use_cache=None,
+        logits_to_keep=0,
+    ):
+        return SimpleNamespace(logits=self.head(self.model(input_ids).last_hidden_state))
 
     def get_output_embeddings(self):
         return self.head
@@ -158,7 +169,7 @@ def test_greedy_generation_follows_the_forced_path_and_stops_at_newline():
         ("long", "answer"): 0.9,
     }
     lm = BigramLM({**probs, ("answer", "\n"): 0.9})
-    answers = generate_greedy(
+    answers = greedy_answers(
         lm, tokenizer, ["question", "short", "question short"], 5, stop_ids={newline}
     )
     assert answers == [
@@ -168,7 +179,7 @@ def test_greedy_generation_follows_the_forced_path_and_stops_at_newline():
     ]  # the word-level decoder joins with spaces
     # without a newline the answer runs to max_new_tokens: "answer" -> "here" -> "here" ...
     lm = BigramLM({**probs, ("answer", "here"): 0.9, ("here", "here"): 0.9})
-    assert generate_greedy(lm, tokenizer, ["short"], 4, stop_ids={newline}) == [
+    assert greedy_answers(lm, tokenizer, ["short"], 4, stop_ids={newline}) == [
         "long answer here here"
     ]
 
@@ -218,13 +229,13 @@ def test_per_example_adapters_equal_each_example_alone(llama, llama_generator):
         )
         assert together[e].logliks == pytest.approx(alone.logliks, abs=1e-4)
         assert together[e].logliks != pytest.approx(base[e].logliks, abs=1e-4)  # adapters do act
-    answers = generate_greedy(
+    answers = greedy_answers(
         model, tokenizer, PROMPTS, 4, lora, index, ScoringConfig(batch_tokens=4096)
     )
     for e in range(3):
         assert (
             answers[e]
-            == generate_greedy(model, tokenizer, PROMPTS[e : e + 1], 4, lora.select(index[e]))[0]
+            == greedy_answers(model, tokenizer, PROMPTS[e : e + 1], 4, lora.select(index[e]))[0]
         )
 
 
@@ -247,7 +258,7 @@ def test_forced_tiny_llama_picks_forced_option(llama):
 
 def test_greedy_equals_step_by_step_decoding(llama):
     model, tokenizer = llama
-    answers = generate_greedy(model, tokenizer, PROMPTS, 6, config=ScoringConfig(batch_tokens=4096))
+    answers = greedy_answers(model, tokenizer, PROMPTS, 6, config=ScoringConfig(batch_tokens=4096))
     for prompt, answer in zip(PROMPTS, answers):
         ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
         tokens = []
@@ -303,7 +314,7 @@ def test_headline_metric_follows_task_file():
 
 
 def test_config_rejects_unknown_keys_and_systems():
-    with pytest.raises(ValueError, match="unknown config key"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\)"):
         load_config(TINY_CONFIG, ["max_exampels=3"])
     with pytest.raises(ValueError, match="systems"):
         load_config(TINY_CONFIG, ["systems=[base, telepathy]"])
@@ -332,13 +343,20 @@ def _config(tmp_path, llama_dir, checkpoint, loras, *extra):
     return load_config(TINY_CONFIG, [*overrides, *extra])
 
 
-def test_end_to_end_outputs_missing_systems_and_resume(tmp_path, llama_dir, checkpoint_dir, loras):
+def test_end_to_end_outputs_missing_systems_and_resume(
+    tmp_path, llama_dir, checkpoint_dir, loras, monkeypatch
+):
+    monkeypatch.setenv("HYPERGEN_HOME", str(tmp_path))  # the LoRA library lies in the home
     config = _config(tmp_path, llama_dir, checkpoint_dir, loras)
     results = run(config)
     out = tmp_path / "out"
     assert {p.name for p in out.iterdir()} >= {"results.json", "results.md", "scores.png", "cache"}
     assert (out / "scores.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((out / "results.json").read_text())
+    # results record portable paths, not this machine's cache folder
+    assert saved["paths"]["loras_dir"] == "$HYPERGEN_HOME/loras"
+    oracle_info = saved["results"]["oracle_lora"]["opposites"]["info"]
+    assert oracle_info["path"] == "$HYPERGEN_HOME/loras/opposites"
     assert saved["checkpoint"]["hash"] and saved["data"]["version"] and saved["model"]["sha256"]
     assert set(saved["results"]) == set(ALL_SYSTEMS)
     assert (
@@ -424,3 +442,21 @@ def test_cli_runs_fast_mode(tmp_path, llama_dir, checkpoint_dir, capsys):
     printed = capsys.readouterr().out
     assert "| generated |" in printed and (tmp_path / "cli" / "results.json").is_file()
     assert main(["eval", "--config", str(TINY_CONFIG), "bogus_key=1"]) == 2
+
+
+def test_systems_come_from_one_registry():
+    from evaluation import systems
+
+    assert ALL_SYSTEMS == tuple(systems.SYSTEMS)  # the config's list is the registry's
+    with pytest.raises(ValueError, match="registered twice"):
+        systems.register("base", "again")(lambda context, task: None)
+    built, _ = systems.build_systems(
+        ["generated_random", "base"], None, [], "", "loras", num_random_words=5
+    )
+    assert [s.name for s in built] == ["generated_random", "base"]
+    assert built[0].summary == "generated from 5 random words"
+    assert built[1].setup(Task("t", "d", (), "generative", (), [])).fingerprint == {
+        "prompt": "input"
+    }
+    with pytest.raises(ValueError, match="unknown systems"):
+        systems.build_systems(["telepathy"], None, [], "", "loras")

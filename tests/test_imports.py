@@ -136,6 +136,13 @@ def test_every_module_imports():
         importlib.import_module(name)
 
 
+def test_public_names_resolve():
+    import hypergen
+
+    for name in hypergen.__all__:
+        assert getattr(hypergen, name) is not None, name
+
+
 def test_hypergen_never_imports_its_users():
     graph = import_graph()
     back = {

@@ -17,7 +17,7 @@ from hypergen import (
     load_base_model,
     load_peft,
 )
-from hypergen.text_batches import IGNORE_INDEX, tokenize_pairs
+from hypergen.data.text_batches import IGNORE_INDEX, tokenize_pairs
 from tests.test_training import write_toy_suite
 from training.config import LibraryTrainConfig
 from training.formats import chat_question, render, tokenize_formatted

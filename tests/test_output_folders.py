@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hypergen.atomic import FolderKind, atomic_folder, check_destination
+from hypergen.atomic import FolderKind, atomic_folder, atomic_write_text, check_destination
 from hypergen.checkpoint import CHECKPOINT_FOLDER, DEFAULT_CHECKPOINT, load_checkpoint
 from hypergen.cli import main
 from hypergen.export import ADAPTER_FOLDER, load_peft
@@ -295,3 +295,25 @@ def test_generate_defaults_to_the_shipped_checkpoint(area, checkpoint_dir, monke
     monkeypatch.setattr("hypergen.checkpoint.DEFAULT_CHECKPOINT", area / "missing")
     assert main(["generate", "a task", "-o", str(area / "out2")]) == 2
     assert "pass --checkpoint" in capsys.readouterr().err and not (area / "out2").exists()
+
+
+def test_atomic_write_text_replaces_whole_and_leaves_no_temporaries(tmp_path, monkeypatch):
+    target = tmp_path / "sub" / "state.json"
+    atomic_write_text(target, "one\n")
+    assert target.read_text() == "one\n"
+    assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+    def broken_replace(src, dst):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk gone"):
+        atomic_write_text(target, "two\n")
+    assert target.read_text() == "one\n"  # the old content, whole
+    assert sorted(p.name for p in target.parent.iterdir()) == ["state.json"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

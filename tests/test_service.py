@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 
 from hypergen import AdapterGenerator, apply_adapters, load_base_model, load_peft
 from hypergen.checkpoint import CONFIG_NAME
+from hypergen.decoding import Job, SamplingParams
 from service import create_app
 from service.batched_lora import BatchedLora
 from service.batcher import Batcher
-from service.decoding import Job, SamplingParams
 from service.engine import Engine, resolve_checkpoint
 from service.store import AdapterStore, LRUCache
 from tests.conftest import ENCODER, make_generator
@@ -198,7 +198,7 @@ def test_completions_apply_the_adapter(client, engine):
     out = response.json
     assert out["object"] == "text_completion" and out["model"] == meta["id"]
     assert out["id"].startswith("cmpl-") and out["choices"][0]["finish_reason"] == "length"
-    ids = engine.encode(prompt)
+    ids = engine.tokenize(prompt)
     assert out["usage"] == {
         "prompt_tokens": len(ids),
         "completion_tokens": 8,
@@ -211,6 +211,36 @@ def test_completions_apply_the_adapter(client, engine):
     assert base["model"] == "base" and base["choices"][0]["text"] != expected.text
     by_name = client.post("/v1/completions", json={**body, "model": engine.base_model}).json
     assert by_name["choices"][0]["text"] == base["choices"][0]["text"]
+
+
+def test_adapters_and_completions_share_one_get_or_create(make_app, engine, monkeypatch):
+    """POST /v1/adapters and a completion naming the same description find one adapter, made once
+    (``service.adapters.AdapterRegistry.get_or_create``)."""
+    made = []
+    real = engine.make_adapters
+
+    def counting(conditions, dtype="float32"):
+        made.append(list(conditions))
+        return real(conditions, dtype)
+
+    monkeypatch.setattr(engine, "make_adapters", counting)
+    client = make_app().test_client()
+    created = client.post("/v1/adapters", json={"descriptions": ["Count words.", "Count words."]})
+    assert created.status_code == 201 and made == [["Count words."]], "a repeat is made once"
+    [first, second] = created.json["data"]
+    assert first["id"] == second["id"]
+    out = client.post(
+        "/v1/completions",
+        json={"adapter_description": "Count  words.", "prompt": "one two", "max_tokens": 2},
+    )
+    assert out.status_code == 200 and out.json["model"] == first["id"]
+    assert made == [["Count words."]], "the completion found the stored adapter"
+    fresh = client.post(
+        "/v1/completions", json={"adapter_description": "New task.", "prompt": "x", "max_tokens": 1}
+    )
+    assert made[-1] == ["New task."]
+    record = client.get(f"/v1/adapters/{fresh.json['model']}").json
+    assert record["condition"]["description"] == "New task." and record["format"] == "peft-lora"
 
 
 def test_completions_with_a_description(client, engine):
@@ -250,7 +280,7 @@ def test_chat_completions(client, engine):
     assert out.status_code == 200
     choice = out.json["choices"][0]
     assert out.json["object"] == "chat.completion" and choice["message"]["role"] == "assistant"
-    ids = engine.encode_chat(messages)
+    ids = engine.tokenize_chat(messages)
     lora = engine.make_adapters([DESCRIPTION])[0]
     expected = engine.complete([Job(ids, lora, SamplingParams(max_tokens=6))])[0]
     assert choice["message"]["content"] == expected.text and out.json["usage"][
@@ -312,7 +342,7 @@ def test_mixed_batch_equals_each_row_alone(engine, llama, llama_dir, conditioner
     ]
     adapters = [loras[0], loras[1], None, other, loras[0]]
     jobs = [
-        Job(engine.encode(p), a, SamplingParams(max_tokens=4 + 3 * i))
+        Job(engine.tokenize(p), a, SamplingParams(max_tokens=4 + 3 * i))
         for i, (p, a) in enumerate(zip(prompts, adapters))
     ]
     batched = engine.complete(jobs)

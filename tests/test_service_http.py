@@ -80,7 +80,7 @@ def test_openai_client(serve, engine):
     assert chat.choices[0].message.role == "assistant" and isinstance(
         chat.choices[0].message.content, str
     )
-    assert chat.usage.prompt_tokens == len(engine.encode_chat(messages))
+    assert chat.usage.prompt_tokens == len(engine.tokenize_chat(messages))
 
     by_description = client.completions.create(
         model="base",

@@ -16,9 +16,9 @@ import urllib.request
 import pytest
 import torch
 
-from service import decoding
+from hypergen import decoding
+from hypergen.decoding import Completion, Job, SamplingParams
 from service.batcher import Batcher
-from service.decoding import Completion, Job, SamplingParams
 from service.server import BackgroundServer
 
 ROUTES = ("/v1/adapters", "/v1/completions", "/v1/chat/completions")
@@ -87,7 +87,7 @@ def test_a_failing_row_fails_only_itself(engine, monkeypatch):
         return real(logits, params, generator)
 
     monkeypatch.setattr(decoding, "_sample", poisoned)
-    prompt = engine.encode("The cat sits")
+    prompt = engine.tokenize("The cat sits")
     good = SamplingParams(max_tokens=4)
     jobs = [Job(prompt, None, good) for _ in range(7)]
     jobs.insert(3, Job(prompt, None, SamplingParams(max_tokens=4, temperature=0.7, seed=13)))

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from hypergen.descriptions import TRAIN, UNSEEN, describe, template_splits
-from hypergen.tasks import (
+from hypergen.data.descriptions import TRAIN, UNSEEN, describe, template_splits
+from hypergen.data.tasks import (
     GENERATIVE,
     MULTIPLE_CHOICE,
     TaskSplit,
@@ -82,7 +82,7 @@ def test_max_prompt_chars_drops_long_examples() -> None:
 
 
 def test_suite_names_subtasks_and_skips_empty(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="hypergen.tasks"):
+    with caplog.at_level(logging.WARNING, logger="hypergen.data.tasks"):
         tasks = load_suite(SUITE)
     assert list(tasks) == ["family_toy/sub_a", "family_toy/sub_b", "gen_toy", "mc_toy"]
     assert "empty_toy" in caplog.text

@@ -13,6 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hypergen.config import (
+    DEFAULT_BASE_MODEL,
+    DEFAULT_ENCODER,
+    DEFAULT_ENCODER_KIND,
+    DEFAULT_HIDDEN_DIM,
+    DEFAULT_LORA_ALPHA,
+    DEFAULT_LORA_RANK,
+    DEFAULT_NUM_BLOCKS,
+    DEFAULT_TARGET_MODULES,
+    check_dtype,
+)
 from hypergen.config_files import load_config, save_config
 from hypergen.layout import hypergen_home, library_dir, run_dir, suite_dir
 
@@ -84,18 +95,18 @@ class MetaTrainConfig:
     """
 
     name: str = "smollm2"
-    base_model: str = "smollm2-135m"
-    encoder_kind: str = "text"
-    encoder_name: str = "all-minilm-l6-v2"
+    base_model: str = DEFAULT_BASE_MODEL
+    encoder_kind: str = DEFAULT_ENCODER_KIND
+    encoder_name: str = DEFAULT_ENCODER
     data_dir: str | None = None
     split: str = "evaluation/splits/bigbench.yaml"
     max_train_tasks: int = 0
-    hidden_dim: int = 128
-    num_blocks: int = 2
+    hidden_dim: int = DEFAULT_HIDDEN_DIM
+    num_blocks: int = DEFAULT_NUM_BLOCKS
     dropout: float = 0.0
-    rank: int = 8
-    alpha: float = 16.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    rank: int = DEFAULT_LORA_RANK
+    alpha: float = DEFAULT_LORA_ALPHA
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
     objective: str = "sft"
     sft_weight: float = 1.0
     reconstruction_weight: float = 1.0
@@ -143,10 +154,7 @@ class MetaTrainConfig:
             raise ValueError(
                 f"MetaTrainConfig.mixed_precision must be no or bf16, got {self.mixed_precision!r}"
             )
-        if self.export_dtype not in ("float32", "float16", "bfloat16"):
-            raise ValueError(
-                f"MetaTrainConfig.export_dtype must be float32/float16/bfloat16, got {self.export_dtype!r}"
-            )
+        check_dtype(self.export_dtype, "MetaTrainConfig.export_dtype")
         _check_positive(
             self, "steps", "batch_size", "grad_accum", "max_length", "log_every", "eval_examples"
         )
@@ -218,15 +226,15 @@ class LoraTrainConfig:
         output_dir: library folder; default ``$HYPERGEN_HOME/loras``.
     """
 
-    base_model: str = "smollm2-135m"
+    base_model: str = DEFAULT_BASE_MODEL
     data_dir: str | None = None
     split: str = "evaluation/splits/bigbench.yaml"
     per_task: str = "heldout"
     tasks: list[str] = field(default_factory=list)
     multitask: bool = True
-    rank: int = 8
-    alpha: float = 16.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    rank: int = DEFAULT_LORA_RANK
+    alpha: float = DEFAULT_LORA_ALPHA
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
     steps: int = 100
     multitask_steps: int = 400
     batch_size: int = 8
@@ -289,16 +297,16 @@ class LibraryTrainConfig:
         run_dir: state and log folder; default ``$HYPERGEN_HOME/runs/library``.
     """
 
-    base_model: str = "smollm2-135m"
+    base_model: str = DEFAULT_BASE_MODEL
     data_dir: str | None = None
     split: str = "evaluation/splits/bigbench.yaml"
     tasks: str | list[str] = "train"
     max_tasks: int = 0
     examples_per_task: int = 32
     epochs: int = 1
-    rank: int = 8
-    alpha: float = 16.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    rank: int = DEFAULT_LORA_RANK
+    alpha: float = DEFAULT_LORA_ALPHA
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
     shared_init: bool = True
     multitask: bool = False
     formats: list[str] = field(default_factory=lambda: ["plain", "chat"])

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from hypergen.descriptions import TRAIN, describe
-from hypergen.tasks import Example, Task, load_split
+from hypergen.data.descriptions import TRAIN, describe
+from hypergen.data.tasks import Example, Task, load_split
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def load_task_data(
     """Load the split's tasks from ``suite_dir`` and phrase their descriptions.
 
     Args:
-        split_path: committed split YAML (``hypergen.tasks.load_split``).
+        split_path: committed split YAML (``hypergen.data.tasks.load_split``).
         suite_dir: BIG-bench-format suite folder.
         max_train_tasks: keep only the first N training tasks by name (0: all).
     """

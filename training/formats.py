@@ -1,6 +1,6 @@
 """The text formats training shows the LM: the two ways the service feeds it.
 
-    plain  the task's prompt as built by ``hypergen.tasks`` ("Q: {input}\\nA:") and its completion,
+    plain  the task's prompt as built by ``hypergen.data.tasks`` ("Q: {input}\\nA:") and its completion,
            what ``/v1/completions`` sends;
     chat   the same question as a user turn through the model's chat template, the answer as the
            assistant turn, what ``/v1/chat/completions`` sends.
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from hypergen.text_batches import tokenize_pairs
+from hypergen.data.text_batches import tokenize_pairs
 
 FORMATS = ("plain", "chat")
 _QUESTION, _ANSWER = "Q: ", "\nA:"

@@ -46,6 +46,7 @@ from hypergen.conditions import build_conditioner
 from hypergen.config import DTYPES, EncoderConfig, HyperNetConfig, LoraSpec
 from hypergen.export import load_peft
 from hypergen.generator import AdapterGenerator
+from hypergen.layout import MULTITASK, library_folder
 from hypergen.lora_geometry import cosine_matrix
 from hypergen.models import load_base_model
 from hypergen.targets import AdapterTarget
@@ -54,7 +55,6 @@ from training.config import MetaTrainConfig, load_config, save_config
 from training.data import MixtureSampler, Sample, conditions_for, load_task_data, shard
 from training.formats import tokenize_formatted
 from training.objectives import delta_w_loss, example_losses
-from training.train_lora import MULTITASK, library_folder
 
 logger = logging.getLogger(__name__)
 

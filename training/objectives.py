@@ -28,7 +28,7 @@ from einops import einsum
 from torch import Tensor
 
 from hypergen.adapters import LoraWeights
-from hypergen.text_batches import completion_logprobs
+from hypergen.data.text_batches import completion_logprobs
 
 
 def example_losses(logits: Tensor, labels: Tensor) -> Tensor:

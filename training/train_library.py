@@ -33,7 +33,9 @@ from accelerate.utils import set_seed
 from tqdm import tqdm
 
 from hypergen.apply import apply_adapters
+from hypergen.atomic import atomic_write_text
 from hypergen.export import save_peft
+from hypergen.layout import MULTITASK, library_folder
 from hypergen.models import hub_id, load_base_model
 from hypergen.targets import find_targets
 from training.config import LibraryTrainConfig, load_config, save_config
@@ -41,7 +43,6 @@ from training.data import TaskData, load_task_data, shard
 from training.formats import tokenize_formatted
 from training.lora_bank import LoraBank
 from training.objectives import example_losses
-from training.train_lora import MULTITASK, library_folder
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +245,7 @@ class LibraryTrainer:
                 "plan_size": len(self.plan),
                 "history": self.history,
             }
-            (state / STATE_FILE).write_text(json.dumps(record) + "\n")
+            atomic_write_text(state / STATE_FILE, json.dumps(record) + "\n")
 
     @torch.no_grad()
     def report(self) -> dict[str, dict[str, float]]:
@@ -314,7 +315,7 @@ class LibraryTrainer:
                 record["tasks"] = self.tasks
             (folder / "training.json").write_text(json.dumps(record, indent=2) + "\n")
         if not cfg.multitask:
-            (out / "library.json").write_text(json.dumps(summary, indent=2) + "\n")
+            atomic_write_text(out / "library.json", json.dumps(summary, indent=2) + "\n")
         logger.info("library: %s", json.dumps({k: v for k, v in summary.items() if k != "config"}))
         return out
 

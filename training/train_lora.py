@@ -25,21 +25,14 @@ import torch
 from peft import LoraConfig, get_peft_model
 from tqdm import tqdm
 
+from hypergen.data.text_batches import tokenize_pairs
+from hypergen.layout import MULTITASK, library_folder
 from hypergen.models import load_base_model
-from hypergen.text_batches import tokenize_pairs
 from training.config import LoraTrainConfig, load_config
 from training.data import MixtureSampler, TaskData, load_task_data
 from training.objectives import example_losses
 
 logger = logging.getLogger(__name__)
-
-MULTITASK = "_multitask"
-
-
-def library_folder(library: str | Path, task: str) -> Path:
-    """The library folder of ``task`` (subtask names ``a/b`` become ``a__b``)."""
-    return Path(library) / task.replace("/", "__")
-
 
 def train_lora(
     config: LoraTrainConfig,

@@ -1,8 +1,11 @@
 """Prompt/completion pairs -> padded token batches, and the log-likelihood of completions.
 
-Shared by meta-training (completion-only cross-entropy) and evaluation (scoring options).
-Prompt and completion are tokenized separately and concatenated, so the completion's tokens are
-exactly known; sequences are right-padded; labels are -100 outside the completion.
+Used in training: the LoRA library and the PEFT LoRAs (``tokenize_pairs``), meta-training's
+completion-only cross-entropy (``completion_logprobs``, via ``training.objectives``). Evaluation
+scores options its own way (``evaluation.scoring``: one prompt pass, a shared KV cache) but
+tokenizes the same way. Prompt and completion are tokenized separately and concatenated, so the
+completion's tokens are exactly known; sequences are right-padded; labels are -100 outside the
+completion.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
+
+from hypergen.decoding import pad_token_id
 
 IGNORE_INDEX = -100
 
@@ -45,7 +50,7 @@ def tokenize_pairs(
         rows.append(p + c)
         labels.append([IGNORE_INDEX] * len(p) + c)
     width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
     label_ids = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hypergen.tasks import Task
+from hypergen.data.tasks import Task
 
 TRAIN = "train"
 UNSEEN = "unseen"

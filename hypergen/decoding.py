@@ -1,15 +1,16 @@
-"""Batched text generation with a KV cache: one prefill, then one token per row per step.
+"""The one decode loop: batched generation with a KV cache, one prefill, then one token per row
+per step. The service's completions and the evaluation's greedy answers both run it.
 
 Axes: b row (one prompt each), n token, v vocabulary.
 
 Rows are left-padded so that every row's last prompt token sits in the last column; position ids
 count real tokens only, so a row's numbers are the same as when it runs alone. A row leaves the
-batch as soon as it finishes (end-of-sequence, a stop string or its own ``max_tokens``): its KV
+batch as soon as it finishes (an end token, a stop string or its own ``max_tokens``): its KV
 cache rows and its adapter rows are dropped, so short requests do not pay for long ones.
 
-The model call is a parameter (``forward``): the engine passes one that applies per-row adapters
-(``service.batched_lora``); the benchmark passes PEFT's ``adapter_names`` path through the very
-same loop.
+The model call is a parameter (``Forward``): ``adapter_forward`` builds the usual one (a causal LM
+with per-row adapters applied through hooks); the service passes its batched-LoRA adapters, the
+evaluation ``hypergen.adapters.LoraWeights``, the serving benchmark PEFT's ``adapter_names``.
 """
 
 from __future__ import annotations
@@ -133,6 +134,86 @@ def left_pad(prompts: Sequence[list[int]], pad_id: int) -> tuple[Tensor, Tensor,
     return input_ids, mask, positions
 
 
+def pad_token_id(tokenizer) -> int:
+    """The id that fills padding (masked out, so only its range matters): the tokenizer's pad
+    token, else its end-of-sequence token, else 0."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def eos_token_ids(tokenizer, model: torch.nn.Module | None = None) -> set[int]:
+    """End-of-sequence ids: the tokenizer's and the model's generation config's (chat models end
+    a turn with a token of their own, e.g. ``<|im_end|>``).
+
+    Raises:
+        ValueError: neither names one.
+    """
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if extra is not None:
+        ids.update(int(i) for i in (extra if isinstance(extra, (list, tuple, set)) else [extra]))
+    if not ids:
+        raise ValueError("the tokenizer and the model's generation config name no eos token")
+    return ids
+
+
+def new_cache(model: torch.nn.Module):
+    """An empty dynamic KV cache for ``model``."""
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # transformers < 4.56
+        return DynamicCache()
+
+
+def adapter_forward(
+    model: torch.nn.Module, adapters=None, autocast_dtype: torch.dtype | None = None
+) -> Forward:
+    """The usual ``Forward``: ``model`` with row k's adapter applied to row k.
+
+    Args:
+        model: a causal LM (not edited: adapters go on through ``hypergen.apply`` hooks).
+        adapters: one adapter per row of the batch, or a single one for every row, or None for
+            the bare model; anything ``apply_adapters`` takes that has ``select(rows)``
+            (``LoraWeights``, the service's ``BatchedLora``).
+        autocast_dtype: run the model under ``torch.autocast`` with this dtype (None: off).
+    """
+    from hypergen.apply import apply_adapters
+
+    cache_kw, keep_kw = model_call_names(model)
+    device = next(model.parameters()).device
+    shared = adapters is not None and len(adapters) == 1
+    current = [adapters]
+
+    def forward(rows, input_ids, attention_mask, position_ids, cache):
+        lora = current[0]
+        if lora is not None and not shared and len(lora) != len(rows):
+            lora = current[0] = adapters.select(rows.to(device))  # finished rows left
+        kwargs = {cache_kw: cache, "use_cache": True}
+        if keep_kw:
+            kwargs[keep_kw] = 1
+        with (
+            apply_adapters(model, lora) if lora is not None else nullcontext(),
+            torch.autocast(device.type, dtype=autocast_dtype)
+            if autocast_dtype is not None
+            else nullcontext(),
+        ):
+            out = model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                **kwargs,
+            )
+        return out.logits[:, -1]
+
+    return forward
+
+
 def _sample(logits: Tensor, params: SamplingParams, generator: torch.Generator) -> int:
     """One token from a (v,) logits row: argmax, or temperature + nucleus sampling.
 
@@ -161,7 +242,7 @@ def _first_stop(text: str, stops: Sequence[str]) -> int | None:
     return min(hits) if hits else None
 
 
-def generate(
+def decode(
     jobs: Sequence[Job],
     forward: Forward,
     cache: object,
@@ -179,7 +260,7 @@ def generate(
         forward: one model call (see ``Forward``).
         cache: an empty KV cache (e.g. ``transformers.DynamicCache``), filled in place.
         tokenizer: decodes tokens for stop strings and the returned text.
-        eos_ids: tokens that end a row (unless ``ignore_eos``).
+        eos_ids: tokens that end a row (unless ``ignore_eos``); not part of the completion.
         device: where inputs are built.
         tokenizer_lock: held while decoding text (fast tokenizers are not thread-safe).
         on_first_token: called once, after the prefill has chosen every row's first token.
@@ -191,11 +272,8 @@ def generate(
     """
     lock = tokenizer_lock or nullcontext()
     b = len(jobs)
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids), 0)
-    )
     input_ids, mask, positions = (
-        t.to(device) for t in left_pad([j.prompt_ids for j in jobs], pad_id)
+        t.to(device) for t in left_pad([j.prompt_ids for j in jobs], pad_token_id(tokenizer))
     )
     generated: list[list[int]] = [[] for _ in jobs]
     texts: list[str | None] = [None] * b
