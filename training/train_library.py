@@ -261,13 +261,17 @@ class LibraryTrainer:
             for e in self.data.test_examples[task][: cfg.eval_examples]
         ]
         own_row = (lambda t: 0) if cfg.multitask else (lambda t: t)
-        other_row = (lambda t: 0) if cfg.multitask else (lambda t: (t + 1) % len(self.tasks))
         sums: dict[int, list[float]] = {row: [0.0, 0.0, 0.0, 0] for row in range(len(self.tasks))}
         for start in tqdm(range(0, len(items), cfg.batch_size), desc="library report", leave=False):
             chunk = items[start : start + cfg.batch_size]
             base = self.losses(chunk, None)
             own = self.losses(chunk, bank, [own_row(it.task) for it in chunk])
-            other = self.losses(chunk, bank, [other_row(it.task) for it in chunk])
+            # the next task's LoRA; a multitask run has one LoRA, so "other" is its own again
+            other = (
+                own
+                if cfg.multitask
+                else self.losses(chunk, bank, [(it.task + 1) % len(self.tasks) for it in chunk])
+            )
             for it, b, o, w in zip(chunk, base.tolist(), own.tolist(), other.tolist()):
                 s = sums[it.task]
                 s[0], s[1], s[2], s[3] = s[0] + b, s[1] + o, s[2] + w, s[3] + 1
