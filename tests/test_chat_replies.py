@@ -23,6 +23,9 @@ def test_a_reply_is_kept_only_when_it_states_the_answer_ends_and_does_not_loop()
     )  # cut at the cap
     assert not chat_replies.is_kept("Canberra is it. " * 8, refs, ended=True)  # a loop
     assert not chat_replies.is_kept("Canberraville is big.", refs, ended=True)  # whole words only
+    # a verdict counts only as the first word: "not true" contains "true"
+    assert chat_replies.is_kept("True. The UN was founded in 1945.", ["true"], ended=True)
+    assert not chat_replies.is_kept("The claim is not true.", ["true"], ended=True)
     # multiple choice: the correct option; one-letter answers say nothing as words
     mc = Example("q", "Q: q\nA:", " modern", options=(" ancient", " modern"), correct=(1,))
     assert chat_replies.references(mc) == ["modern"]

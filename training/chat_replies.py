@@ -36,8 +36,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from hypergen.models import load_base_model
 from hypergen.data.tasks import Example
+from hypergen.models import load_base_model
 from training.config import ChatRepliesConfig, load_config
 from training.data import load_task_data
 from training.formats import chat_question
@@ -68,12 +68,18 @@ def distinct_bigram_ratio(text: str) -> float:
     return len(set(bigrams)) / len(bigrams) if bigrams else 1.0
 
 
+# Answers a reply can contain while saying the opposite ("The claim is not true."): they count only
+# as the reply's first word.
+_VERDICTS = {"yes", "no", "true", "false"}
+
+
 def is_kept(reply: str, refs: Sequence[str], ended: bool) -> bool:
     """A reply worth training on: it ended by itself, does not loop, and states a reference."""
     if not ended or not reply.strip() or distinct_bigram_ratio(reply) < 0.5:
         return False
-    said = f" {_words(reply)} "
-    return any(f" {r} " in said for r in refs)
+    said = _words(reply)
+    first = said.split(" ", 1)[0]
+    return any(first == r if r in _VERDICTS else f" {r} " in f" {said} " for r in refs)
 
 
 @torch.no_grad()
