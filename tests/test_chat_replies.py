@@ -29,6 +29,16 @@ def test_a_reply_is_kept_only_when_it_states_the_answer_ends_and_does_not_loop()
     # multiple choice: the correct option; one-letter answers say nothing as words
     mc = Example("q", "Q: q\nA:", " modern", options=(" ancient", " modern"), correct=(1,))
     assert chat_replies.references(mc) == ["modern"]
+    wrong = chat_replies.wrong_answers(mc)
+    assert wrong == ["ancient"]
+    assert chat_replies.is_kept("The opposite is modern.", ["modern"], True, wrong)
+    assert not chat_replies.is_kept(
+        "It is ancient or modern.", ["modern"], True, wrong
+    )  # lists both
+    irony = Example(
+        "q", "Q: q\nA:", " not ironic", options=(" ironic", " not ironic"), correct=(1,)
+    )
+    assert chat_replies.wrong_answers(irony) == []  # "ironic" is inside the right answer
     assert chat_replies.references(Example("q", "Q: q\nA:", " B", references=("B",))) == []
 
 

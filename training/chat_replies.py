@@ -62,6 +62,14 @@ def references(example: Example) -> list[str]:
     return [r for r in (_words(r) for r in refs) if len(r) > 1]
 
 
+def wrong_answers(example: Example) -> list[str]:
+    """A multiple-choice example's other options, as words; those inside a correct one ("ironic" in
+    "not ironic") are left out, since a correct reply contains them too."""
+    right = [_words(example.options[i]) for i in example.correct]
+    wrong = [_words(o) for i, o in enumerate(example.options) if i not in example.correct]
+    return [w for w in wrong if len(w) > 1 and not any(f" {w} " in f" {r} " for r in right)]
+
+
 def distinct_bigram_ratio(text: str) -> float:
     words = text.split()
     bigrams = list(itertools.pairwise(words))
@@ -73,12 +81,15 @@ def distinct_bigram_ratio(text: str) -> float:
 _VERDICTS = {"yes", "no", "true", "false"}
 
 
-def is_kept(reply: str, refs: Sequence[str], ended: bool) -> bool:
-    """A reply worth training on: it ended by itself, does not loop, and states a reference."""
+def is_kept(reply: str, refs: Sequence[str], ended: bool, wrong: Sequence[str] = ()) -> bool:
+    """A reply worth training on: it ended by itself, does not loop, states a reference and no
+    wrong option (a reply that lists every option is not an answer)."""
     if not ended or not reply.strip() or distinct_bigram_ratio(reply) < 0.5:
         return False
     said = _words(reply)
     first = said.split(" ", 1)[0]
+    if any(f" {w} " in f" {said} " for w in wrong):
+        return False
     return any(first == r if r in _VERDICTS else f" {r} " in f" {said} " for r in refs)
 
 
@@ -168,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     kept: dict[str, list[dict]] = {}
     for i, (reply, ended) in zip(order, replies):
         task, example = asked[i]
-        if is_kept(reply, references(example), ended):
+        if is_kept(reply, references(example), ended, wrong_answers(example)):
             kept.setdefault(task, []).append(
                 {"prompt": example.prompt, "reference": example.completion, "reply": reply}
             )
