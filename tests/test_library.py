@@ -52,7 +52,9 @@ def test_each_example_sends_gradient_to_its_own_task_only(llama, tokenizer):
     for params in (bank.A, bank.B):
         for p in params:
             assert p.grad[0].abs().sum() > 0
-            assert p.grad[1:].abs().sum() == 0  # rows 1 and 3 unused; row 2's examples not in the loss
+            assert (
+                p.grad[1:].abs().sum() == 0
+            )  # rows 1 and 3 unused; row 2's examples not in the loss
     bank.zero_grad()
     _losses(model, tokenizer, bank(torch.tensor([0, 2, 2]))).sum().backward()
     for p in [*bank.A, *bank.B]:
@@ -179,10 +181,31 @@ def test_library_run_resumes_exactly_and_writes_peft_folders(toy, tmp_path, llam
     for t, A in zip(second.targets, second.accelerator.unwrap_model(second.bank).A):
         assert torch.equal(lora.A[t.name][0], A[row].detach())
     record = json.loads((folder / "training.json").read_text())
-    assert record["train_examples"] == 5 and set(record["test_loss"]) == {"base", "own", "other", "n"}
+    assert record["train_examples"] == 5 and set(record["test_loss"]) == {
+        "base",
+        "own",
+        "other",
+        "n",
+    }
     # a standard PEFT folder
     model, _ = load_base_model(llama_dir)
     PeftModel.from_pretrained(model, str(folder))
+
+
+def test_max_steps_stops_the_plan_early_and_a_later_run_continues(toy, tmp_path):
+    short = LibraryTrainer(_config(toy, tmp_path, max_steps=3))
+    short.setup()
+    short.train()
+    assert short.step == 3  # and its state saved there (save_every=2 alone saves step 2)
+    rest = LibraryTrainer(_config(toy, tmp_path))
+    rest.setup()
+    assert rest.step == 3
+    rest.train()
+    whole = LibraryTrainer(_config(toy, tmp_path / "whole"))
+    whole.setup()
+    whole.train()
+    a, b = _bank(whole), _bank(rest)
+    assert rest.step == 5 and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
 
 
 def test_a_state_from_another_plan_is_refused(toy, tmp_path):
@@ -203,7 +226,9 @@ def test_library_feeds_reconstruction_then_sft_from_its_checkpoint(toy, tmp_path
     trainer.setup()
     trainer.train()
     library = trainer.write_library(trainer.report())
-    run_meta_train(toy, tmp_path / "recon", objective="reconstruction", lora_library=str(library), steps=3)
+    run_meta_train(
+        toy, tmp_path / "recon", objective="reconstruction", lora_library=str(library), steps=3
+    )
     start = tmp_path / "recon" / "final"
     sft = run_meta_train(
         toy,
@@ -274,8 +299,14 @@ def test_plot_log_draws_the_stages_of_a_run(tmp_path):
     from training import plot_log
 
     for name, records in {
-        "recon": [{"step": 10, "loss": 1.0, "reconstruction": 1.0}, {"step": 20, "heldout_loss": 2.5, "specificity_heldout": 0.4}],
-        "sft": [{"step": 5, "loss": 3.0, "sft": 2.0}, {"step": 10, "heldout_loss": 2.2, "specificity_heldout": 0.6}],
+        "recon": [
+            {"step": 10, "loss": 1.0, "reconstruction": 1.0},
+            {"step": 20, "heldout_loss": 2.5, "specificity_heldout": 0.4},
+        ],
+        "sft": [
+            {"step": 5, "loss": 3.0, "sft": 2.0},
+            {"step": 10, "heldout_loss": 2.2, "specificity_heldout": 0.6},
+        ],
     }.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -297,7 +328,9 @@ def test_a_multitask_run_trains_one_lora_on_the_same_plan(toy, tmp_path, llama_d
     assert config.state_dir.name == "run"  # explicit run_dir; the default is runs/library-multitask
     trainer.train()
     report = trainer.report()
-    assert set(report) == set(trainer.tasks) and all(r["own"] == r["other"] for r in report.values())
+    assert set(report) == set(trainer.tasks) and all(
+        r["own"] == r["other"] for r in report.values()
+    )
     library = trainer.write_library(report)
     assert sorted(p.name for p in library.iterdir()) == ["_multitask"]
     record = json.loads((library / "_multitask" / "training.json").read_text())

@@ -286,6 +286,8 @@ class LibraryTrainConfig:
         formats: text formats mixed in training (``plain``, ``chat``: ``training/formats.py``).
         end_of_answer: end every completion with the end-of-turn token.
         batch_size, lr, weight_decay, max_length, seed: as in meta-training.
+        max_steps: stop after this many steps of the plan (0: the whole plan); a later run
+            with a larger value (or 0) continues from there.
         eval_examples: test examples per task for the final own/other/base loss report.
         save_every: resumable state every N steps (0: only at the end).
         log_every: log line every N steps.
@@ -316,6 +318,7 @@ class LibraryTrainConfig:
     weight_decay: float = 0.0
     max_length: int = 128
     seed: int = 0
+    max_steps: int = 0
     eval_examples: int = 4
     save_every: int = 50
     log_every: int = 10
@@ -346,6 +349,7 @@ class LibraryTrainConfig:
         for name in (
             "max_tasks",
             "examples_per_task",
+            "max_steps",
             "eval_examples",
             "save_every",
             "num_threads",

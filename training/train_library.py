@@ -196,9 +196,12 @@ class LibraryTrainer:
         return example_losses(logits, batch["labels"])
 
     def train(self, until: int | None = None) -> None:
-        """Train up to step ``until`` (default: the end of the plan), saving state as configured."""
+        """Train up to step ``until`` (default: the end of the plan, or ``max_steps``), saving
+        state as configured."""
         cfg, acc = self.config, self.accelerator
         until = self.total_steps if until is None else min(until, self.total_steps)
+        if cfg.max_steps:
+            until = min(until, cfg.max_steps)
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
@@ -226,9 +229,10 @@ class LibraryTrainer:
                 window = []
                 bar.set_postfix(loss=f"{record['loss']:.3f}")
                 self._log(record)
-            if (
-                cfg.save_every and self.step % cfg.save_every == 0
-            ) or self.step == self.total_steps:
+            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step in (
+                self.total_steps,
+                cfg.max_steps,
+            ):
                 self.save_state()
         bar.close()
 
