@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from hypergen.conditions import TextConditioner
+from hypergen.conditions.text import TextConditioner
 from hypergen.config import EncoderConfig, HyperNetConfig
 from hypergen.generator import AdapterGenerator
 from hypergen.models import load_base_model

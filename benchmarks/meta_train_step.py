@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, get_peft_model
 
-from hypergen.apply import apply_adapters
+from hypergen.adapters.apply import apply_adapters
 from hypergen.config import HyperNetConfig, LoraSpec
 from hypergen.hypernet import HyperNetwork
 from hypergen.models import hypergen_home, load_base_model

@@ -55,7 +55,7 @@ from evaluation.systems import (
     random_words,
     task_description,
 )
-from hypergen.adapters import LoraWeights
+from hypergen.adapters.lora import LoraWeights
 from hypergen.config import DTYPES
 from hypergen.tasks import MULTIPLE_CHOICE, Example, Task, load_split, load_suite, split_examples
 

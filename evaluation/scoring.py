@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from hypergen.adapters import LoraWeights
-from hypergen.apply import apply_adapters
+from hypergen.adapters.apply import apply_adapters
+from hypergen.adapters.lora import LoraWeights
 
 # rows of hidden states turned into logits at once (bounds the (rows, vocab) logit matrix)
 _LOGIT_CHUNK = 256

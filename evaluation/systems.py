@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from hypergen.adapters import LoraWeights
+from hypergen.adapters.lora import LoraWeights
 from hypergen.descriptions import TRAIN, UNSEEN, describe
 from hypergen.tasks import Example, Task
 
@@ -262,7 +262,7 @@ def _lora_folder(loras_dir: Path, task_name: str) -> Path:
 
 
 def _peft_setup(folder: Path, model: nn.Module, what: str, absent: str = "") -> TaskSetup:
-    from hypergen.export import CONFIG_NAME, WEIGHTS_NAME, load_peft
+    from hypergen.adapters.export import CONFIG_NAME, WEIGHTS_NAME, load_peft
 
     if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
         raise MissingArtifact(absent or f"no {what} at {folder}")

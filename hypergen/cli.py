@@ -70,9 +70,9 @@ def generate(
     Every destination is checked before anything is loaded or written: a non-empty folder that
     is not an earlier adapter is an error unless ``overwrite``; an earlier adapter is replaced.
     """
+    from hypergen.adapters.export import ADAPTER_FOLDER
     from hypergen.atomic import check_destination
     from hypergen.checkpoint import CONFIG_NAME, DEFAULT_CHECKPOINT
-    from hypergen.export import ADAPTER_FOLDER
 
     folders = adapter_folders(descriptions, out)
     if len(folders) > 1:

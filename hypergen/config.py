@@ -71,7 +71,7 @@ class EncoderConfig:
     """Which conditioner turns a condition into a vector.
 
     Args:
-        kind: conditioner kind, a key of ``hypergen.conditions.CONDITIONERS`` (``"text"``).
+        kind: conditioner kind, a key of ``hypergen.conditions.registry.CONDITIONERS`` (``"text"``).
         name: built-in name, local folder or Hub id of the encoder model.
     """
 

@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
-from hypergen.adapters import LoraWeights
+from hypergen.adapters.export import save_peft
+from hypergen.adapters.lora import LoraWeights
 from hypergen.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from hypergen.conditions import Conditioner, build_conditioner
+from hypergen.conditions.registry import Conditioner, build_conditioner
 from hypergen.config import (
     DEFAULT_BASE_MODEL,
     DEFAULT_ENCODER,
@@ -24,7 +25,6 @@ from hypergen.config import (
     HyperNetConfig,
     LoraSpec,
 )
-from hypergen.export import save_peft
 from hypergen.hypernet import HyperNetwork
 from hypergen.models import hub_id, load_base_model
 from hypergen.targets import find_targets
@@ -163,7 +163,7 @@ def init_checkpoint(
     Args:
         out: checkpoint folder to write (new, empty or an earlier checkpoint unless ``overwrite``).
         base_model: built-in name, local folder or Hub id.
-        encoder_kind: conditioner kind (``hypergen.conditions.CONDITIONERS``).
+        encoder_kind: conditioner kind (``hypergen.conditions.registry.CONDITIONERS``).
         encoder: encoder name or folder.
         rank, alpha, targets: the LoRA the network emits.
         hidden_dim, num_blocks: the network's size.

@@ -15,7 +15,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from hypergen.adapters import LoraWeights
+from hypergen.adapters.lora import LoraWeights
 from hypergen.config import HyperNetConfig
 from hypergen.targets import AdapterTarget, kind_shapes, num_layers
 

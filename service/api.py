@@ -30,7 +30,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, request, send_file, url_for
 
-from hypergen.adapters import LoraWeights
+from hypergen.adapters.lora import LoraWeights
 from service.batcher import Overloaded
 from service.decoding import Job, SamplingParams
 from service.errors import APIError

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from hypergen.adapters import LoraWeights
+from hypergen.adapters.lora import LoraWeights
 
 logger = logging.getLogger(__name__)
 

@@ -23,12 +23,12 @@ from typing import Any
 
 import torch
 
-from hypergen.adapters import LoraWeights
-from hypergen.apply import apply_adapters
+from hypergen.adapters.apply import apply_adapters
+from hypergen.adapters.export import save_peft
+from hypergen.adapters.lora import LoraWeights
 from hypergen.checkpoint import CONFIG_NAME, checkpoint_hash, meta_dict
 from hypergen.checkpoint import DEFAULT_CHECKPOINT as SHIPPED_CHECKPOINT
 from hypergen.config import DTYPES
-from hypergen.export import save_peft
 from hypergen.generator import AdapterGenerator
 from hypergen.layout import hypergen_home
 from hypergen.models import load_base_model

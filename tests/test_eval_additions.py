@@ -41,7 +41,7 @@ from evaluation.systems import (
     random_words,
     task_description,
 )
-from hypergen.adapters import LoraWeights
+from hypergen.adapters.lora import LoraWeights
 from hypergen.generator import AdapterGenerator
 from hypergen.tasks import Task
 from tests.conftest import make_generator, randomize_

@@ -39,14 +39,14 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm import tqdm
 
-from hypergen.adapters import LoraWeights
-from hypergen.apply import apply_adapters
+from hypergen.adapters.apply import apply_adapters
+from hypergen.adapters.export import load_peft
+from hypergen.adapters.lora import LoraWeights
+from hypergen.adapters.lora_geometry import cosine_matrix
 from hypergen.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from hypergen.conditions import build_conditioner
+from hypergen.conditions.registry import build_conditioner
 from hypergen.config import DTYPES, EncoderConfig, HyperNetConfig, LoraSpec
-from hypergen.export import load_peft
 from hypergen.generator import AdapterGenerator
-from hypergen.lora_geometry import cosine_matrix
 from hypergen.models import load_base_model
 from hypergen.targets import AdapterTarget
 from training.config import MetaTrainConfig, load_config, save_config

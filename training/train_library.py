@@ -32,8 +32,8 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from hypergen.apply import apply_adapters
-from hypergen.export import save_peft
+from hypergen.adapters.apply import apply_adapters
+from hypergen.adapters.export import save_peft
 from hypergen.models import hub_id, load_base_model
 from hypergen.targets import find_targets
 from training.config import LibraryTrainConfig, load_config, save_config

@@ -3,7 +3,7 @@
 Axes: b example (one adapter per example), n token, r rank, i in, o out, l layer.
 
 An adapter type is a class holding per-example tensors for a set of module names and making a
-forward hook for each (``forward_hook``); ``hypergen.apply`` installs those hooks. LoRA is the
+forward hook for each (``forward_hook``); ``hypergen.adapters.apply`` installs those hooks. LoRA is the
 first such type; a bottleneck adapter is another class with the same two methods.
 """
 
