@@ -102,7 +102,7 @@ def generate(
     generator = AdapterGenerator.from_pretrained(checkpoint)
     lora = generator.generate(descriptions, autocast_dtype=torch.bfloat16 if bf16 else None)
     for i, folder in enumerate(folders):
-        generator.save_peft(lora.select(i), folder, dtype=DTYPES[dtype], overwrite=overwrite)
+        generator.save_adapter(lora.select(i), folder, dtype=DTYPES[dtype], overwrite=overwrite)
     return folders
 
 

@@ -96,6 +96,10 @@ class Engine:
         checkpoint: str | Path,
         device: torch.device | str = "cpu",
     ):
+        kind = generator.hypernet.config.adapter_kind
+        if kind != "lora":
+            # the store, the batched decode path and the downloads are PEFT LoRA only (issue 9 §5)
+            raise ValueError(f"the service serves LoRA checkpoints only; {checkpoint} emits {kind} adapters")
         self.model, self.tokenizer, self.generator = model, tokenizer, generator
         self.checkpoint = Path(checkpoint)
         self.checkpoint_hash = checkpoint_hash(self.checkpoint)

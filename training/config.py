@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hypergen.config import ADAPTER_KINDS
 from hypergen.config_files import load_config, save_config
 from hypergen.layout import hypergen_home, library_dir, run_dir, suite_dir
 
@@ -37,7 +38,12 @@ class MetaTrainConfig:
         split: the committed task split YAML (train_tasks / heldout_tasks).
         max_train_tasks: use only the first N training tasks of the split (0: all).
         hidden_dim, num_blocks, dropout: hypernetwork shape (``hypergen.config.HyperNetConfig``).
-        rank, alpha, target_modules: the LoRA the hypernetwork emits.
+        adapter_kind: what the hypernetwork emits, ``lora`` or ``bottleneck``.
+        rank, alpha, target_modules: the LoRA it emits (``adapter_kind=lora``).
+        bottleneck_size, placement, non_linearity: the bottleneck adapter it emits
+            (``adapter_kind=bottleneck``; ``hypergen.config.BottleneckSpec``). The reconstruction
+            objective needs a library of the same kind and the library is LoRA-only, so this kind
+            trains with ``objective=sft``.
         objective: ``sft`` (completion loss through the LM), ``reconstruction`` (regress onto the
             LoRA library) or ``both`` (weighted sum).
         sft_weight, reconstruction_weight: weights of the two losses when ``objective=both``.
@@ -87,9 +93,13 @@ class MetaTrainConfig:
     hidden_dim: int = 128
     num_blocks: int = 2
     dropout: float = 0.0
+    adapter_kind: str = "lora"
     rank: int = 8
     alpha: float = 16.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    bottleneck_size: int = 16
+    placement: str = "pfeiffer"
+    non_linearity: str = "relu"
     objective: str = "sft"
     sft_weight: float = 1.0
     reconstruction_weight: float = 1.0
@@ -125,6 +135,15 @@ class MetaTrainConfig:
         if self.objective not in OBJECTIVES:
             raise ValueError(
                 f"MetaTrainConfig.objective must be one of {OBJECTIVES}, got {self.objective!r}"
+            )
+        if self.adapter_kind not in ADAPTER_KINDS:
+            raise ValueError(
+                f"MetaTrainConfig.adapter_kind must be one of {ADAPTER_KINDS}, got {self.adapter_kind!r}"
+            )
+        if self.adapter_kind != "lora" and self.objective != "sft":
+            raise ValueError(
+                f"MetaTrainConfig.objective={self.objective} needs a library of {self.adapter_kind} "
+                "adapters; the library is LoRA-only: use objective=sft"
             )
         if self.lr_schedule not in SCHEDULES:
             raise ValueError(
