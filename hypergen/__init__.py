@@ -1,5 +1,5 @@
-"""hypergen: a hypernetwork turns a condition (a task description) into LoRA adapters for a
-frozen language model in one forward pass. Importing does no work; models load on demand.
+"""hypergen: a hypernetwork turns a condition (a task description) into adapters (LoRA or
+bottleneck) for a frozen language model in one forward pass. Importing does no work; models load on demand.
 
 The public names below are imported on first use (``hypergen.AdapterGenerator`` loads torch then),
 so that ``import hypergen.cli`` and ``hypergen --help`` stay instant.
@@ -12,6 +12,10 @@ from typing import Any
 
 # public name -> the module defining it
 _EXPORTS = {
+    "load_adapterhub": "hypergen.adapters.adapterhub",
+    "save_adapterhub": "hypergen.adapters.adapterhub",
+    "BottleneckWeights": "hypergen.adapters.bottleneck",
+    "bottleneck_delta": "hypergen.adapters.bottleneck",
     "LoraWeights": "hypergen.adapters.lora",
     "lora_delta": "hypergen.adapters.lora",
     "lora_delta_weight": "hypergen.adapters.lora",
@@ -24,6 +28,7 @@ _EXPORTS = {
     "HashingConditioner": "hypergen.conditions.hashing",
     "TextConditioner": "hypergen.conditions.text",
     "build_conditioner": "hypergen.conditions.registry",
+    "BottleneckSpec": "hypergen.config",
     "EncoderConfig": "hypergen.config",
     "HyperNetConfig": "hypergen.config",
     "LoraSpec": "hypergen.config",
@@ -35,6 +40,8 @@ _EXPORTS = {
     "hypergen_home": "hypergen.layout",
     "load_base_model": "hypergen.models",
     "AdapterTarget": "hypergen.targets",
+    "adapter_targets": "hypergen.targets",
+    "find_block_targets": "hypergen.targets",
     "find_targets": "hypergen.targets",
 }
 
