@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from einops import einsum
+from einops import einsum, pack, rearrange, unpack
 from torch import Tensor
 
 # names as in transformers' ACT2FN (what AdapterHub's Activation_Function_Class looks up)
@@ -52,10 +52,11 @@ def bottleneck_delta(
         assert down.shape[0] == 1, f"{down.shape[0]} adapters for a batch of {b}"
         down, down_bias = down.expand(b, -1, -1), down_bias.expand(b, -1)
         up, up_bias = up.expand(b, -1, -1), up_bias.expand(b, -1)
-    extra = h.dim() - 2  # token axes between b and d
-    z = einsum(h, down, "b ... d, b m d -> b ... m") + down_bias.view(b, *[1] * extra, -1)
+    x, packed = pack([h], "b * d")  # (b n d): any token axes flattened into n
+    z = einsum(x, down, "b n d, b m d -> b n m") + rearrange(down_bias, "b m -> b 1 m")
     z = ACTIVATIONS[non_linearity](z)
-    return einsum(z, up, "b ... m, b d m -> b ... d") + up_bias.view(b, *[1] * extra, -1)
+    out = einsum(z, up, "b n m, b d m -> b n d") + rearrange(up_bias, "b d -> b 1 d")
+    return unpack(out, packed, "b * d")[0]
 
 
 @dataclass
