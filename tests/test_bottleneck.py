@@ -357,3 +357,12 @@ def test_service_refuses_bottleneck_checkpoint_clearly(llama, llama_dir, conditi
     )
     with pytest.raises(ValueError, match="LoRA checkpoints only.*bottleneck"):
         Engine.load(str(checkpoint))
+
+
+def test_smollm2_bottleneck_config_loads():
+    from training.config import MetaTrainConfig, load_config
+
+    path = Path(__file__).resolve().parents[1] / "training" / "configs" / "bottleneck_smollm2.yaml"
+    config = load_config(MetaTrainConfig, path)
+    assert (config.adapter_kind, config.objective, config.bottleneck_size) == ("bottleneck", "sft", 12)
+    assert 576 % config.bottleneck_size == 0  # SmolLM2's hidden size: an AdapterHub reduction factor
