@@ -36,8 +36,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from hypergen.models import load_base_model
 from hypergen.data.tasks import Example
+from hypergen.models import load_base_model
 from training.config import ChatRepliesConfig, load_config
 from training.data import load_task_data
 from training.formats import chat_question
