@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install install-python install-browser bench-serving test test-slow lint format serve bench data library loras recon chat-replies pipeline device-bundle train eval
+.PHONY: install install-python install-browser bench-serving test test-slow check-adapterhub lint format serve bench data library loras recon chat-replies pipeline device-bundle train eval
 
 install: install-python install-browser
 
@@ -27,6 +27,11 @@ test:
 
 test-slow:
 	$(PYTHON) -m pytest -q -m slow
+
+# A real AdapterHub `adapters` install (own venv: it pins transformers ~=4.57) loads our bottleneck export.
+ADAPTERS_VENV ?= .venv-adapters
+check-adapterhub:
+	HYPERGEN_ADAPTERS_VENV=$(abspath $(ADAPTERS_VENV)) $(PYTHON) -m pytest -q -m slow tests/test_adapterhub.py
 
 lint:
 	ruff check hypergen training service evaluation tests benchmarks

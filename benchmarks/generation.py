@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from hypergen.conditions import TextConditioner
+from hypergen.conditions.text import TextConditioner
 from hypergen.config import EncoderConfig, HyperNetConfig
 from hypergen.data.text_batches import tokenize_pairs
 from hypergen.generator import AdapterGenerator

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, get_peft_model
 
-from hypergen.apply import apply_adapters
+from hypergen.adapters.apply import apply_adapters
 from hypergen.config import HyperNetConfig, LoraSpec
 from hypergen.data.text_batches import tokenize_pairs
 from hypergen.hypernet import HyperNetwork

@@ -54,7 +54,7 @@ from evaluation.systems import (
     random_words,
     task_description,
 )
-from hypergen.adapters import LoraWeights
+from hypergen.adapters.lora import LoraWeights
 from hypergen.config import DTYPES
 from hypergen.data.tasks import (
     MULTIPLE_CHOICE,

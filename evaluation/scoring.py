@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from hypergen.adapters import LoraWeights
-from hypergen.apply import apply_adapters
+from hypergen.adapters.apply import apply_adapters
+from hypergen.adapters.lora import LoraWeights
 from hypergen.decoding import (
     Job,
     SamplingParams,

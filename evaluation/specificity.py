@@ -1,6 +1,6 @@
 """Adapter specificity: how much do generated LoRAs differ from task to task?
 
-Two adapters are compared by the cosine of their flattened updates dW (``hypergen.lora_geometry``:
+Two adapters are compared by the cosine of their flattened updates dW (``hypergen.adapters.lora_geometry``:
 computed through r x r Gram products, float64). The cosine with an all-zero adapter (an untrained
 hypernetwork's B heads are zero) is undefined: ``None`` in reports, and such pairs are left out of
 means (their count is reported).
@@ -13,8 +13,13 @@ from typing import Any
 
 from torch import Tensor
 
-from hypergen.adapters import LoraWeights
-from hypergen.lora_geometry import cosine_matrix, inner_products, paired_cosines, squared_norms  # noqa: F401 (re-exported)
+from hypergen.adapters.lora import LoraWeights
+from hypergen.adapters.lora_geometry import (  # noqa: F401 (re-exported)
+    cosine_matrix,
+    inner_products,
+    paired_cosines,
+    squared_norms,
+)
 
 
 def _mean(values: list[float]) -> float | None:

@@ -45,7 +45,7 @@ from hypergen.layout import MULTITASK, library_folder
 if TYPE_CHECKING:  # torch loads with the model, not with the config (``evaluation.config``)
     from torch import nn
 
-    from hypergen.adapters import LoraWeights
+    from hypergen.adapters.lora import LoraWeights
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ class GeneratorSource:
 
 
 def _peft_setup(folder: Path, model: nn.Module, what: str, absent: str = "") -> TaskSetup:
-    from hypergen.export import CONFIG_NAME, WEIGHTS_NAME, load_peft
+    from hypergen.adapters.export import CONFIG_NAME, WEIGHTS_NAME, load_peft
 
     if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
         raise MissingArtifact(absent or f"no {what} at {record_path(folder)}")

@@ -1,5 +1,5 @@
-"""hypergen: a hypernetwork turns a condition (a task description) into LoRA adapters for a
-frozen language model in one forward pass. Importing does no work; models load on demand.
+"""hypergen: a hypernetwork turns a condition (a task description) into adapters (LoRA or
+bottleneck) for a frozen language model in one forward pass. Importing does no work; models load on demand.
 
 The public names below are imported on first use (``hypergen.AdapterGenerator`` loads torch then),
 so that ``import hypergen.cli`` and ``hypergen --help`` stay instant.
@@ -12,19 +12,26 @@ from typing import Any
 
 # public name -> the module defining it
 _EXPORTS = {
-    "LoraWeights": "hypergen.adapters",
-    "lora_delta": "hypergen.adapters",
-    "lora_delta_weight": "hypergen.adapters",
-    "apply_adapters": "hypergen.apply",
+    "load_adapterhub": "hypergen.adapters.adapterhub",
+    "save_adapterhub": "hypergen.adapters.adapterhub",
+    "BottleneckWeights": "hypergen.adapters.bottleneck",
+    "bottleneck_delta": "hypergen.adapters.bottleneck",
+    "LoraWeights": "hypergen.adapters.lora",
+    "lora_delta": "hypergen.adapters.lora",
+    "lora_delta_weight": "hypergen.adapters.lora",
+    "apply_adapters": "hypergen.adapters.apply",
     "CheckpointMeta": "hypergen.checkpoint",
     "checkpoint_hash": "hypergen.checkpoint",
     "load_checkpoint": "hypergen.checkpoint",
     "save_checkpoint": "hypergen.checkpoint",
-    "CONDITIONERS": "hypergen.conditions",
-    "HashingConditioner": "hypergen.conditions",
-    "TextConditioner": "hypergen.conditions",
-    "build_conditioner": "hypergen.conditions",
+    "CONDITIONERS": "hypergen.conditions.registry",
+    "HashingConditioner": "hypergen.conditions.hashing",
+    "TextConditioner": "hypergen.conditions.text",
+    "build_conditioner": "hypergen.conditions.registry",
+    "BottleneckSpec": "hypergen.config",
     "EncoderConfig": "hypergen.config",
+    "HyperNetConfig": "hypergen.config",
+    "LoraSpec": "hypergen.config",
     "Description": "hypergen.data.descriptions",
     "describe": "hypergen.data.descriptions",
     "Example": "hypergen.data.tasks",
@@ -40,16 +47,16 @@ _EXPORTS = {
     "Job": "hypergen.decoding",
     "SamplingParams": "hypergen.decoding",
     "decode": "hypergen.decoding",
-    "HyperNetConfig": "hypergen.config",
-    "LoraSpec": "hypergen.config",
-    "load_peft": "hypergen.export",
-    "save_peft": "hypergen.export",
+    "load_peft": "hypergen.adapters.export",
+    "save_peft": "hypergen.adapters.export",
     "AdapterGenerator": "hypergen.generator",
     "init_checkpoint": "hypergen.generator",
     "HyperNetwork": "hypergen.hypernet",
     "hypergen_home": "hypergen.layout",
     "load_base_model": "hypergen.models",
     "AdapterTarget": "hypergen.targets",
+    "adapter_targets": "hypergen.targets",
+    "find_block_targets": "hypergen.targets",
     "find_targets": "hypergen.targets",
 }
 

@@ -1,8 +1,9 @@
 """Hypernetwork checkpoints: ``hypernet_config.json`` + ``model.safetensors`` in one folder.
 
 The JSON records everything needed to rebuild and trust the network: format version, base
-model, encoder, adapter targets with shapes, the LoRA spec, and how it was trained (or that it
-was not). Weights are safetensors only; nothing is unpickled.
+model, encoder, adapter targets with shapes, the adapter kind (``hypernet.adapter_kind``: lora or
+bottleneck) and its spec, and how it was trained (or that it was not). Weights are safetensors
+only; nothing is unpickled.
 """
 
 from __future__ import annotations

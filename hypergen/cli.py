@@ -81,9 +81,9 @@ def write_adapters(
     Every destination is checked before anything is loaded or written: a non-empty folder that
     is not an earlier adapter is an error unless ``overwrite``; an earlier adapter is replaced.
     """
+    from hypergen.adapters.export import ADAPTER_FOLDER
     from hypergen.atomic import check_destination
     from hypergen.checkpoint import CONFIG_NAME, DEFAULT_CHECKPOINT
-    from hypergen.export import ADAPTER_FOLDER
 
     folders = adapter_folders(descriptions, out)
     if len(folders) > 1:
@@ -113,7 +113,7 @@ def write_adapters(
     generator = AdapterGenerator.from_pretrained(checkpoint)
     lora = generator.generate(descriptions, autocast_dtype=torch.bfloat16 if bf16 else None)
     for i, folder in enumerate(folders):
-        generator.save_peft(lora.select(i), folder, dtype=DTYPES[dtype], overwrite=overwrite)
+        generator.save_adapter(lora.select(i), folder, dtype=DTYPES[dtype], overwrite=overwrite)
     return folders
 
 

@@ -15,6 +15,11 @@ DEFAULT_LORA_ALPHA = 16.0
 DEFAULT_TARGET_MODULES = ("q_proj", "v_proj")
 DEFAULT_HIDDEN_DIM = 128
 DEFAULT_NUM_BLOCKS = 2
+# the adapter kind and, for the bottleneck kind, its shape
+DEFAULT_ADAPTER_KIND = "lora"
+DEFAULT_BOTTLENECK_SIZE = 16
+DEFAULT_PLACEMENT = "pfeiffer"
+DEFAULT_NON_LINEARITY = "relu"
 # dtype names accepted in configs, CLI flags and API requests; DTYPES maps them to torch dtypes
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
 HALF_DTYPE_NAMES = ("float16", "bfloat16")  # what autocast takes
@@ -95,12 +100,64 @@ class LoraSpec:
         return _from_dict(cls, data)
 
 
+# bottleneck placements: which blocks of each layer get an adapter after them
+PLACEMENTS = {"houlsby": ("attention", "mlp"), "pfeiffer": ("mlp",)}
+# bottleneck non-linearities (names as in transformers' ACT2FN, which AdapterHub uses)
+NON_LINEARITIES = ("relu", "silu", "swish", "gelu", "tanh")
+ADAPTER_KINDS = ("lora", "bottleneck")
+
+
+@dataclass
+class BottleneckSpec:
+    """What the hypernetwork emits for the bottleneck kind: a residual bottleneck after blocks.
+
+    Args:
+        size: bottleneck width m; down is (m, d), up is (d, m) for hidden size d.
+        placement: ``houlsby`` (after the attention and the MLP block of every layer) or
+            ``pfeiffer`` (after the MLP block only).
+        non_linearity: between the projections (``relu``, ``silu``/``swish``, ``gelu``, ``tanh``).
+        attention_module, mlp_module: name suffixes of the blocks (Llama: ``self_attn``, ``mlp``;
+            GPT-2: ``attn``, ``mlp``).
+    """
+
+    size: int = DEFAULT_BOTTLENECK_SIZE
+    placement: str = DEFAULT_PLACEMENT
+    non_linearity: str = DEFAULT_NON_LINEARITY
+    attention_module: str = "self_attn"
+    mlp_module: str = "mlp"
+
+    def __post_init__(self):
+        if self.size < 1:
+            raise ValueError(f"BottleneckSpec.size must be >= 1, got {self.size}")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"BottleneckSpec.placement must be one of {sorted(PLACEMENTS)}, got {self.placement!r}")
+        if self.non_linearity not in NON_LINEARITIES:
+            raise ValueError(
+                f"BottleneckSpec.non_linearity must be one of {NON_LINEARITIES}, got {self.non_linearity!r}"
+            )
+        if not self.attention_module or not self.mlp_module:
+            raise ValueError("BottleneckSpec.attention_module and mlp_module must be set")
+
+    @property
+    def target_modules(self) -> list[str]:
+        """Block-name suffixes that get an adapter after them, attention first."""
+        names = {"attention": self.attention_module, "mlp": self.mlp_module}
+        return [names[block] for block in PLACEMENTS[self.placement]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BottleneckSpec:
+        return _from_dict(cls, data)
+
+
 @dataclass
 class EncoderConfig:
     """Which conditioner turns a condition into a vector.
 
     Args:
-        kind: conditioner kind, a key of ``hypergen.conditions.CONDITIONERS`` (``"text"``).
+        kind: conditioner kind, a key of ``hypergen.conditions.registry.CONDITIONERS`` (``"text"``).
         name: built-in name, local folder or Hub id of the encoder model.
     """
 
@@ -130,18 +187,29 @@ class HyperNetConfig:
         hidden_dim: width of the task projection, the embeddings and the trunk.
         num_blocks: residual MLP blocks in the shared trunk.
         dropout: dropout on the condition projection (regularises over descriptions).
-        lora: what to emit.
+        adapter_kind: what to emit, ``lora`` or ``bottleneck`` (checkpoints before the bottleneck
+            kind have no such key and are LoRA).
+        lora: the LoRA spec (used when ``adapter_kind == "lora"``).
+        bottleneck: the bottleneck spec (used when ``adapter_kind == "bottleneck"``).
     """
 
     condition_dim: int = 384
     hidden_dim: int = DEFAULT_HIDDEN_DIM
     num_blocks: int = DEFAULT_NUM_BLOCKS
     dropout: float = 0.0
+    adapter_kind: str = DEFAULT_ADAPTER_KIND
     lora: LoraSpec = field(default_factory=LoraSpec)
+    bottleneck: BottleneckSpec = field(default_factory=BottleneckSpec)
 
     def __post_init__(self):
         if isinstance(self.lora, dict):
             self.lora = LoraSpec.from_dict(self.lora)
+        if isinstance(self.bottleneck, dict):
+            self.bottleneck = BottleneckSpec.from_dict(self.bottleneck)
+        if self.adapter_kind not in ADAPTER_KINDS:
+            raise ValueError(
+                f"HyperNetConfig.adapter_kind must be one of {ADAPTER_KINDS}, got {self.adapter_kind!r}"
+            )
         for name in ("condition_dim", "hidden_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"HyperNetConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -149,6 +217,11 @@ class HyperNetConfig:
             raise ValueError(f"HyperNetConfig.num_blocks must be >= 0, got {self.num_blocks}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"HyperNetConfig.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def adapter(self) -> LoraSpec | BottleneckSpec:
+        """The spec of the adapter kind this network emits."""
+        return self.lora if self.adapter_kind == "lora" else self.bottleneck
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,7 +10,7 @@ cache rows and its adapter rows are dropped, so short requests do not pay for lo
 
 The model call is a parameter (``Forward``): ``adapter_forward`` builds the usual one (a causal LM
 with per-row adapters applied through hooks); the service passes its batched-LoRA adapters, the
-evaluation ``hypergen.adapters.LoraWeights``, the serving benchmark PEFT's ``adapter_names``.
+evaluation ``hypergen.adapters.lora.LoraWeights``, the serving benchmark PEFT's ``adapter_names``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from hypergen.adapters import LoraWeights
+from hypergen.adapters.lora import LoraWeights
 
 logger = logging.getLogger(__name__)
 
@@ -177,13 +177,13 @@ def adapter_forward(
     """The usual ``Forward``: ``model`` with row k's adapter applied to row k.
 
     Args:
-        model: a causal LM (not edited: adapters go on through ``hypergen.apply`` hooks).
+        model: a causal LM (not edited: adapters go on through ``hypergen.adapters.apply`` hooks).
         adapters: one adapter per row of the batch, or a single one for every row, or None for
             the bare model; anything ``apply_adapters`` takes that has ``select(rows)``
             (``LoraWeights``, the service's ``BatchedLora``).
         autocast_dtype: run the model under ``torch.autocast`` with this dtype (None: off).
     """
-    from hypergen.apply import apply_adapters
+    from hypergen.adapters.apply import apply_adapters
 
     cache_kw, keep_kw = model_call_names(model)
     device = next(model.parameters()).device

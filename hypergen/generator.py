@@ -2,7 +2,9 @@
 
     generator = AdapterGenerator.from_pretrained("checkpoints/smollm2-text")
     lora = generator.generate(["Answer questions about dates.", "Translate to French."])
-    generator.save_peft(lora.select(0), "out/dates")   # a PEFT LoRA folder
+    generator.save_adapter(lora.select(0), "out/dates")  # a PEFT LoRA folder
+
+A checkpoint of the bottleneck kind returns ``BottleneckWeights``, saved as an AdapterHub folder.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from typing import Any
 
 import torch
 
-from hypergen.adapters import LoraWeights
+from hypergen.adapters.adapterhub import save_adapterhub
+from hypergen.adapters.bottleneck import BottleneckWeights
+from hypergen.adapters.export import save_peft
+from hypergen.adapters.lora import LoraWeights
 from hypergen.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from hypergen.conditions import Conditioner, build_conditioner
+from hypergen.conditions.registry import Conditioner, build_conditioner
 from hypergen.config import (
     DEFAULT_BASE_MODEL,
     DEFAULT_ENCODER,
@@ -30,16 +35,15 @@ from hypergen.config import (
     HyperNetConfig,
     LoraSpec,
 )
-from hypergen.export import save_peft
 from hypergen.hypernet import HyperNetwork
 from hypergen.models import hub_id, load_base_model
-from hypergen.targets import find_targets
+from hypergen.targets import adapter_targets
 
 logger = logging.getLogger(__name__)
 
 
 class AdapterGenerator:
-    """Turns conditions into LoRA adapters for one base model.
+    """Turns conditions into adapters (LoRA or bottleneck, as the checkpoint says) for one base model.
 
     Args:
         hypernet: the network mapping condition vectors to adapters.
@@ -69,7 +73,7 @@ class AdapterGenerator:
         hypernet, meta = load_checkpoint(folder, device=device)
         if base_model is not None:
             try:
-                hypernet.check_targets(find_targets(base_model, hypernet.config.lora.target_modules))
+                hypernet.check_targets(adapter_targets(base_model, hypernet.config))
             except ValueError as err:
                 raise ValueError(f"{folder} was built for another base model ({meta.base_model}): {err}") from err
         conditioner = conditioner or build_conditioner(meta.encoder, device=device)
@@ -91,7 +95,7 @@ class AdapterGenerator:
         config = config or HyperNetConfig()
         config.condition_dim = conditioner.dim
         torch.manual_seed(seed)
-        hypernet = HyperNetwork(config, find_targets(base_model, config.lora.target_modules))
+        hypernet = HyperNetwork(config, adapter_targets(base_model, config))
         return cls(hypernet, conditioner, CheckpointMeta(base_model=base_model_name, encoder=encoder))
 
     def save_pretrained(
@@ -110,7 +114,9 @@ class AdapterGenerator:
         device = next(self.hypernet.parameters()).device
         return self.conditioner.encode(list(conditions)).to(device)
 
-    def generate(self, conditions: Sequence[Any], autocast_dtype: torch.dtype | None = None) -> LoraWeights:
+    def generate(
+        self, conditions: Sequence[Any], autocast_dtype: torch.dtype | None = None
+    ) -> LoraWeights | BottleneckWeights:
         """One adapter per condition, in one batched forward pass (no gradients).
 
         Args:
@@ -136,11 +142,36 @@ class AdapterGenerator:
     ) -> Path:
         """Write one generated adapter as a PEFT LoRA folder for this generator's base model;
         ``out_dir`` must be new, empty or an earlier adapter folder unless ``overwrite``."""
+        if not isinstance(lora, LoraWeights):
+            raise TypeError(f"save_peft writes LoRA adapters; this is {lora.kind} (use save_adapter)")
         return save_peft(
             lora,
             self.targets,
             out_dir,
             base_model_name_or_path=self.base_model_id,
+            dtype=dtype,
+            overwrite=overwrite,
+        )
+
+    def save_adapter(
+        self,
+        weights: LoraWeights | BottleneckWeights,
+        out_dir: str | Path,
+        dtype: torch.dtype = torch.float32,
+        overwrite: bool = False,
+    ) -> Path:
+        """Write one generated adapter in its kind's format: LoRA as a PEFT folder
+        (``save_peft``), bottleneck as an AdapterHub folder (``hypergen.adapters.adapterhub``)."""
+        if isinstance(weights, LoraWeights):
+            return self.save_peft(weights, out_dir, dtype=dtype, overwrite=overwrite)
+        spec = self.hypernet.config.bottleneck
+        return save_adapterhub(
+            weights,
+            self.targets,
+            out_dir,
+            attention_module=spec.attention_module,
+            mlp_module=spec.mlp_module,
+            model_name=self.base_model_id,
             dtype=dtype,
             overwrite=overwrite,
         )
@@ -169,7 +200,7 @@ def init_checkpoint(
     Args:
         out: checkpoint folder to write (new, empty or an earlier checkpoint unless ``overwrite``).
         base_model: built-in name, local folder or Hub id.
-        encoder_kind: conditioner kind (``hypergen.conditions.CONDITIONERS``).
+        encoder_kind: conditioner kind (``hypergen.conditions.registry.CONDITIONERS``).
         encoder: encoder name or folder.
         rank, alpha, targets: the LoRA the network emits.
         hidden_dim, num_blocks: the network's size.

@@ -8,10 +8,13 @@ projections are linear layers inside numbered blocks works.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 from torch import nn
 from transformers.pytorch_utils import Conv1D
+
+from hypergen.config import HyperNetConfig
 
 _LAYER_INDEX = re.compile(r"\.(\d+)\.")
 
@@ -53,6 +56,18 @@ def _shape(module: nn.Module) -> tuple[int, int, bool] | None:
     return None
 
 
+def _in_layers(model: nn.Module, kind: str, what: str) -> Iterator[tuple[str, nn.Module, int]]:
+    """(name, module, layer index) of each module whose name ends with ``kind``; one outside a
+    numbered layer is a ValueError (``what`` names the caller's kind of site in it)."""
+    for name, module in model.named_modules():
+        if not _matches(name, kind):
+            continue
+        layer = _LAYER_INDEX.search("." + name + ".")
+        if layer is None:
+            raise ValueError(f"{what} '{kind}' matches {name}, which is not inside a numbered layer")
+        yield name, module, int(layer.group(1))
+
+
 def find_targets(model: nn.Module, target_modules: list[str]) -> list[AdapterTarget]:
     """List the adaptable modules of ``model`` matching ``target_modules``, ordered by (layer, kind).
 
@@ -65,19 +80,14 @@ def find_targets(model: nn.Module, target_modules: list[str]) -> list[AdapterTar
     targets: list[AdapterTarget] = []
     for kind in target_modules:
         found = []
-        for name, module in model.named_modules():
-            if not _matches(name, kind):
-                continue
+        for name, module, layer in _in_layers(model, kind, "target"):
             shape = _shape(module)
             if shape is None:
                 raise ValueError(
                     f"target '{kind}' matches {name} ({type(module).__name__}), "
                     "which is not a Linear or Conv1D layer"
                 )
-            layer = _LAYER_INDEX.search("." + name + ".")
-            if layer is None:
-                raise ValueError(f"target '{kind}' matches {name}, which is not inside a numbered layer")
-            found.append(AdapterTarget(name, kind, int(layer.group(1)), *shape))
+            found.append(AdapterTarget(name, kind, layer, *shape))
         if not found:
             suffixes = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _shape(m)})
             raise ValueError(
@@ -89,6 +99,44 @@ def find_targets(model: nn.Module, target_modules: list[str]) -> list[AdapterTar
             raise ValueError(f"target '{kind}' has several shapes {sorted(shapes)}; one head needs one")
         targets.extend(found)
     return sorted(targets, key=lambda t: (t.layer, target_modules.index(t.kind)))
+
+
+def find_block_targets(model: nn.Module, block_modules: list[str]) -> list[AdapterTarget]:
+    """The blocks of ``model`` that a bottleneck adapter follows, ordered by (layer, kind).
+
+    A block (``self_attn``, ``mlp``...) is matched by name suffix inside a numbered layer, exactly
+    once per layer; its output is the model's hidden size (``config.hidden_size``), so
+    ``in_features == out_features == hidden_size``.
+
+    Raises:
+        ValueError: a kind matches nothing, matches a linear layer, or matches twice in a layer.
+    """
+    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+    if not hidden:
+        raise ValueError(f"{type(model).__name__} has no config.hidden_size: cannot size bottleneck adapters")
+    targets: list[AdapterTarget] = []
+    for kind in block_modules:
+        found = []
+        for name, module, layer in _in_layers(model, kind, "bottleneck block"):
+            if _shape(module) is not None:
+                raise ValueError(
+                    f"bottleneck block '{kind}' matches {name}, a linear layer; name a block "
+                    "(e.g. self_attn, mlp) whose output joins the residual stream"
+                )
+            found.append(AdapterTarget(name, kind, layer, hidden, hidden))
+        if not found:
+            raise ValueError(f"bottleneck block '{kind}' not found in {type(model).__name__}")
+        layers = [t.layer for t in found]
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"bottleneck block '{kind}' matches several modules in one layer")
+        targets.extend(found)
+    return sorted(targets, key=lambda t: (t.layer, block_modules.index(t.kind)))
+
+
+def adapter_targets(model: nn.Module, config: HyperNetConfig) -> list[AdapterTarget]:
+    """The sites of ``model`` that a hypernetwork with ``config`` writes adapters for."""
+    finders = {"lora": find_targets, "bottleneck": find_block_targets}
+    return finders[config.adapter_kind](model, config.adapter.target_modules)
 
 
 def num_layers(targets: list[AdapterTarget]) -> int:

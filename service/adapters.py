@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from hypergen.adapters import LoraWeights
+from hypergen.adapters.lora import LoraWeights
 from service.engine import Engine
 from service.metrics import Metrics
 from service.store import AdapterStore

@@ -29,7 +29,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, request, send_file, url_for
 
-from hypergen.adapters import LoraWeights
+from hypergen.adapters.lora import LoraWeights
 from hypergen.config import DTYPE_NAMES, unknown_keys
 from hypergen.decoding import Job, SamplingParams
 from service.batcher import Overloaded

@@ -2,7 +2,7 @@
 
 Axes: b row (one request each), n token, r rank, i in, o out.
 
-``hypergen.adapters.LoraWeights`` holds a batch of adapters from one generator (same modules,
+``hypergen.adapters.lora.LoraWeights`` holds a batch of adapters from one generator (same modules,
 rank and scaling). A serving batch mixes requests whose adapters may come from different
 checkpoints (other ranks, scalings or modules) and requests with no adapter at all. ``BatchedLora``
 makes them one batch without changing any row's math:
@@ -11,7 +11,7 @@ makes them one batch without changing any row's math:
 - ranks are zero-padded to the largest: extra rank columns add ``0``;
 - a row with no adapter, or an adapter without some module, gets zero factors there.
 
-It implements the protocol of ``hypergen.apply.apply_adapters`` (``module_names``,
+It implements the protocol of ``hypergen.adapters.apply.apply_adapters`` (``module_names``,
 ``forward_hook``, ``__len__``) with factors stored pre-transposed, A^T (b, i, r) and
 (s B)^T (b, r, o), so a hook is two ``bmm`` calls adding in place into the module's output:
 about 2.5x cheaper per call than the general ``einsum`` path, which matters in decoding, where
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from hypergen.adapters import LoraWeights
+from hypergen.adapters.lora import LoraWeights
 
 
 class BatchedLora:

@@ -22,12 +22,12 @@ from typing import Any
 
 import torch
 
-from hypergen.adapters import LoraWeights
+from hypergen.adapters.export import save_peft
+from hypergen.adapters.lora import LoraWeights
 from hypergen.checkpoint import CONFIG_NAME, checkpoint_hash, meta_dict
 from hypergen.checkpoint import DEFAULT_CHECKPOINT as SHIPPED_CHECKPOINT
 from hypergen.config import DTYPES
 from hypergen.decoding import Completion, Job, adapter_forward, decode, eos_token_ids, new_cache
-from hypergen.export import save_peft
 from hypergen.generator import AdapterGenerator
 from hypergen.layout import checkpoint_cache_dir
 from hypergen.models import load_base_model
@@ -94,6 +94,10 @@ class Engine:
         checkpoint: str | Path,
         device: torch.device | str = "cpu",
     ):
+        kind = generator.hypernet.config.adapter_kind
+        if kind != "lora":
+            # the store, the batched decode path and the downloads are PEFT LoRA only (issue 9 §5)
+            raise ValueError(f"the service serves LoRA checkpoints only; {checkpoint} emits {kind} adapters")
         self.model, self.tokenizer, self.generator = model, tokenizer, generator
         self.checkpoint = Path(checkpoint)
         self.checkpoint_hash = checkpoint_hash(self.checkpoint)

@@ -6,7 +6,7 @@ Layout under ``root``::
     adapters/<id>/             a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors)
 
 The id is a content hash (``Engine.adapter_id``), so a folder never changes once written. A write
-puts the folder in place atomically (temporary folder + rename, ``hypergen.export.save_peft``) and
+puts the folder in place atomically (temporary folder + rename, ``hypergen.adapters.export.save_peft``) and
 then inserts the row; a delete removes the row and then the folder. The rows are the truth: a
 folder without a row (a crash between the two steps) is invisible and is overwritten by the next
 write of that id, and ``open`` drops rows whose folder has gone and sweeps stale leftovers. Only
@@ -31,8 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hypergen.adapters import LoraWeights
-from hypergen.export import load_peft
+from hypergen.adapters.export import load_peft
+from hypergen.adapters.lora import LoraWeights
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from hypergen.conditions import HashingConditioner
+from hypergen.conditions.hashing import HashingConditioner
 from hypergen.config import EncoderConfig, HyperNetConfig, LoraSpec
 from hypergen.generator import AdapterGenerator
 from hypergen.layout import hypergen_home

@@ -102,9 +102,11 @@ def test_the_script_asks_training_tasks_only_and_meta_training_reads_its_file(tm
 
 def test_replies_come_from_the_model_greedily(llama):
     model, tokenizer = llama
+    side = tokenizer.padding_side
     replies = chat_replies.chat_replies(
         model, tokenizer, ["red sea", "a much longer question here"], 3, 2
     )
     again = chat_replies.chat_replies(model, tokenizer, ["red sea"], 3, 1)
     assert len(replies) == 2 and replies[0] == again[0]  # left padding does not change a reply
     assert all(isinstance(text, str) and isinstance(ended, bool) for text, ended in replies)
+    assert tokenizer.padding_side == side, "the shared tokenizer's padding side must not change"

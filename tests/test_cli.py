@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 
+from hypergen.adapters.export import load_peft
 from hypergen.cli import main
-from hypergen.export import load_peft
 
 
 def test_init_checkpoint_is_labelled_untrained(llama_dir, tmp_path, capsys, caplog):

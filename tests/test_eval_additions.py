@@ -41,7 +41,7 @@ from evaluation.systems import (
     random_words,
     task_description,
 )
-from hypergen.adapters import LoraWeights
+from hypergen.adapters.lora import LoraWeights
 from hypergen.data.tasks import Task
 from hypergen.decoding import eos_token_ids
 from hypergen.generator import AdapterGenerator

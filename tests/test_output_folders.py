@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from hypergen.adapters.export import ADAPTER_FOLDER, load_peft
 from hypergen.atomic import FolderKind, atomic_folder, atomic_write_text, check_destination
 from hypergen.checkpoint import CHECKPOINT_FOLDER, DEFAULT_CHECKPOINT, load_checkpoint
 from hypergen.cli import main
-from hypergen.export import ADAPTER_FOLDER, load_peft
 
 KIND = FolderKind("test output", "out.json", frozenset({"out.json", "data.bin"}))
 

@@ -98,7 +98,6 @@ def chat_replies(
     model, tokenizer, questions: Sequence[str], max_new_tokens: int, batch_size: int
 ) -> list[tuple[str, bool]]:
     """Greedy chat replies to ``questions``: (reply text, ended before the cap)."""
-    tokenizer.padding_side = "left"  # decoder-only batches grow on the right
     out = []
     for start in tqdm(range(0, len(questions), batch_size), desc="chat replies", leave=False):
         texts = [
@@ -107,9 +106,11 @@ def chat_replies(
             )
             for q in questions[start : start + batch_size]
         ]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
-            model.device
-        )
+        # left padding (decoder-only batches grow on the right), per call: the tokenizer is
+        # shared and its own padding_side stays as it was
+        batch = tokenizer(
+            texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+        ).to(model.device)
         tokens = model.generate(
             **batch,
             max_new_tokens=max_new_tokens,

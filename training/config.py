@@ -14,13 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from hypergen.config import (
+    ADAPTER_KINDS,
+    DEFAULT_ADAPTER_KIND,
     DEFAULT_BASE_MODEL,
+    DEFAULT_BOTTLENECK_SIZE,
     DEFAULT_ENCODER,
     DEFAULT_ENCODER_KIND,
     DEFAULT_HIDDEN_DIM,
     DEFAULT_LORA_ALPHA,
     DEFAULT_LORA_RANK,
+    DEFAULT_NON_LINEARITY,
     DEFAULT_NUM_BLOCKS,
+    DEFAULT_PLACEMENT,
     DEFAULT_TARGET_MODULES,
     check_dtype,
 )
@@ -50,7 +55,12 @@ class MetaTrainConfig:
         split: the committed task split YAML (train_tasks / heldout_tasks).
         max_train_tasks: use only the first N training tasks of the split (0: all).
         hidden_dim, num_blocks, dropout: hypernetwork shape (``hypergen.config.HyperNetConfig``).
-        rank, alpha, target_modules: the LoRA the hypernetwork emits.
+        adapter_kind: what the hypernetwork emits, ``lora`` or ``bottleneck``.
+        rank, alpha, target_modules: the LoRA it emits (``adapter_kind=lora``).
+        bottleneck_size, placement, non_linearity: the bottleneck adapter it emits
+            (``adapter_kind=bottleneck``; ``hypergen.config.BottleneckSpec``). The reconstruction
+            objective needs a library of the same kind and the library is LoRA-only, so this kind
+            trains with ``objective=sft``.
         objective: ``sft`` (completion loss through the LM), ``reconstruction`` (regress onto the
             LoRA library) or ``both`` (weighted sum).
         sft_weight, reconstruction_weight: weights of the two losses when ``objective=both``.
@@ -104,9 +114,13 @@ class MetaTrainConfig:
     hidden_dim: int = DEFAULT_HIDDEN_DIM
     num_blocks: int = DEFAULT_NUM_BLOCKS
     dropout: float = 0.0
+    adapter_kind: str = DEFAULT_ADAPTER_KIND
     rank: int = DEFAULT_LORA_RANK
     alpha: float = DEFAULT_LORA_ALPHA
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
+    bottleneck_size: int = DEFAULT_BOTTLENECK_SIZE
+    placement: str = DEFAULT_PLACEMENT
+    non_linearity: str = DEFAULT_NON_LINEARITY
     objective: str = "sft"
     sft_weight: float = 1.0
     reconstruction_weight: float = 1.0
@@ -143,6 +157,15 @@ class MetaTrainConfig:
         if self.objective not in OBJECTIVES:
             raise ValueError(
                 f"MetaTrainConfig.objective must be one of {OBJECTIVES}, got {self.objective!r}"
+            )
+        if self.adapter_kind not in ADAPTER_KINDS:
+            raise ValueError(
+                f"MetaTrainConfig.adapter_kind must be one of {ADAPTER_KINDS}, got {self.adapter_kind!r}"
+            )
+        if self.adapter_kind != "lora" and self.objective != "sft":
+            raise ValueError(
+                f"MetaTrainConfig.objective={self.objective} needs a library of {self.adapter_kind} "
+                "adapters; the library is LoRA-only: use objective=sft"
             )
         if self.lr_schedule not in SCHEDULES:
             raise ValueError(

@@ -23,7 +23,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from hypergen.adapters import LoraWeights
+from hypergen.adapters.lora import LoraWeights
 from hypergen.targets import AdapterTarget
 
 

@@ -39,15 +39,15 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm import tqdm
 
-from hypergen.adapters import LoraWeights
-from hypergen.apply import apply_adapters
+from hypergen.adapters.apply import apply_adapters
+from hypergen.adapters.export import load_peft
+from hypergen.adapters.lora import LoraWeights
+from hypergen.adapters.lora_geometry import cosine_matrix
 from hypergen.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from hypergen.conditions import build_conditioner
-from hypergen.config import DTYPES, EncoderConfig, HyperNetConfig, LoraSpec
-from hypergen.export import load_peft
+from hypergen.conditions.registry import build_conditioner
+from hypergen.config import DTYPES, BottleneckSpec, EncoderConfig, HyperNetConfig, LoraSpec
 from hypergen.generator import AdapterGenerator
 from hypergen.layout import MULTITASK, library_folder
-from hypergen.lora_geometry import cosine_matrix
 from hypergen.models import load_base_model
 from hypergen.targets import AdapterTarget
 from training.chat_replies import load_chat_examples
@@ -119,7 +119,9 @@ class MetaTrainer:
             hidden_dim=cfg.hidden_dim,
             num_blocks=cfg.num_blocks,
             dropout=cfg.dropout,
+            adapter_kind=cfg.adapter_kind,
             lora=LoraSpec(rank=cfg.rank, alpha=cfg.alpha, target_modules=cfg.target_modules),
+            bottleneck=BottleneckSpec(cfg.bottleneck_size, cfg.placement, cfg.non_linearity),
         )
         generator = AdapterGenerator.create(
             self.model, cfg.base_model, conditioner, encoder, hypernet_config, seed=cfg.seed
@@ -414,6 +416,8 @@ class MetaTrainer:
         """
         hypernet = self.accelerator.unwrap_model(self.hypernet)
         out = {}
+        if hypernet.config.adapter_kind != "lora":
+            return out  # the delta-W cosine is defined for LoRA only
         for group, tasks in (("heldout", self.data.heldout_tasks), ("train", self.data.train_tasks[:32])):
             if len(tasks) < 2:
                 continue

@@ -27,7 +27,7 @@ import torch
 from einops import einsum
 from torch import Tensor
 
-from hypergen.adapters import LoraWeights
+from hypergen.adapters.lora import LoraWeights
 from hypergen.data.text_batches import completion_logprobs
 
 

@@ -32,9 +32,9 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from hypergen.apply import apply_adapters
+from hypergen.adapters.apply import apply_adapters
+from hypergen.adapters.export import save_peft
 from hypergen.atomic import atomic_write_text
-from hypergen.export import save_peft
 from hypergen.layout import MULTITASK, library_folder
 from hypergen.models import hub_id, load_base_model
 from hypergen.targets import find_targets

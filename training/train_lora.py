@@ -6,7 +6,7 @@ Writes standard PEFT folders ``<output_dir>/<task>/`` (``/`` in subtask names be
 ``<output_dir>/_multitask/``, each with ``adapter_config.json``, ``adapter_model.safetensors`` and
 ``training.json`` (steps, examples, final loss). They are the reconstruction targets of
 meta-training and the "oracle" / "multi-task LoRA" baselines of evaluation; they read back with
-``hypergen.export.load_peft`` or ``peft.PeftModel.from_pretrained``.
+``hypergen.adapters.export.load_peft`` or ``peft.PeftModel.from_pretrained``.
 
 Each LoRA trains on its tasks' split train part only (the test part stays unseen), with the same
 loss as meta-training: per-example mean completion cross-entropy, averaged over the batch.

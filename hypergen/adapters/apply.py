@@ -15,7 +15,7 @@ from torch import nn
 
 
 class AdapterWeights(Protocol):
-    """What ``apply_adapters`` needs from an adapter type (see ``hypergen.adapters.LoraWeights``)."""
+    """What ``apply_adapters`` needs from an adapter type (see ``hypergen.adapters.lora.LoraWeights``)."""
 
     module_names: list[str]
 

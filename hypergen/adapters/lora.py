@@ -3,8 +3,8 @@
 Axes: b example (one adapter per example), n token, r rank, i in, o out, l layer.
 
 An adapter type is a class holding per-example tensors for a set of module names and making a
-forward hook for each (``forward_hook``); ``hypergen.apply`` installs those hooks. LoRA is the
-first such type; a bottleneck adapter is another class with the same two methods.
+forward hook for each (``forward_hook``); ``hypergen.adapters.apply`` installs those hooks. LoRA is the
+first such type; ``hypergen.adapters.bottleneck.BottleneckWeights`` is another.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ class LoraWeights:
     A: dict[str, Tensor]
     B: dict[str, Tensor]
     scaling: float
+
+    kind = "lora"
 
     def __post_init__(self):
         if self.A.keys() != self.B.keys():

@@ -22,7 +22,7 @@ import torch
 from einops import einsum
 from torch import Tensor
 
-from hypergen.adapters import LoraWeights
+from hypergen.adapters.lora import LoraWeights
 
 
 def _device(x: LoraWeights) -> torch.device:
