@@ -72,6 +72,22 @@ class MetaTrainer:
     # --- setup -----------------------------------------------------------------------------
 
     def setup(self) -> None:
+        """Build everything in dependency order; each step is a method below."""
+        cfg = self.config
+        self._setup_accelerator()
+        self._setup_model()
+        # 2. Tasks, examples, description phrasings.
+        self.data = load_task_data(cfg.split, cfg.suite_dir, cfg.max_train_tasks)
+        conditioner, encoder = self._setup_conditions()
+        hypernet = self._setup_hypernet(conditioner, encoder)
+        del conditioner  # the condition table is built; the encoder's memory can go
+        pool = self._setup_library_and_sampler(hypernet)
+        self._setup_optimizer(hypernet)
+        self._log_sizes(hypernet, pool)
+        self._setup_eval_items()
+        self._resume_or_start()
+
+    def _setup_accelerator(self) -> None:
         cfg = self.config
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
@@ -92,28 +108,33 @@ class MetaTrainer:
                 f"({cfg.grad_accum} x {acc.num_processes})"
             )
         set_seed(cfg.seed)
-        device = acc.device
 
-        # 1. The frozen LM: moved to the device, never wrapped (it has no gradients to reduce).
-        self.model, self.tokenizer = load_base_model(cfg.base_model, device=device)
+    def _setup_model(self) -> None:
+        """1. The frozen LM: moved to the device, never wrapped (it has no gradients to reduce)."""
+        device = self.accelerator.device
+        self.model, self.tokenizer = load_base_model(self.config.base_model, device=device)
         assert not any(p.requires_grad for p in self.model.parameters()), (
             "the base LM must be frozen"
         )
 
-        # 2. Tasks, examples, description phrasings.
-        self.data = load_task_data(cfg.split, cfg.suite_dir, cfg.max_train_tasks)
-
-        # 3. Condition vectors of every phrasing, once: the encoder is frozen, so this is exact,
-        #    and every process holds the same table.
+    def _setup_conditions(self):
+        """3. Condition vectors of every phrasing, once: the encoder is frozen, so this is exact,
+        and every process holds the same table."""
+        cfg = self.config
         encoder = EncoderConfig(kind=cfg.encoder_kind, name=cfg.encoder_name)
         conditioner = build_conditioner(encoder)
         with torch.no_grad():
             chunks = [
                 self.data.phrasings[i : i + 64] for i in range(0, len(self.data.phrasings), 64)
             ]
-            self.conditions = torch.cat([conditioner.encode(c).cpu() for c in chunks]).to(device)
+            self.conditions = torch.cat([conditioner.encode(c).cpu() for c in chunks]).to(
+                self.accelerator.device
+            )
+        return conditioner, encoder
 
-        # 4. The hypernetwork (the only trainable module), built identically on every process.
+    def _setup_hypernet(self, conditioner, encoder: EncoderConfig):
+        """4. The hypernetwork (the only trainable module), built identically on every process."""
+        cfg = self.config
         hypernet_config = HyperNetConfig(
             hidden_dim=cfg.hidden_dim,
             num_blocks=cfg.num_blocks,
@@ -132,10 +153,12 @@ class MetaTrainer:
                 raise ValueError(f"init_from {cfg.init_from}: hypernetwork shape differs from this config")
             hypernet.load_state_dict(start.state_dict())
             logger.info("hypernetwork initialised from %s", cfg.init_checkpoint)
-        hypernet = hypernet.to(device).train()
-        del generator, conditioner
+        return hypernet.to(self.accelerator.device).train()
 
-        # 5. The LoRA library (reconstruction targets and final baselines).
+    def _setup_library_and_sampler(self, hypernet) -> list[str]:
+        """5. The LoRA library (reconstruction targets and final baselines) and the sampler over
+        the training tasks it allows; returns that task pool."""
+        cfg = self.config
         self.library = self._load_library(
             self.data.train_tasks + self.data.heldout_tasks + [MULTITASK], hypernet.targets
         )
@@ -156,9 +179,12 @@ class MetaTrainer:
             seed=cfg.seed,
             formats=cfg.formats,
         )
+        return pool
 
-        # 6. Optimizer (heads and trunk may take different rates) and schedule, then accelerate
-        #    wraps the trainable parts only.
+    def _setup_optimizer(self, hypernet) -> None:
+        """6. Optimizer (heads and trunk may take different rates) and schedule, then accelerate
+        wraps the trainable parts only."""
+        cfg = self.config
         heads = [p for n, p in hypernet.named_parameters() if n.startswith("heads.")]
         trunk = [p for n, p in hypernet.named_parameters() if not n.startswith("heads.")]
         optimizer = torch.optim.AdamW(
@@ -167,16 +193,19 @@ class MetaTrainer:
             weight_decay=cfg.weight_decay,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
-        self.hypernet, self.optimizer, self.scheduler = acc.prepare(hypernet, optimizer, scheduler)
+        self.hypernet, self.optimizer, self.scheduler = self.accelerator.prepare(
+            hypernet, optimizer, scheduler
+        )
 
+    def _log_sizes(self, hypernet, pool: list[str]) -> None:
         trainable = sum(p.numel() for p in hypernet.parameters() if p.requires_grad)
         frozen = sum(p.numel() for p in self.model.parameters())
         logger.info(
             "trainable: hypernetwork %.2fM parameters; frozen: LM %.1fM; %d processes on %s",
             trainable / 1e6,
             frozen / 1e6,
-            acc.num_processes,
-            device,
+            self.accelerator.num_processes,
+            self.accelerator.device,
         )
         logger.info(
             "%d training tasks (%d in the sampling pool, %d with library LoRAs), %d held-out tasks, "
@@ -186,18 +215,21 @@ class MetaTrainer:
             sum(t in self.library for t in self.data.train_tasks),
             len(self.data.heldout_tasks),
             len(self.data.phrasings),
-            cfg.objective,
+            self.config.objective,
         )
 
-        # 7. Held-out evaluation set: the first test examples of each held-out task, with the
-        #    task file's own description.
+    def _setup_eval_items(self) -> None:
+        """7. Held-out evaluation set: the first test examples of each held-out task, with the
+        task file's own description."""
         self.eval_items = [
             Sample(task, self.data.eval_phrasing[task], ex.prompt, ex.completion)
             for task in self.data.heldout_tasks
-            for ex in self.data.test_examples[task][: cfg.eval_examples]
+            for ex in self.data.test_examples[task][: self.config.eval_examples]
         ]
 
-        # 8. Resume, or start a fresh run folder.
+    def _resume_or_start(self) -> None:
+        """8. Resume, or start a fresh run folder; then the base model's held-out loss."""
+        cfg, acc = self.config, self.accelerator
         state_dir = self.run_dir / "state"
         if cfg.resume and (state_dir / STATE_FILE).is_file():
             acc.load_state(str(state_dir))
