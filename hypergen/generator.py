@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,11 +88,16 @@ class AdapterGenerator:
         config: HyperNetConfig | None = None,
         seed: int = 0,
     ) -> AdapterGenerator:
-        """A fresh, untrained generator for ``base_model`` (its adapters are exact no-ops)."""
-        config = config or HyperNetConfig()
-        config.condition_dim = conditioner.dim
-        torch.manual_seed(seed)
-        hypernet = HyperNetwork(config, find_targets(base_model, config.lora.target_modules))
+        """A fresh, untrained generator for ``base_model`` (its adapters are exact no-ops).
+
+        ``config`` is copied, not edited (its ``condition_dim`` becomes the conditioner's), and
+        ``seed`` fixes the initial weights without touching the caller's global RNG state.
+        """
+        config = dataclasses.replace(config or HyperNetConfig(), condition_dim=conditioner.dim)
+        targets = find_targets(base_model, config.lora.target_modules)
+        with torch.random.fork_rng(devices=[]):  # nn.init draws from the global generator
+            torch.manual_seed(seed)
+            hypernet = HyperNetwork(config, targets)
         return cls(hypernet, conditioner, CheckpointMeta(base_model=base_model_name, encoder=encoder))
 
     def save_pretrained(

@@ -62,6 +62,23 @@ def test_find_targets_clear_errors(llama):
 # --- hypernetwork -------------------------------------------------------------------------------
 
 
+def test_create_leaves_the_callers_config_and_rng_alone(llama, llama_dir, conditioner):
+    config = HyperNetConfig(hidden_dim=32, condition_dim=7)
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first = AdapterGenerator.create(llama[0], llama_dir, conditioner, ENCODER, config, seed=5)
+    assert torch.equal(torch.rand(3), expected_next), "the global RNG must not be reseeded"
+    assert config.condition_dim == 7, "the caller's config must not be edited"
+    assert first.hypernet.config.condition_dim == conditioner.dim
+    again = AdapterGenerator.create(llama[0], llama_dir, conditioner, ENCODER, config, seed=5)
+    other = AdapterGenerator.create(llama[0], llama_dir, conditioner, ENCODER, config, seed=6)
+    same = [torch.equal(a, b) for a, b in zip(first.hypernet.parameters(), again.hypernet.parameters())]
+    assert all(same), "the seed fixes the initial weights"
+    differ = [torch.equal(a, b) for a, b in zip(first.hypernet.parameters(), other.hypernet.parameters())]
+    assert not all(differ)
+
+
 def test_fresh_hypernetwork_is_a_noop(llama, llama_dir, conditioner):
     model, tokenizer = llama
     generator = AdapterGenerator.create(model, llama_dir, conditioner, ENCODER, HyperNetConfig(hidden_dim=32))
