@@ -33,7 +33,7 @@ from hypergen.config import (
 )
 from hypergen.export import save_peft
 from hypergen.hypernet import HyperNetwork
-from hypergen.models import hub_id, load_base_model
+from hypergen.models import base_weights_metadata, hub_id, load_base_model
 from hypergen.targets import find_targets
 
 logger = logging.getLogger(__name__)
@@ -148,6 +148,7 @@ class AdapterGenerator:
             out_dir,
             base_model_name_or_path=self.base_model_id,
             dtype=dtype,
+            metadata=base_weights_metadata(self.meta.base_model),
             overwrite=overwrite,
         )
 

@@ -65,6 +65,24 @@ def hub_id(name: str) -> str:
     return builtin[2] if builtin else name
 
 
+def base_weights_metadata(name: str) -> dict[str, str]:
+    """What an exported adapter records about the weights it was made for (safetensors metadata).
+
+    A built-in model is its package's 4-bit GGUF file dequantised to fp32, not the Hub original:
+    adapters made on it fit those weights, which differ slightly from the original's.
+    """
+    builtin = BUILTIN_MODELS.get(name)
+    if builtin is None:
+        return {}
+    package, gguf_file, original = builtin
+    return {
+        "hypergen_base_weights": (
+            f"{gguf_file} (4-bit GGUF, package {package.replace('_', '-')}) dequantised to fp32; "
+            f"made for these weights, not {original}'s original ones"
+        )
+    }
+
+
 def resolve_model_path(name: str) -> str:
     """Built-in name -> converted cache folder (converting on first use); anything else unchanged."""
     if name in BUILTIN_MODELS:

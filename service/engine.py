@@ -30,7 +30,7 @@ from hypergen.decoding import Completion, Job, adapter_forward, decode, eos_toke
 from hypergen.export import save_peft
 from hypergen.generator import AdapterGenerator
 from hypergen.layout import checkpoint_cache_dir
-from hypergen.models import load_base_model
+from hypergen.models import base_weights_metadata, load_base_model
 from hypergen.targets import find_targets
 from service.batched_lora import BatchedLora
 
@@ -206,7 +206,7 @@ class Engine:
             folder,
             base_model_name_or_path=self.base_model_id,
             dtype=DTYPES[dtype],
-            metadata=metadata,
+            metadata={**base_weights_metadata(self.base_model), **metadata},
             overwrite=True,
         )
 

@@ -252,6 +252,32 @@ def test_load_peft_roundtrip(llama_generator, tmp_path):
         torch.testing.assert_close(loaded.B[name], lora.B[name])
 
 
+def test_exported_adapters_say_which_base_weights_they_fit(llama_generator, tmp_path):
+    """Adapters for the built-in SmolLM2 record that its weights are the dequantised 4-bit GGUF."""
+    import dataclasses
+
+    from safetensors import safe_open
+
+    from hypergen.export import WEIGHTS_NAME
+
+    def header(folder):
+        with safe_open(str(folder / WEIGHTS_NAME), "pt") as f:
+            return f.metadata()
+
+    lora = llama_generator.generate(DESCRIPTIONS[:1])
+    plain = llama_generator.save_peft(lora, tmp_path / "plain")
+    assert "hypergen_base_weights" not in header(plain)  # a local folder: nothing to say
+    builtin = AdapterGenerator(
+        llama_generator.hypernet,
+        llama_generator.conditioner,
+        dataclasses.replace(llama_generator.meta, base_model="smollm2-135m"),
+    )
+    folder = builtin.save_peft(lora, tmp_path / "smollm2")
+    note = header(folder)["hypergen_base_weights"]
+    assert "4-bit GGUF" in note and "dequantised" in note and "SmolLM2-135M-Instruct" in note
+    assert header(folder)["format"] == "pt"
+
+
 def test_load_peft_from_peft_trained_adapter(llama, llama_dir, tmp_path):
     """A LoRA made by peft itself (random B, rsLoRA scaling) reads back to the same logits."""
     from peft import LoraConfig, get_peft_model
