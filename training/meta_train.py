@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import time
 import zlib
@@ -38,6 +37,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm import tqdm
+from transformers import (
+    get_constant_schedule_with_warmup,
+    get_cosine_with_min_lr_schedule_with_warmup,
+)
 
 from hypergen.adapters import LoraWeights
 from hypergen.apply import apply_adapters
@@ -58,6 +61,7 @@ from training.objectives import delta_w_loss, example_losses
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
+MIN_LR_RATE = 0.1  # the cosine schedule ends at this fraction of the peak learning rate
 
 
 class MetaTrainer:
@@ -192,7 +196,7 @@ class MetaTrainer:
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
+        scheduler = lr_schedule(optimizer, cfg)
         self.hypernet, self.optimizer, self.scheduler = self.accelerator.prepare(
             hypernet, optimizer, scheduler
         )
@@ -244,15 +248,6 @@ class MetaTrainer:
             acc.init_trackers(cfg.name, config=asdict(cfg))
         self.base_heldout = self.evaluate(None)
         logger.info("held-out loss of the base model (no adapter): %.4f", self.base_heldout["loss"])
-
-    def _lr_factor(self, step: int) -> float:
-        cfg = self.config
-        if step < cfg.warmup_steps:
-            return (step + 1) / (cfg.warmup_steps + 1)
-        if cfg.lr_schedule == "constant":
-            return 1.0
-        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     def _load_library(
         self, names: list[str], targets: list[AdapterTarget]
@@ -564,6 +559,16 @@ class MetaTrainer:
         self.accelerator.end_training()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, cfg: MetaTrainConfig):
+    """Linear warmup over ``warmup_steps``, then constant or cosine down to ``MIN_LR_RATE`` of
+    the peak at ``steps`` (transformers' schedules)."""
+    if cfg.lr_schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
+    return get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, cfg.warmup_steps, cfg.steps, min_lr_rate=MIN_LR_RATE
+    )
 
 
 def _launch_header() -> str:
