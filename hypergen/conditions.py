@@ -55,22 +55,14 @@ class TextConditioner:
 
     kind = "text"
 
-    def __init__(
-        self,
-        name: str = "all-minilm-l6-v2",
-        device: str | torch.device = "cpu",
-        max_chars: int = 2000,
-    ):
+    def __init__(self, name: str = "all-minilm-l6-v2", device: str | torch.device = "cpu", max_chars: int = 2000):
         from sentence_transformers import SentenceTransformer
 
         self.name = name
         self.max_chars = max_chars
         self.model = SentenceTransformer(_builtin_encoder_path(name), device=str(device))
         # renamed in sentence-transformers 6; keep working with older releases
-        get_dim = (
-            getattr(self.model, "get_embedding_dimension", None)
-            or self.model.get_sentence_embedding_dimension
-        )
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = get_dim()
 
     def normalize(self, condition: Any) -> str:
@@ -81,9 +73,7 @@ class TextConditioner:
         if not text:
             raise ValueError("a text condition must not be empty")
         if len(text) > self.max_chars:
-            raise ValueError(
-                f"a text condition must be at most {self.max_chars} characters, got {len(text)}"
-            )
+            raise ValueError(f"a text condition must be at most {self.max_chars} characters, got {len(text)}")
         return text
 
     def encode(self, conditions: Sequence[str]) -> Tensor:
@@ -108,9 +98,7 @@ class HashingConditioner:
 
     kind = "hashing"
 
-    def __init__(
-        self, name: str = "hash-64", device: str | torch.device = "cpu", max_chars: int = 2000
-    ):
+    def __init__(self, name: str = "hash-64", device: str | torch.device = "cpu", max_chars: int = 2000):
         prefix, _, dim = name.partition("-")
         if prefix != "hash" or not dim.isdigit() or int(dim) < 1:
             raise ValueError(f"hashing conditioner name must look like 'hash-64', got '{name}'")

@@ -66,9 +66,7 @@ def _coerce(cls: type, data: dict[str, Any]) -> dict[str, Any]:
                 try:
                     out[key] = kind(value)
                 except ValueError as err:
-                    raise ValueError(
-                        f"{cls.__name__}.{key} must be a number, got {value!r}"
-                    ) from err
+                    raise ValueError(f"{cls.__name__}.{key} must be a number, got {value!r}") from err
                 break
     return out
 

@@ -1,8 +1,8 @@
 """AdapterGenerator: conditioner + hypernetwork, the one object users call to make adapters.
 
-generator = AdapterGenerator.from_pretrained("checkpoints/smollm2-text")
-lora = generator.generate(["Answer questions about dates.", "Translate to French."])
-generator.save_peft(lora.select(0), "out/dates")   # a PEFT LoRA folder
+    generator = AdapterGenerator.from_pretrained("checkpoints/smollm2-text")
+    lora = generator.generate(["Answer questions about dates.", "Translate to French."])
+    generator.save_peft(lora.select(0), "out/dates")   # a PEFT LoRA folder
 """
 
 from __future__ import annotations
@@ -70,13 +70,9 @@ class AdapterGenerator:
         hypernet, meta = load_checkpoint(folder, device=device)
         if base_model is not None:
             try:
-                hypernet.check_targets(
-                    find_targets(base_model, hypernet.config.lora.target_modules)
-                )
+                hypernet.check_targets(find_targets(base_model, hypernet.config.lora.target_modules))
             except ValueError as err:
-                raise ValueError(
-                    f"{folder} was built for another base model ({meta.base_model}): {err}"
-                ) from err
+                raise ValueError(f"{folder} was built for another base model ({meta.base_model}): {err}") from err
         conditioner = conditioner or build_conditioner(meta.encoder, device=device)
         if meta.untrained:
             logger.warning("checkpoint %s is UNTRAINED: its adapters are no-ops", folder)
@@ -102,9 +98,7 @@ class AdapterGenerator:
         with torch.random.fork_rng(devices=[]):  # nn.init draws from the global generator
             torch.manual_seed(seed)
             hypernet = HyperNetwork(config, targets)
-        return cls(
-            hypernet, conditioner, CheckpointMeta(base_model=base_model_name, encoder=encoder)
-        )
+        return cls(hypernet, conditioner, CheckpointMeta(base_model=base_model_name, encoder=encoder))
 
     def save_pretrained(
         self, folder: str | Path, dtype: torch.dtype = torch.float32, overwrite: bool = False
@@ -122,9 +116,7 @@ class AdapterGenerator:
         device = next(self.hypernet.parameters()).device
         return self.conditioner.encode(list(conditions)).to(device)
 
-    def generate(
-        self, conditions: Sequence[Any], autocast_dtype: torch.dtype | None = None
-    ) -> LoraWeights:
+    def generate(self, conditions: Sequence[Any], autocast_dtype: torch.dtype | None = None) -> LoraWeights:
         """One adapter per condition, in one batched forward pass (no gradients).
 
         Args:
@@ -136,13 +128,8 @@ class AdapterGenerator:
         if not conditions:
             raise ValueError("generate needs at least one condition")
         device = next(self.hypernet.parameters()).device
-        with (
-            torch.inference_mode(),
-            torch.autocast(
-                device.type,
-                dtype=autocast_dtype or torch.float32,
-                enabled=autocast_dtype is not None,
-            ),
+        with torch.inference_mode(), torch.autocast(
+            device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
         ):
             return self.hypernet(self.encode(conditions))
 

@@ -47,9 +47,7 @@ def _convert_gguf(package: str, gguf_file: str, out_dir: Path) -> None:
     folder = _package_folder(package)
     logger.info("converting %s from %s into %s (once)", gguf_file, folder, out_dir)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    gguf_model = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=gguf_file, dtype=torch.float32
-    )
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
     config = gguf_model.config
     # save_pretrained refuses GGUF-loaded models; rebuild a plain one from the config.
     if hasattr(config, "quantization_config"):

@@ -76,9 +76,7 @@ def find_targets(model: nn.Module, target_modules: list[str]) -> list[AdapterTar
                 )
             layer = _LAYER_INDEX.search("." + name + ".")
             if layer is None:
-                raise ValueError(
-                    f"target '{kind}' matches {name}, which is not inside a numbered layer"
-                )
+                raise ValueError(f"target '{kind}' matches {name}, which is not inside a numbered layer")
             found.append(AdapterTarget(name, kind, int(layer.group(1)), *shape))
         if not found:
             suffixes = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _shape(m)})
@@ -88,9 +86,7 @@ def find_targets(model: nn.Module, target_modules: list[str]) -> list[AdapterTar
             )
         shapes = {(t.in_features, t.out_features) for t in found}
         if len(shapes) > 1:
-            raise ValueError(
-                f"target '{kind}' has several shapes {sorted(shapes)}; one head needs one"
-            )
+            raise ValueError(f"target '{kind}' has several shapes {sorted(shapes)}; one head needs one")
         targets.extend(found)
     return sorted(targets, key=lambda t: (t.layer, target_modules.index(t.kind)))
 

@@ -52,9 +52,7 @@ def test_each_example_sends_gradient_to_its_own_task_only(llama, tokenizer):
     for params in (bank.A, bank.B):
         for p in params:
             assert p.grad[0].abs().sum() > 0
-            assert (
-                p.grad[1:].abs().sum() == 0
-            )  # rows 1 and 3 unused; row 2's examples not in the loss
+            assert p.grad[1:].abs().sum() == 0  # rows 1 and 3 unused; row 2's examples not in the loss
     bank.zero_grad()
     _losses(model, tokenizer, bank(torch.tensor([0, 2, 2]))).sum().backward()
     for p in [*bank.A, *bank.B]:
@@ -181,12 +179,7 @@ def test_library_run_resumes_exactly_and_writes_peft_folders(toy, tmp_path, llam
     for t, A in zip(second.targets, second.accelerator.unwrap_model(second.bank).A):
         assert torch.equal(lora.A[t.name][0], A[row].detach())
     record = json.loads((folder / "training.json").read_text())
-    assert record["train_examples"] == 5 and set(record["test_loss"]) == {
-        "base",
-        "own",
-        "other",
-        "n",
-    }
+    assert record["train_examples"] == 5 and set(record["test_loss"]) == {"base", "own", "other", "n"}
     # a standard PEFT folder
     model, _ = load_base_model(llama_dir)
     PeftModel.from_pretrained(model, str(folder))
@@ -210,9 +203,7 @@ def test_library_feeds_reconstruction_then_sft_from_its_checkpoint(toy, tmp_path
     trainer.setup()
     trainer.train()
     library = trainer.write_library(trainer.report())
-    run_meta_train(
-        toy, tmp_path / "recon", objective="reconstruction", lora_library=str(library), steps=3
-    )
+    run_meta_train(toy, tmp_path / "recon", objective="reconstruction", lora_library=str(library), steps=3)
     start = tmp_path / "recon" / "final"
     sft = run_meta_train(
         toy,
@@ -282,14 +273,8 @@ def test_plot_log_draws_the_stages_of_a_run(tmp_path):
     from training import plot_log
 
     for name, records in {
-        "recon": [
-            {"step": 10, "loss": 1.0, "reconstruction": 1.0},
-            {"step": 20, "heldout_loss": 2.5, "specificity_heldout": 0.4},
-        ],
-        "sft": [
-            {"step": 5, "loss": 3.0, "sft": 2.0},
-            {"step": 10, "heldout_loss": 2.2, "specificity_heldout": 0.6},
-        ],
+        "recon": [{"step": 10, "loss": 1.0, "reconstruction": 1.0}, {"step": 20, "heldout_loss": 2.5, "specificity_heldout": 0.4}],
+        "sft": [{"step": 5, "loss": 3.0, "sft": 2.0}, {"step": 10, "heldout_loss": 2.2, "specificity_heldout": 0.6}],
     }.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -319,3 +319,4 @@ def test_lr_schedule_is_transformers_cosine_with_min_lr():
     warm = lrs(warmup_steps=4, lr_schedule="cosine")
     assert warm[:5] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
     assert lrs(warmup_steps=2, lr_schedule="constant")[:5] == pytest.approx([0, 0.5, 1, 1, 1])
+

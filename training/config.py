@@ -29,8 +29,6 @@ from hypergen.layout import hypergen_home, library_dir, run_dir, suite_dir
 
 OBJECTIVES = ("sft", "reconstruction", "both")
 SCHEDULES = ("cosine", "constant")
-
-
 def _check_positive(obj: Any, *names: str) -> None:
     for name in names:
         if getattr(obj, name) < 1:
@@ -163,13 +161,9 @@ class MetaTrainConfig:
                 f"MetaTrainConfig.batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})"
             )
         if self.lr <= 0 or (self.head_lr is not None and self.head_lr <= 0):
-            raise ValueError(
-                f"MetaTrainConfig.lr and head_lr must be > 0, got {self.lr}, {self.head_lr}"
-            )
+            raise ValueError(f"MetaTrainConfig.lr and head_lr must be > 0, got {self.lr}, {self.head_lr}")
         if not self.formats or any(f not in ("plain", "chat") for f in self.formats):
-            raise ValueError(
-                f"MetaTrainConfig.formats must be a non-empty subset of plain/chat, got {self.formats}"
-            )
+            raise ValueError(f"MetaTrainConfig.formats must be a non-empty subset of plain/chat, got {self.formats}")
         self.target_modules, self.log_with = list(self.target_modules), list(self.log_with)
         self.formats = list(self.formats)
 
@@ -317,9 +311,7 @@ class LibraryTrainConfig:
             )
         unknown = [f for f in self.formats if f not in ("plain", "chat")]
         if unknown or not self.formats:
-            raise ValueError(
-                f"LibraryTrainConfig.formats must be a non-empty subset of plain/chat, got {self.formats}"
-            )
+            raise ValueError(f"LibraryTrainConfig.formats must be a non-empty subset of plain/chat, got {self.formats}")
         if self.mixed_precision is False:  # YAML reads a bare `no` as false
             self.mixed_precision = "no"
         if self.mixed_precision not in ("no", "bf16"):
@@ -327,17 +319,9 @@ class LibraryTrainConfig:
                 f"LibraryTrainConfig.mixed_precision must be no or bf16, got {self.mixed_precision!r}"
             )
         _check_positive(self, "rank", "epochs", "batch_size", "max_length", "log_every")
-        for name in (
-            "max_tasks",
-            "examples_per_task",
-            "eval_examples",
-            "save_every",
-            "num_threads",
-        ):
+        for name in ("max_tasks", "examples_per_task", "eval_examples", "save_every", "num_threads"):
             if getattr(self, name) < 0:
-                raise ValueError(
-                    f"LibraryTrainConfig.{name} must be >= 0, got {getattr(self, name)}"
-                )
+                raise ValueError(f"LibraryTrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"LibraryTrainConfig.lr must be > 0, got {self.lr}")
         self.target_modules, self.formats = list(self.target_modules), list(self.formats)

@@ -154,9 +154,7 @@ class MetaTrainer:
             # e.g. a reconstruction run's checkpoint: SFT then starts from task-specific adapters
             start, _ = load_checkpoint(cfg.init_checkpoint, targets=hypernet.targets)
             if start.config.to_dict() != hypernet.config.to_dict():
-                raise ValueError(
-                    f"init_from {cfg.init_from}: hypernetwork shape differs from this config"
-                )
+                raise ValueError(f"init_from {cfg.init_from}: hypernetwork shape differs from this config")
             hypernet.load_state_dict(start.state_dict())
             logger.info("hypernetwork initialised from %s", cfg.init_checkpoint)
         return hypernet.to(self.accelerator.device).train()
@@ -270,9 +268,7 @@ class MetaTrainer:
                 (lora.A[m].shape[-1], lora.B[m].shape[-2]) == shapes[m] for m in lora.module_names
             )
             if not fits:
-                logger.warning(
-                    "skipping library LoRA %s: it does not fit this model's targets", folder
-                )
+                logger.warning("skipping library LoRA %s: it does not fit this model's targets", folder)
                 continue
             library[name] = lora.to(self.accelerator.device)
         return library
@@ -439,15 +435,10 @@ class MetaTrainer:
         """
         hypernet = self.accelerator.unwrap_model(self.hypernet)
         out = {}
-        for group, tasks in (
-            ("heldout", self.data.heldout_tasks),
-            ("train", self.data.train_tasks[:32]),
-        ):
+        for group, tasks in (("heldout", self.data.heldout_tasks), ("train", self.data.train_tasks[:32])):
             if len(tasks) < 2:
                 continue
-            rows = torch.tensor(
-                [self.data.eval_phrasing[t] for t in tasks], device=self.conditions.device
-            )
+            rows = torch.tensor([self.data.eval_phrasing[t] for t in tasks], device=self.conditions.device)
             cos = cosine_matrix(hypernet(self.conditions[rows]))
             off = cos[~torch.eye(len(tasks), dtype=torch.bool)]
             off = off[~off.isnan()]

@@ -61,20 +61,14 @@ def done(stage: str, out: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--out", required=True, type=Path, help="folder for every output of the run"
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, type=Path, help="folder for every output of the run")
     parser.add_argument("--library-config", default=str(CONFIGS / "library_smollm2.yaml"))
     parser.add_argument("--recon-config", default=str(CONFIGS / "recon_smollm2.yaml"))
     parser.add_argument("--sft-config", default=str(CONFIGS / "smollm2.yaml"))
     parser.add_argument("--all", nargs="*", default=[], metavar="KEY=VALUE", help="for every stage")
     for stage in STAGES:
-        parser.add_argument(
-            f"--{stage}", nargs="*", default=[], metavar="KEY=VALUE", help=f"for the {stage} stage"
-        )
+        parser.add_argument(f"--{stage}", nargs="*", default=[], metavar="KEY=VALUE", help=f"for the {stage} stage")
     parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset to run")
     args = parser.parse_args(argv)
     stages = [s for s in args.stages.split(",") if s]

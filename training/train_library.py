@@ -92,9 +92,7 @@ def make_plan(config: LibraryTrainConfig, data: TaskData, tasks: list[str]) -> l
         if config.examples_per_task:
             examples = examples[: config.examples_per_task]
         for _ in range(config.epochs):
-            plan += [
-                Item(row, e.prompt, e.completion, rng.choice(config.formats)) for e in examples
-            ]
+            plan += [Item(row, e.prompt, e.completion, rng.choice(config.formats)) for e in examples]
     rng.shuffle(plan)
     return plan
 
@@ -159,9 +157,7 @@ class LibraryTrainer:
         # sorted by length so micro-batches pad less; the loss is a per-example mean
         return sorted(items, key=lambda it: len(it.prompt) + len(it.completion))
 
-    def losses(
-        self, items: list[Item], bank: LoraBank | None, rows: list[int] | None = None
-    ) -> torch.Tensor:
+    def losses(self, items: list[Item], bank: LoraBank | None, rows: list[int] | None = None) -> torch.Tensor:
         """(b,) completion losses of ``items``, each under bank row ``rows[k]`` (default: its task)."""
         cfg, device = self.config, self.accelerator.device
         batch = tokenize_formatted(
@@ -172,16 +168,12 @@ class LibraryTrainer:
         )
         batch = {k: v.to(device) for k, v in batch.items()}
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        autocast = torch.autocast(
-            device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"
-        )
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16")
         with autocast:
             if bank is None:
                 logits = self.model(**inputs).logits
             else:
-                ids = torch.tensor(
-                    rows if rows is not None else [it.task for it in items], device=device
-                )
+                ids = torch.tensor(rows if rows is not None else [it.task for it in items], device=device)
                 with apply_adapters(self.model, bank(ids)):
                     logits = self.model(**inputs).logits
         return example_losses(logits, batch["labels"])
@@ -190,12 +182,7 @@ class LibraryTrainer:
         """Train up to step ``until`` (default: the end of the plan), saving state as configured."""
         cfg, acc = self.config, self.accelerator
         until = self.total_steps if until is None else min(until, self.total_steps)
-        bar = tqdm(
-            total=self.total_steps,
-            initial=self.step,
-            desc="library",
-            disable=not acc.is_main_process,
-        )
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="library", disable=not acc.is_main_process)
         start, first = time.perf_counter(), self.step
         window: list[float] = []
         while self.step < until:
@@ -217,9 +204,7 @@ class LibraryTrainer:
                 window = []
                 bar.set_postfix(loss=f"{record['loss']:.3f}")
                 self._log(record)
-            if (
-                cfg.save_every and self.step % cfg.save_every == 0
-            ) or self.step == self.total_steps:
+            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == self.total_steps:
                 self.save_state()
         bar.close()
 
@@ -229,12 +214,7 @@ class LibraryTrainer:
         acc.wait_for_everyone()
         acc.save_state(str(state))
         if acc.is_main_process:
-            record = {
-                "step": self.step,
-                "tasks": self.tasks,
-                "plan_size": len(self.plan),
-                "history": self.history,
-            }
+            record = {"step": self.step, "tasks": self.tasks, "plan_size": len(self.plan), "history": self.history}
             atomic_write_text(state / STATE_FILE, json.dumps(record) + "\n")
 
     @torch.no_grad()
@@ -259,12 +239,7 @@ class LibraryTrainer:
                 s = sums[it.task]
                 s[0], s[1], s[2], s[3] = s[0] + b, s[1] + o, s[2] + w, s[3] + 1
         return {
-            self.tasks[row]: {
-                "base": s[0] / s[3],
-                "own": s[1] / s[3],
-                "other": s[2] / s[3],
-                "n": s[3],
-            }
+            self.tasks[row]: {"base": s[0] / s[3], "own": s[1] / s[3], "other": s[2] / s[3], "n": s[3]}
             for row, s in sums.items()
             if s[3]
         }
@@ -303,8 +278,7 @@ class LibraryTrainer:
             "steps": self.step,
             "examples": len(self.plan),
             "mean_test_loss": {
-                k: sum(r[k] for r in report.values()) / len(report)
-                for k in ("base", "own", "other")
+                k: sum(r[k] for r in report.values()) / len(report) for k in ("base", "own", "other")
             }
             if report
             else None,  # eval_examples=0: no report
@@ -319,12 +293,7 @@ class LibraryTrainer:
     def _log(self, record: dict) -> None:
         self.history.append(record)
         if self.accelerator.is_main_process:
-            logger.info(
-                " ".join(
-                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in record.items()
-                )
-            )
+            logger.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
             with open(self.config.state_dir / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
 
@@ -334,9 +303,7 @@ def _header() -> str:
 
 
 def main(argv: list[str] | None = None) -> LibraryTrainer:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (see training/configs/library_smollm2.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of config entries")
     args = parser.parse_args(argv)
