@@ -22,7 +22,20 @@ from hypergen.data.text_batches import tokenize_pairs
 from hypergen.generator import AdapterGenerator
 from hypergen.models import load_base_model
 
-WORDS = ["answer", "classify", "translate", "dates", "sentiment", "arithmetic", "riddles", "logic", "names", "sports", "french", "code"]
+WORDS = [
+    "answer",
+    "classify",
+    "translate",
+    "dates",
+    "sentiment",
+    "arithmetic",
+    "riddles",
+    "logic",
+    "names",
+    "sports",
+    "french",
+    "code",
+]
 
 
 def descriptions(n: int, offset: int) -> list[str]:
@@ -35,7 +48,11 @@ def descriptions(n: int, offset: int) -> list[str]:
 
 
 def time_generate(
-    generator: AdapterGenerator, batch: int, repeats: int, offset: int = 0, dtype: torch.dtype | None = None
+    generator: AdapterGenerator,
+    batch: int,
+    repeats: int,
+    offset: int = 0,
+    dtype: torch.dtype | None = None,
 ) -> list[float]:
     times = []
     for r in range(repeats):
@@ -51,7 +68,9 @@ def time_lora_steps(model, tokenizer, steps: int = 5, batch: int = 8) -> float:
     """Seconds per PEFT LoRA training step (r=8, q_proj/v_proj, batch 8 x ~64 tokens)."""
     from peft import LoraConfig, get_peft_model
 
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
+    )
     optim = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-3)
     prompts = [f"Q: {d}\nA:" for d in descriptions(batch, 0)]
     data = tokenize_pairs(tokenizer, prompts, [" yes"] * batch, max_length=64)
@@ -69,7 +88,9 @@ def time_lora_steps(model, tokenizer, steps: int = 5, batch: int = 8) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", help="hypernetwork checkpoint (default: fresh default-sized network)")
+    parser.add_argument(
+        "--checkpoint", help="hypernetwork checkpoint (default: fresh default-sized network)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=50)
     args = parser.parse_args(argv)
@@ -78,12 +99,18 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = load_base_model("smollm2-135m")
     conditioner = TextConditioner()
     if args.checkpoint:
-        generator = AdapterGenerator.from_pretrained(args.checkpoint, conditioner=conditioner, base_model=model)
+        generator = AdapterGenerator.from_pretrained(
+            args.checkpoint, conditioner=conditioner, base_model=model
+        )
     else:
-        generator = AdapterGenerator.create(model, "smollm2-135m", conditioner, EncoderConfig(), HyperNetConfig())
+        generator = AdapterGenerator.create(
+            model, "smollm2-135m", conditioner, EncoderConfig(), HyperNetConfig()
+        )
     hypernet = generator.hypernet
-    print(f"hypernetwork: {hypernet.num_parameters() / 1e6:.2f}M parameters, "
-          f"{len(generator.targets)} target modules, rank {hypernet.config.lora.rank}, {args.threads} threads")
+    print(
+        f"hypernetwork: {hypernet.num_parameters() / 1e6:.2f}M parameters, "
+        f"{len(generator.targets)} target modules, rank {hypernet.config.lora.rank}, {args.threads} threads"
+    )
 
     enc = []
     for r in range(args.repeats):
@@ -92,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         enc.append((time.perf_counter() - start) * 1000)
     print(f"encoder alone, one description: p50 {statistics.median(enc):.1f} ms (float32)")
 
-    print("\n| precision | p50 ms (1 desc) | p95 ms | adapters/s @1 | @16 | @64 |\n|---|---:|---:|---:|---:|---:|")
+    print(
+        "\n| precision | p50 ms (1 desc) | p95 ms | adapters/s @1 | @16 | @64 |\n|---|---:|---:|---:|---:|---:|"
+    )
     results = {}
     for label, dtype in (("float32", None), ("bf16 autocast", torch.bfloat16)):
         time_generate(generator, 64, 2, offset=10_000, dtype=dtype)  # warm-up
@@ -101,17 +130,25 @@ def main(argv: list[str] | None = None) -> int:
         rates = {}
         for batch in (1, 16, 64):
             repeats = max(3, args.repeats // max(1, batch // 4))
-            rates[batch] = batch / statistics.median(time_generate(generator, batch, repeats, 30_000, dtype))
+            rates[batch] = batch / statistics.median(
+                time_generate(generator, batch, repeats, 30_000, dtype)
+            )
         results[label] = (p50, rates[64])
-        print(f"| {label} | {p50:.1f} | {p95:.1f} | {rates[1]:.0f} | {rates[16]:.0f} | {rates[64]:.0f} |")
+        print(
+            f"| {label} | {p50:.1f} | {p95:.1f} | {rates[1]:.0f} | {rates[16]:.0f} | {rates[64]:.0f} |"
+        )
 
     step = time_lora_steps(model, tokenizer)
-    print(f"\nbaseline, PEFT LoRA fine-tuning (r=8, batch 8 x 64 tokens): {step:.2f} s/step "
-          f"-> 100 steps ~ {100 * step:.0f} s per adapter")
+    print(
+        f"\nbaseline, PEFT LoRA fine-tuning (r=8, batch 8 x 64 tokens): {step:.2f} s/step "
+        f"-> 100 steps ~ {100 * step:.0f} s per adapter"
+    )
     for label, (p50, rate64) in results.items():
-        print(f"{label}: one adapter (p50) is {100 * step / (p50 / 1000):,.0f}x faster than 100 fine-tuning "
-              f"steps; targets p50 < 25 ms {'met' if p50 < 25 else 'MISSED'}, "
-              f">= 500 adapters/s at batch 64 {'met' if rate64 >= 500 else 'MISSED'}")
+        print(
+            f"{label}: one adapter (p50) is {100 * step / (p50 / 1000):,.0f}x faster than 100 fine-tuning "
+            f"steps; targets p50 < 25 ms {'met' if p50 < 25 else 'MISSED'}, "
+            f">= 500 adapters/s at batch 64 {'met' if rate64 >= 500 else 'MISSED'}"
+        )
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hypergen.atomic import atomic_write_text
+
 GROUP_TITLES = {
     "heldout": "Held-out tasks",
     "train": "Training tasks",
@@ -335,10 +337,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def write_markdown(results: dict[str, Any], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(markdown(results), encoding="utf-8")
-    return path
+    return atomic_write_text(path, markdown(results))
 
 
 def plot_scores(results: dict[str, Any], path: str | Path) -> Path:

@@ -390,7 +390,9 @@ def greedy_generations(
                 if completion.error is not None:  # scores must not quietly lose a row
                     raise completion.error
                 ended = completion.finish_reason == "stop"
-                results[e] = Generation(completion.text.strip(), completion.completion_tokens, ended)
+                results[e] = Generation(
+                    completion.text.strip(), completion.completion_tokens, ended
+                )
             if on_examples is not None:
                 on_examples(len(group))
     return results  # type: ignore[return-value]

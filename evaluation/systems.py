@@ -50,7 +50,6 @@ if TYPE_CHECKING:  # torch loads with the model, not with the config (``evaluati
 logger = logging.getLogger(__name__)
 
 
-
 class MissingArtifact(Exception):
     """A system cannot run on a task because something it needs does not exist."""
 

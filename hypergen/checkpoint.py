@@ -79,7 +79,9 @@ def save_checkpoint(
         "trained_steps": meta.trained_steps,
         "training": meta.training,
     }
-    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in hypernet.state_dict().items()}
+    tensors = {
+        k: v.detach().to("cpu", dtype).contiguous() for k, v in hypernet.state_dict().items()
+    }
     with atomic_folder(out_dir, CHECKPOINT_FOLDER, overwrite) as tmp:
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
@@ -87,7 +89,9 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    folder: str | Path, device: torch.device | str = "cpu", targets: list[AdapterTarget] | None = None
+    folder: str | Path,
+    device: torch.device | str = "cpu",
+    targets: list[AdapterTarget] | None = None,
 ) -> tuple[HyperNetwork, CheckpointMeta]:
     """Rebuild a hypernetwork from ``folder`` (float32, eval mode).
 
@@ -103,7 +107,9 @@ def load_checkpoint(
     config = json.loads(config_path.read_text())
     version = config.get("format_version")
     if version != FORMAT_VERSION:
-        raise ValueError(f"{folder}: checkpoint format {version} is not supported (expected {FORMAT_VERSION})")
+        raise ValueError(
+            f"{folder}: checkpoint format {version} is not supported (expected {FORMAT_VERSION})"
+        )
     saved_targets = [AdapterTarget(**t) for t in config["targets"]]
     hypernet = HyperNetwork(HyperNetConfig.from_dict(config["hypernet"]), saved_targets)
     if targets is not None:

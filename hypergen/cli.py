@@ -186,7 +186,9 @@ def init_checkpoint_main(argv: list[str]) -> int:
     p.add_argument("--rank", type=int, default=DEFAULT_LORA_RANK)
     p.add_argument("--alpha", type=float, default=DEFAULT_LORA_ALPHA)
     p.add_argument(
-        "--targets", default=",".join(DEFAULT_TARGET_MODULES), help="comma-separated module suffixes"
+        "--targets",
+        default=",".join(DEFAULT_TARGET_MODULES),
+        help="comma-separated module suffixes",
     )
     p.add_argument("--hidden-dim", type=int, default=DEFAULT_HIDDEN_DIM)
     p.add_argument("--num-blocks", type=int, default=DEFAULT_NUM_BLOCKS)

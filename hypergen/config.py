@@ -130,7 +130,9 @@ class BottleneckSpec:
         if self.size < 1:
             raise ValueError(f"BottleneckSpec.size must be >= 1, got {self.size}")
         if self.placement not in PLACEMENTS:
-            raise ValueError(f"BottleneckSpec.placement must be one of {sorted(PLACEMENTS)}, got {self.placement!r}")
+            raise ValueError(
+                f"BottleneckSpec.placement must be one of {sorted(PLACEMENTS)}, got {self.placement!r}"
+            )
         if self.non_linearity not in NON_LINEARITIES:
             raise ValueError(
                 f"BottleneckSpec.non_linearity must be one of {NON_LINEARITIES}, got {self.non_linearity!r}"

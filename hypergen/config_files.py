@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from hypergen.atomic import atomic_write_text
 from hypergen.config import check_keys
 
 C = TypeVar("C")
@@ -65,15 +66,15 @@ def _coerce(cls: type, data: dict[str, Any]) -> dict[str, Any]:
                 try:
                     out[key] = kind(value)
                 except ValueError as err:
-                    raise ValueError(f"{cls.__name__}.{key} must be a number, got {value!r}") from err
+                    raise ValueError(
+                        f"{cls.__name__}.{key} must be a number, got {value!r}"
+                    ) from err
                 break
     return out
 
 
 def save_config(config: Any, path: str | Path, header: str = "") -> Path:
     """Write ``config`` as YAML (the exact values a run used), with an optional comment header."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     comment = "".join(f"# {line}\n" for line in header.splitlines())
-    path.write_text(comment + yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
-    return path
+    body = yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
+    return atomic_write_text(path, comment + body)

@@ -9,6 +9,7 @@ A checkpoint of the bottleneck kind returns ``BottleneckWeights``, saved as an A
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +37,7 @@ from hypergen.config import (
     LoraSpec,
 )
 from hypergen.hypernet import HyperNetwork
-from hypergen.models import hub_id, load_base_model
+from hypergen.models import base_weights_metadata, hub_id, load_base_model
 from hypergen.targets import adapter_targets
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,9 @@ class AdapterGenerator:
             try:
                 hypernet.check_targets(adapter_targets(base_model, hypernet.config))
             except ValueError as err:
-                raise ValueError(f"{folder} was built for another base model ({meta.base_model}): {err}") from err
+                raise ValueError(
+                    f"{folder} was built for another base model ({meta.base_model}): {err}"
+                ) from err
         conditioner = conditioner or build_conditioner(meta.encoder, device=device)
         if meta.untrained:
             logger.warning("checkpoint %s is UNTRAINED: its adapters are no-ops", folder)
@@ -91,12 +94,19 @@ class AdapterGenerator:
         config: HyperNetConfig | None = None,
         seed: int = 0,
     ) -> AdapterGenerator:
-        """A fresh, untrained generator for ``base_model`` (its adapters are exact no-ops)."""
-        config = config or HyperNetConfig()
-        config.condition_dim = conditioner.dim
-        torch.manual_seed(seed)
-        hypernet = HyperNetwork(config, adapter_targets(base_model, config))
-        return cls(hypernet, conditioner, CheckpointMeta(base_model=base_model_name, encoder=encoder))
+        """A fresh, untrained generator for ``base_model`` (its adapters are exact no-ops).
+
+        ``config`` is copied, not edited (its ``condition_dim`` becomes the conditioner's), and
+        ``seed`` fixes the initial weights without touching the caller's global RNG state.
+        """
+        config = dataclasses.replace(config or HyperNetConfig(), condition_dim=conditioner.dim)
+        targets = adapter_targets(base_model, config)
+        with torch.random.fork_rng(devices=[]):  # nn.init draws from the global generator
+            torch.manual_seed(seed)
+            hypernet = HyperNetwork(config, targets)
+        return cls(
+            hypernet, conditioner, CheckpointMeta(base_model=base_model_name, encoder=encoder)
+        )
 
     def save_pretrained(
         self, folder: str | Path, dtype: torch.dtype = torch.float32, overwrite: bool = False
@@ -128,8 +138,13 @@ class AdapterGenerator:
         if not conditions:
             raise ValueError("generate needs at least one condition")
         device = next(self.hypernet.parameters()).device
-        with torch.inference_mode(), torch.autocast(
-            device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+        with (
+            torch.inference_mode(),
+            torch.autocast(
+                device.type,
+                dtype=autocast_dtype or torch.float32,
+                enabled=autocast_dtype is not None,
+            ),
         ):
             return self.hypernet(self.encode(conditions))
 
@@ -143,13 +158,16 @@ class AdapterGenerator:
         """Write one generated adapter as a PEFT LoRA folder for this generator's base model;
         ``out_dir`` must be new, empty or an earlier adapter folder unless ``overwrite``."""
         if not isinstance(lora, LoraWeights):
-            raise TypeError(f"save_peft writes LoRA adapters; this is {lora.kind} (use save_adapter)")
+            raise TypeError(
+                f"save_peft writes LoRA adapters; this is {lora.kind} (use save_adapter)"
+            )
         return save_peft(
             lora,
             self.targets,
             out_dir,
             base_model_name_or_path=self.base_model_id,
             dtype=dtype,
+            metadata=base_weights_metadata(self.meta.base_model),
             overwrite=overwrite,
         )
 
@@ -173,6 +191,7 @@ class AdapterGenerator:
             mlp_module=spec.mlp_module,
             model_name=self.base_model_id,
             dtype=dtype,
+            metadata=base_weights_metadata(self.meta.base_model),
             overwrite=overwrite,
         )
 

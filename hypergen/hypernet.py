@@ -132,15 +132,22 @@ class HyperNetwork(nn.Module):
         self.kinds = list(kinds)
         d = config.hidden_dim
         self.task_proj = nn.Sequential(
-            nn.Linear(config.condition_dim, d), nn.SiLU(), nn.Dropout(config.dropout), nn.Linear(d, d)
+            nn.Linear(config.condition_dim, d),
+            nn.SiLU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(d, d),
         )
         self.layer_emb = nn.Embedding(num_layers(targets), d)
         self.kind_emb = nn.Embedding(len(kinds), d)
         nn.init.normal_(self.layer_emb.weight, std=0.02)
         nn.init.normal_(self.kind_emb.weight, std=0.02)
-        self.trunk = nn.Sequential(*[ResidualBlock(d) for _ in range(config.num_blocks)], nn.LayerNorm(d))
+        self.trunk = nn.Sequential(
+            *[ResidualBlock(d) for _ in range(config.num_blocks)], nn.LayerNorm(d)
+        )
         self.head_type = HEADS[config.adapter_kind]
-        self.heads = nn.ModuleDict({kind: self.head_type(d, spec, i, o) for kind, (i, o) in kinds.items()})
+        self.heads = nn.ModuleDict(
+            {kind: self.head_type(d, spec, i, o) for kind, (i, o) in kinds.items()}
+        )
 
     def forward_factors(self, condition: Tensor) -> dict[str, dict[str, Tensor]]:
         """condition (b, c) -> {kind: {field: (b, l, ...)}} for all l layer slots (the head's fields,

@@ -47,7 +47,9 @@ def _convert_gguf(package: str, gguf_file: str, out_dir: Path) -> None:
     folder = _package_folder(package)
     logger.info("converting %s from %s into %s (once)", gguf_file, folder, out_dir)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    gguf_model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=gguf_file, dtype=torch.float32
+    )
     config = gguf_model.config
     # save_pretrained refuses GGUF-loaded models; rebuild a plain one from the config.
     if hasattr(config, "quantization_config"):
@@ -63,6 +65,24 @@ def hub_id(name: str) -> str:
     """The base model as other tools know it: a built-in name maps to its Hub id."""
     builtin = BUILTIN_MODELS.get(name)
     return builtin[2] if builtin else name
+
+
+def base_weights_metadata(name: str) -> dict[str, str]:
+    """What an exported adapter records about the weights it was made for (safetensors metadata).
+
+    A built-in model is its package's 4-bit GGUF file dequantised to fp32, not the Hub original:
+    adapters made on it fit those weights, which differ slightly from the original's.
+    """
+    builtin = BUILTIN_MODELS.get(name)
+    if builtin is None:
+        return {}
+    package, gguf_file, original = builtin
+    return {
+        "hypergen_base_weights": (
+            f"{gguf_file} (4-bit GGUF, package {package.replace('_', '-')}) dequantised to fp32; "
+            f"made for these weights, not {original}'s original ones"
+        )
+    }
 
 
 def resolve_model_path(name: str) -> str:

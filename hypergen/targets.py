@@ -64,7 +64,9 @@ def _in_layers(model: nn.Module, kind: str, what: str) -> Iterator[tuple[str, nn
             continue
         layer = _LAYER_INDEX.search("." + name + ".")
         if layer is None:
-            raise ValueError(f"{what} '{kind}' matches {name}, which is not inside a numbered layer")
+            raise ValueError(
+                f"{what} '{kind}' matches {name}, which is not inside a numbered layer"
+            )
         yield name, module, int(layer.group(1))
 
 
@@ -96,7 +98,9 @@ def find_targets(model: nn.Module, target_modules: list[str]) -> list[AdapterTar
             )
         shapes = {(t.in_features, t.out_features) for t in found}
         if len(shapes) > 1:
-            raise ValueError(f"target '{kind}' has several shapes {sorted(shapes)}; one head needs one")
+            raise ValueError(
+                f"target '{kind}' has several shapes {sorted(shapes)}; one head needs one"
+            )
         targets.extend(found)
     return sorted(targets, key=lambda t: (t.layer, target_modules.index(t.kind)))
 
@@ -113,7 +117,9 @@ def find_block_targets(model: nn.Module, block_modules: list[str]) -> list[Adapt
     """
     hidden = getattr(getattr(model, "config", None), "hidden_size", None)
     if not hidden:
-        raise ValueError(f"{type(model).__name__} has no config.hidden_size: cannot size bottleneck adapters")
+        raise ValueError(
+            f"{type(model).__name__} has no config.hidden_size: cannot size bottleneck adapters"
+        )
     targets: list[AdapterTarget] = []
     for kind in block_modules:
         found = []

@@ -344,7 +344,9 @@ def _resolve_adapter(body: dict[str, Any]) -> tuple[str, LoraWeights | None, Cal
                 "'model' names another adapter than 'adapter_description'; send one of them",
                 param="model",
             )
-        [adapter] = runtime.adapters.get_or_create([description], with_weights=True, defer_save=True)
+        [adapter] = runtime.adapters.get_or_create(
+            [description], with_weights=True, defer_save=True
+        )
         return adapter.id, adapter.weights, adapter.save
     if not model:
         raise APIError(

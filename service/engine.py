@@ -30,7 +30,7 @@ from hypergen.config import DTYPES
 from hypergen.decoding import Completion, Job, adapter_forward, decode, eos_token_ids, new_cache
 from hypergen.generator import AdapterGenerator
 from hypergen.layout import checkpoint_cache_dir
-from hypergen.models import load_base_model
+from hypergen.models import base_weights_metadata, load_base_model
 from hypergen.targets import find_targets
 from service.batched_lora import BatchedLora
 
@@ -97,7 +97,9 @@ class Engine:
         kind = generator.hypernet.config.adapter_kind
         if kind != "lora":
             # the store, the batched decode path and the downloads are PEFT LoRA only (issue 9 §5)
-            raise ValueError(f"the service serves LoRA checkpoints only; {checkpoint} emits {kind} adapters")
+            raise ValueError(
+                f"the service serves LoRA checkpoints only; {checkpoint} emits {kind} adapters"
+            )
         self.model, self.tokenizer, self.generator = model, tokenizer, generator
         self.checkpoint = Path(checkpoint)
         self.checkpoint_hash = checkpoint_hash(self.checkpoint)
@@ -210,7 +212,7 @@ class Engine:
             folder,
             base_model_name_or_path=self.base_model_id,
             dtype=DTYPES[dtype],
-            metadata=metadata,
+            metadata={**base_weights_metadata(self.base_model), **metadata},
             overwrite=True,
         )
 

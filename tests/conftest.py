@@ -52,7 +52,10 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
     tokenizer.train_from_iterator(CORPUS, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token="<|endoftext|>"
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
@@ -103,7 +106,9 @@ def _save_model(model, tokenizer, folder: Path) -> str:
 
 @pytest.fixture(scope="session")
 def llama_dir(tmp_path_factory, tokenizer) -> str:
-    return _save_model(build_llama(len(tokenizer)), tokenizer, tmp_path_factory.mktemp("tiny-llama"))
+    return _save_model(
+        build_llama(len(tokenizer)), tokenizer, tmp_path_factory.mktemp("tiny-llama")
+    )
 
 
 @pytest.fixture(scope="session")
@@ -127,8 +132,14 @@ def conditioner() -> HashingConditioner:
     return HashingConditioner(ENCODER.name)
 
 
-def make_generator(model, model_dir: str, conditioner, target_modules: list[str], rank: int = 4) -> AdapterGenerator:
-    config = HyperNetConfig(hidden_dim=32, num_blocks=1, lora=LoraSpec(rank=rank, alpha=8, target_modules=target_modules))
+def make_generator(
+    model, model_dir: str, conditioner, target_modules: list[str], rank: int = 4
+) -> AdapterGenerator:
+    config = HyperNetConfig(
+        hidden_dim=32,
+        num_blocks=1,
+        lora=LoraSpec(rank=rank, alpha=8, target_modules=target_modules),
+    )
     generator = AdapterGenerator.create(model, model_dir, conditioner, ENCODER, config)
     return randomize_(generator)
 

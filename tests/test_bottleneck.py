@@ -364,5 +364,11 @@ def test_smollm2_bottleneck_config_loads():
 
     path = Path(__file__).resolve().parents[1] / "training" / "configs" / "bottleneck_smollm2.yaml"
     config = load_config(MetaTrainConfig, path)
-    assert (config.adapter_kind, config.objective, config.bottleneck_size) == ("bottleneck", "sft", 12)
-    assert 576 % config.bottleneck_size == 0  # SmolLM2's hidden size: an AdapterHub reduction factor
+    assert (config.adapter_kind, config.objective, config.bottleneck_size) == (
+        "bottleneck",
+        "sft",
+        12,
+    )
+    assert (
+        576 % config.bottleneck_size == 0
+    )  # SmolLM2's hidden size: an AdapterHub reduction factor

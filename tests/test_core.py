@@ -24,7 +24,11 @@ from hypergen import (
 )
 from tests.conftest import ENCODER
 
-DESCRIPTIONS = ["Answer questions about dates.", "Translate English to French.", "Classify sentiment."]
+DESCRIPTIONS = [
+    "Answer questions about dates.",
+    "Translate English to French.",
+    "Classify sentiment.",
+]
 
 
 def _inputs(tokenizer, texts=("The cat sits on the mat.", "What is 2 plus 3?", "I loved it.")):
@@ -40,7 +44,12 @@ def _logits(model, batch):
 
 def test_find_targets_llama_shapes(llama):
     targets = find_targets(llama[0], ["q_proj", "v_proj"])
-    assert [(t.layer, t.kind) for t in targets] == [(0, "q_proj"), (0, "v_proj"), (1, "q_proj"), (1, "v_proj")]
+    assert [(t.layer, t.kind) for t in targets] == [
+        (0, "q_proj"),
+        (0, "v_proj"),
+        (1, "q_proj"),
+        (1, "v_proj"),
+    ]
     v = targets[1]
     assert (v.in_features, v.out_features, v.fan_in_fan_out) == (64, 32, False)  # 2 kv heads of 16
     assert v.name == "model.layers.0.self_attn.v_proj"
@@ -49,7 +58,11 @@ def test_find_targets_llama_shapes(llama):
 def test_find_targets_gpt2_conv1d(gpt2):
     targets = find_targets(gpt2[0], ["c_attn"])
     assert len(targets) == 2
-    assert (targets[0].in_features, targets[0].out_features, targets[0].fan_in_fan_out) == (64, 192, True)
+    assert (targets[0].in_features, targets[0].out_features, targets[0].fan_in_fan_out) == (
+        64,
+        192,
+        True,
+    )
 
 
 def test_find_targets_clear_errors(llama):
@@ -62,12 +75,37 @@ def test_find_targets_clear_errors(llama):
 # --- hypernetwork -------------------------------------------------------------------------------
 
 
+def test_create_leaves_the_callers_config_and_rng_alone(llama, llama_dir, conditioner):
+    config = HyperNetConfig(hidden_dim=32, condition_dim=7)
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first = AdapterGenerator.create(llama[0], llama_dir, conditioner, ENCODER, config, seed=5)
+    assert torch.equal(torch.rand(3), expected_next), "the global RNG must not be reseeded"
+    assert config.condition_dim == 7, "the caller's config must not be edited"
+    assert first.hypernet.config.condition_dim == conditioner.dim
+    again = AdapterGenerator.create(llama[0], llama_dir, conditioner, ENCODER, config, seed=5)
+    other = AdapterGenerator.create(llama[0], llama_dir, conditioner, ENCODER, config, seed=6)
+    same = [
+        torch.equal(a, b) for a, b in zip(first.hypernet.parameters(), again.hypernet.parameters())
+    ]
+    assert all(same), "the seed fixes the initial weights"
+    differ = [
+        torch.equal(a, b) for a, b in zip(first.hypernet.parameters(), other.hypernet.parameters())
+    ]
+    assert not all(differ)
+
+
 def test_fresh_hypernetwork_is_a_noop(llama, llama_dir, conditioner):
     model, tokenizer = llama
-    generator = AdapterGenerator.create(model, llama_dir, conditioner, ENCODER, HyperNetConfig(hidden_dim=32))
+    generator = AdapterGenerator.create(
+        model, llama_dir, conditioner, ENCODER, HyperNetConfig(hidden_dim=32)
+    )
     lora = generator.generate(DESCRIPTIONS)
     assert all(b.abs().max() == 0 for b in lora.B.values())
-    assert all(a.abs().max() > 0 for a in lora.A.values()), "A must start non-zero so B gets gradients"
+    assert all(a.abs().max() > 0 for a in lora.A.values()), (
+        "A must start non-zero so B gets gradients"
+    )
     batch = _inputs(tokenizer)
     with torch.no_grad():
         base = _logits(model, batch)
@@ -85,7 +123,10 @@ def test_hypernetwork_shapes_and_condition_dependence(llama_generator):
     assert lora.B["model.layers.0.mlp.down_proj"].shape == (3, 64, 4)
     a = lora.A["model.layers.0.self_attn.q_proj"]
     assert not torch.allclose(a[0], a[1]), "different descriptions must give different adapters"
-    b0, b1 = lora.B["model.layers.0.self_attn.q_proj"][0], lora.B["model.layers.1.self_attn.q_proj"][0]
+    b0, b1 = (
+        lora.B["model.layers.0.self_attn.q_proj"][0],
+        lora.B["model.layers.1.self_attn.q_proj"][0],
+    )
     assert not torch.allclose(b0, b1), "layers must get different adapters"
 
 
@@ -235,6 +276,32 @@ def test_load_peft_roundtrip(llama_generator, tmp_path):
         torch.testing.assert_close(loaded.B[name], lora.B[name])
 
 
+def test_exported_adapters_say_which_base_weights_they_fit(llama_generator, tmp_path):
+    """Adapters for the built-in SmolLM2 record that its weights are the dequantised 4-bit GGUF."""
+    import dataclasses
+
+    from safetensors import safe_open
+
+    from hypergen.adapters.export import WEIGHTS_NAME
+
+    def header(folder):
+        with safe_open(str(folder / WEIGHTS_NAME), "pt") as f:
+            return f.metadata()
+
+    lora = llama_generator.generate(DESCRIPTIONS[:1])
+    plain = llama_generator.save_peft(lora, tmp_path / "plain")
+    assert "hypergen_base_weights" not in header(plain)  # a local folder: nothing to say
+    builtin = AdapterGenerator(
+        llama_generator.hypernet,
+        llama_generator.conditioner,
+        dataclasses.replace(llama_generator.meta, base_model="smollm2-135m"),
+    )
+    folder = builtin.save_peft(lora, tmp_path / "smollm2")
+    note = header(folder)["hypergen_base_weights"]
+    assert "4-bit GGUF" in note and "dequantised" in note and "SmolLM2-135M-Instruct" in note
+    assert header(folder)["format"] == "pt"
+
+
 def test_load_peft_from_peft_trained_adapter(llama, llama_dir, tmp_path):
     """A LoRA made by peft itself (random B, rsLoRA scaling) reads back to the same logits."""
     from peft import LoraConfig, get_peft_model
@@ -242,7 +309,9 @@ def test_load_peft_from_peft_trained_adapter(llama, llama_dir, tmp_path):
     model, tokenizer = llama
     fresh, _ = load_base_model(llama_dir)
     torch.manual_seed(1)
-    peft_model = get_peft_model(fresh, LoraConfig(r=2, lora_alpha=5, target_modules=["k_proj"], use_rslora=True))
+    peft_model = get_peft_model(
+        fresh, LoraConfig(r=2, lora_alpha=5, target_modules=["k_proj"], use_rslora=True)
+    )
     for name, p in peft_model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.1)
@@ -259,7 +328,9 @@ def test_load_peft_from_peft_trained_adapter(llama, llama_dir, tmp_path):
 def test_load_peft_rejects_bad_folders(tmp_path):
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         load_peft(tmp_path)
-    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 2}))
+    (tmp_path / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 2})
+    )
     (tmp_path / "adapter_model.bin").write_bytes(b"not unpickled")
     with pytest.raises(FileNotFoundError, match="pickled"):
         load_peft(tmp_path)
@@ -293,7 +364,9 @@ def test_checkpoint_rejects_other_base_model(llama_generator, gpt2, tmp_path):
 def test_conditioner_dim_mismatch_is_clear(llama, llama_dir):
     from hypergen import HashingConditioner
 
-    generator = AdapterGenerator.create(llama[0], llama_dir, HashingConditioner("hash-16"), EncoderConfig("hashing", "hash-16"))
+    generator = AdapterGenerator.create(
+        llama[0], llama_dir, HashingConditioner("hash-16"), EncoderConfig("hashing", "hash-16")
+    )
     with pytest.raises(ValueError, match="gives 8-d vectors but the hypernetwork expects 16"):
         AdapterGenerator(generator.hypernet, HashingConditioner("hash-8"), generator.meta)
 
@@ -304,12 +377,19 @@ def test_conditioner_dim_mismatch_is_clear(llama, llama_dir):
 def test_tokenize_pairs_labels_only_completion(tokenizer):
     from hypergen.data.text_batches import IGNORE_INDEX, tokenize_pairs
 
-    batch = tokenize_pairs(tokenizer, ["Q: What is 2 plus 3?\nA:", "Hi"], [" 5", " positive"], max_length=6)
+    batch = tokenize_pairs(
+        tokenizer, ["Q: What is 2 plus 3?\nA:", "Hi"], [" 5", " positive"], max_length=6
+    )
     completion = tokenizer(" positive", add_special_tokens=False).input_ids
     row = batch["labels"][1]
     assert row[row != IGNORE_INDEX].tolist() == completion
-    assert batch["input_ids"].shape[1] <= 6 and batch["attention_mask"][0].sum() == 6  # prompt cut from the left
-    assert batch["labels"][0][batch["labels"][0] != IGNORE_INDEX].tolist() == tokenizer(" 5", add_special_tokens=False).input_ids
+    assert (
+        batch["input_ids"].shape[1] <= 6 and batch["attention_mask"][0].sum() == 6
+    )  # prompt cut from the left
+    assert (
+        batch["labels"][0][batch["labels"][0] != IGNORE_INDEX].tolist()
+        == tokenizer(" 5", add_special_tokens=False).input_ids
+    )
 
 
 def test_completion_logprobs_matches_manual(llama):
@@ -339,7 +419,9 @@ def test_written_folders_are_readable_by_others(llama_generator, tmp_path):
         os.umask(umask)
     assert (ckpt.stat().st_mode & 0o777) == 0o755
     assert (peft_dir.stat().st_mode & 0o777) == 0o755
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary folder left behind"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], (
+        "no temporary folder left behind"
+    )
 
 
 def test_bf16_autocast_generation_is_close_to_float32(llama_generator):

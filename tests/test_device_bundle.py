@@ -16,7 +16,10 @@ def inputs(tmp_path) -> dict[str, Path]:
     suite, split = write_toy_suite(tmp_path / "in")
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    for name, size in (("fake_model-0.1-py3-none-any.whl", 5000), ("gguf-0.1-py3-none-any.whl", 300)):
+    for name, size in (
+        ("fake_model-0.1-py3-none-any.whl", 5000),
+        ("gguf-0.1-py3-none-any.whl", 300),
+    ):
         (wheels / name).write_bytes(bytes(range(256)) * (size // 256))
     return {"suite": suite, "split": split, "wheels": wheels}
 

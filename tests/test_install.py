@@ -21,6 +21,7 @@ CHECK = """
 import json, sys
 from pathlib import Path
 import hypergen, hypergen.checkpoint as c
+import hypergen.data.tasks, hypergen.decoding  # subpackages ship too
 from hypergen.checkpoint import checkpoint_hash, load_checkpoint
 from service.engine import resolve_checkpoint
 _, meta = load_checkpoint(c.DEFAULT_CHECKPOINT)

@@ -680,19 +680,30 @@ def test_metrics_prometheus_text(client):
         "hypergen_queue_jobs",
     ):
         assert f"# TYPE {name} " in text
-    assert 'hypergen_requests_total{route="/v1/completions",method="POST",status="200"} 1' in text
+    # prometheus_client writes labels in name order
+    assert 'hypergen_requests_total{method="POST",route="/v1/completions",status="200"} 1.0' in text
     assert (
-        'hypergen_requests_total{route="/v1/adapters/<adapter_id>",method="GET",status="404"} 1'
+        'hypergen_requests_total{method="GET",route="/v1/adapters/<adapter_id>",status="404"} 1.0'
         in text
     )
-    assert 'hypergen_tokens_total{kind="completion"} 3' in text
-    assert 'hypergen_batch_size_bucket{le="1"} 1' in text and "hypergen_batch_size_count 1" in text
-    assert 'hypergen_adapter_lookups_total{source="generated"} 1' in text
-    assert "hypergen_adapter_cache_entries 1" in text
+    assert 'hypergen_tokens_total{kind="completion"} 3.0' in text
+    assert 'hypergen_batch_size_bucket{le="1.0"} 1.0' in text
+    assert "hypergen_batch_size_count 1.0" in text
+    assert 'hypergen_adapter_lookups_total{source="generated"} 1.0' in text
+    assert "hypergen_adapter_cache_entries 1.0" in text
     for line in text.splitlines():  # every sample line parses: name{labels} value
         assert line.startswith("#") or re.fullmatch(
             r"[a-z_]+(\{[^}]*\})? [0-9.e+-]+|[a-z_]+\{.*\} \+Inf", line
         ), line
+
+
+def test_each_app_has_its_own_metrics_registry(make_app):
+    first, second = make_app().test_client(), make_app().test_client()
+    for _ in range(3):
+        first.get("/healthz")
+    second.get("/healthz")
+    line = 'hypergen_requests_total{method="GET",route="/healthz",status="200"}'
+    assert _metric(first, line) == 3 and _metric(second, line) == 1
 
 
 def test_page_and_openapi(client, app):

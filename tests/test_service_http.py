@@ -112,7 +112,7 @@ def test_openai_client(serve, engine):
 def _batch_histogram(url: str) -> tuple[float, float]:
     """(batches of exactly one job, all batches) from /metrics."""
     text = urllib.request.urlopen(f"{url}/metrics", timeout=30).read().decode()
-    ones = re.search(r'^hypergen_batch_size_bucket\{le="1"\} (\S+)$', text, re.MULTILINE)
+    ones = re.search(r'^hypergen_batch_size_bucket\{le="1.0"\} (\S+)$', text, re.MULTILINE)
     count = re.search(r"^hypergen_batch_size_count (\S+)$", text, re.MULTILINE)
     return float(ones.group(1)) if ones else 0.0, float(count.group(1)) if count else 0.0
 

@@ -291,3 +291,31 @@ def test_library_loras_for_another_model_are_skipped(toy, tmp_path, gpt2_generat
     with caplog.at_level("WARNING"), pytest.raises(ValueError, match="no training task has a LoRA"):
         run_meta_train(toy, tmp_path / "r", objective="reconstruction", lora_library=str(foreign))
     assert "does not fit this model's targets" in caplog.text
+
+
+def test_lr_schedule_is_transformers_cosine_with_min_lr():
+    import math
+
+    from training.config import MetaTrainConfig
+    from training.meta_train import MIN_LR_RATE, lr_schedule
+
+    def lrs(**overrides):
+        cfg = MetaTrainConfig(lr=1.0, steps=10, **overrides)
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+        schedule = lr_schedule(optimizer, cfg)
+        out = []
+        for _ in range(cfg.steps + 1):
+            out.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            schedule.step()
+        return out
+
+    cosine = lrs(warmup_steps=0, lr_schedule="cosine")
+    expected = [
+        MIN_LR_RATE + (1 - MIN_LR_RATE) * 0.5 * (1 + math.cos(math.pi * s / 10)) for s in range(11)
+    ]
+    assert cosine == pytest.approx(expected)
+    assert cosine[-1] == pytest.approx(MIN_LR_RATE)
+    warm = lrs(warmup_steps=4, lr_schedule="cosine")
+    assert warm[:5] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+    assert lrs(warmup_steps=2, lr_schedule="constant")[:5] == pytest.approx([0, 0.5, 1, 1, 1])

@@ -70,7 +70,9 @@ class MetaTrainConfig:
         batch_size: examples per optimizer step, summed over processes (the global batch).
         grad_accum: micro-batches per optimizer step; each process's micro-batch is
             ``batch_size / (num_processes * grad_accum)``.
-        lr, weight_decay, warmup_steps, lr_schedule, max_grad_norm: AdamW and its schedule.
+        lr, weight_decay, warmup_steps, lr_schedule, max_grad_norm: AdamW and its schedule
+            (``meta_train.lr_schedule``: linear warmup from 0, then ``constant`` or ``cosine``
+            down to 10% of ``lr`` at ``steps``).
         max_length: longest tokenized prompt + completion; prompts are cut from the left.
         formats: text formats of SFT samples (``plain``, ``chat``: ``training/formats.py``).
         end_of_answer: end every SFT completion with the end-of-turn token, so generated

@@ -74,7 +74,9 @@ def write_parts(blob: bytes, out: Path, part_bytes: int) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     existing = sorted(out.glob("part-*"))
     if existing:
-        raise FileExistsError(f"{out} already holds parts ({existing[0].name}, ...): use an empty folder")
+        raise FileExistsError(
+            f"{out} already holds parts ({existing[0].name}, ...): use an empty folder"
+        )
     parts = []
     for index, start in enumerate(range(0, len(blob), part_bytes)):
         chunk = blob[start : start + part_bytes]
@@ -128,31 +130,49 @@ def pack(args: argparse.Namespace) -> int:
     blob = build_archive(wheels, suite, files)
     out = Path(args.out)
     parts = write_parts(blob, out, int(args.part_mib * 2**20))
-    manifest = {"sha256": sha256_bytes(blob), "parts": parts, "wheels": [w.name for w in wheels],
-                "task_files": len(files), "split": str(args.split)}
+    manifest = {
+        "sha256": sha256_bytes(blob),
+        "parts": parts,
+        "wheels": [w.name for w in wheels],
+        "task_files": len(files),
+        "split": str(args.split),
+    }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"{len(parts)} parts in {out} ({len(blob) / 2**20:.1f} MiB): {len(wheels)} wheels, {len(files)} task files")
+    print(
+        f"{len(parts)} parts in {out} ({len(blob) / 2**20:.1f} MiB): {len(wheels)} wheels, {len(files)} task files"
+    )
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
     home = Path(args.home) if args.home else hypergen_home()
     wheels = unpack(join_parts(Path(args.parts)), home)
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", *map(str, wheels)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", *map(str, wheels)],
+        check=True,
+    )
     cmd = [sys.executable, "-m", "training.pipeline", "--out", str(args.out), *args.pipeline_args]
     logger.info("running: %s", " ".join(cmd))
-    return subprocess.run(cmd, check=False, env={**os.environ, "HYPERGEN_HOME": str(home)}).returncode
+    return subprocess.run(
+        cmd, check=False, env={**os.environ, "HYPERGEN_HOME": str(home)}
+    ).returncode
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pack", help="write the parts (here)")
     p.add_argument("--out", required=True, help="an empty or new folder for the parts")
     p.add_argument("--part-mib", type=float, default=55.0, help="largest part, MiB (default 55)")
     p.add_argument("--split", default=DEFAULT_SPLIT)
-    p.add_argument("--suite", default=None, help="task suite (default $HYPERGEN_HOME/data/bigbench)")
-    p.add_argument("--wheels", default=None, help="take the wheels from this folder instead of PyPI")
+    p.add_argument(
+        "--suite", default=None, help="task suite (default $HYPERGEN_HOME/data/bigbench)"
+    )
+    p.add_argument(
+        "--wheels", default=None, help="take the wheels from this folder instead of PyPI"
+    )
     r = sub.add_parser("run", help="join, install and run the pipeline (there)")
     r.add_argument("--parts", required=True, help="folder holding the parts and manifest.json")
     r.add_argument("--out", required=True, help="folder for the pipeline's checkpoint and logs")

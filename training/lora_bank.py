@@ -47,7 +47,9 @@ class LoraBank(nn.Module):
     ):
         super().__init__()
         if num_tasks < 1 or rank < 1:
-            raise ValueError(f"LoraBank needs num_tasks >= 1 and rank >= 1, got {num_tasks}, {rank}")
+            raise ValueError(
+                f"LoraBank needs num_tasks >= 1 and rank >= 1, got {num_tasks}, {rank}"
+            )
         self.targets = list(targets)
         self.num_tasks, self.rank, self.alpha = num_tasks, rank, alpha
         self.A = nn.ParameterList()

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import time
 import zlib
@@ -38,6 +37,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm import tqdm
+from transformers import (
+    get_constant_schedule_with_warmup,
+    get_cosine_with_min_lr_schedule_with_warmup,
+)
 
 from hypergen.adapters.apply import apply_adapters
 from hypergen.adapters.export import load_peft
@@ -59,6 +62,7 @@ from training.objectives import delta_w_loss, example_losses
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
+MIN_LR_RATE = 0.1  # the cosine schedule ends at this fraction of the peak learning rate
 
 
 class MetaTrainer:
@@ -73,6 +77,22 @@ class MetaTrainer:
     # --- setup -----------------------------------------------------------------------------
 
     def setup(self) -> None:
+        """Build everything in dependency order; each step is a method below."""
+        cfg = self.config
+        self._setup_accelerator()
+        self._setup_model()
+        # 2. Tasks, examples, description phrasings.
+        self.data = load_task_data(cfg.split, cfg.suite_dir, cfg.max_train_tasks)
+        conditioner, encoder = self._setup_conditions()
+        hypernet = self._setup_hypernet(conditioner, encoder)
+        del conditioner  # the condition table is built; the encoder's memory can go
+        pool = self._setup_library_and_sampler(hypernet)
+        self._setup_optimizer(hypernet)
+        self._log_sizes(hypernet, pool)
+        self._setup_eval_items()
+        self._resume_or_start()
+
+    def _setup_accelerator(self) -> None:
         cfg = self.config
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
@@ -93,28 +113,33 @@ class MetaTrainer:
                 f"({cfg.grad_accum} x {acc.num_processes})"
             )
         set_seed(cfg.seed)
-        device = acc.device
 
-        # 1. The frozen LM: moved to the device, never wrapped (it has no gradients to reduce).
-        self.model, self.tokenizer = load_base_model(cfg.base_model, device=device)
+    def _setup_model(self) -> None:
+        """1. The frozen LM: moved to the device, never wrapped (it has no gradients to reduce)."""
+        device = self.accelerator.device
+        self.model, self.tokenizer = load_base_model(self.config.base_model, device=device)
         assert not any(p.requires_grad for p in self.model.parameters()), (
             "the base LM must be frozen"
         )
 
-        # 2. Tasks, examples, description phrasings.
-        self.data = load_task_data(cfg.split, cfg.suite_dir, cfg.max_train_tasks)
-
-        # 3. Condition vectors of every phrasing, once: the encoder is frozen, so this is exact,
-        #    and every process holds the same table.
+    def _setup_conditions(self):
+        """3. Condition vectors of every phrasing, once: the encoder is frozen, so this is exact,
+        and every process holds the same table."""
+        cfg = self.config
         encoder = EncoderConfig(kind=cfg.encoder_kind, name=cfg.encoder_name)
         conditioner = build_conditioner(encoder)
         with torch.no_grad():
             chunks = [
                 self.data.phrasings[i : i + 64] for i in range(0, len(self.data.phrasings), 64)
             ]
-            self.conditions = torch.cat([conditioner.encode(c).cpu() for c in chunks]).to(device)
+            self.conditions = torch.cat([conditioner.encode(c).cpu() for c in chunks]).to(
+                self.accelerator.device
+            )
+        return conditioner, encoder
 
-        # 4. The hypernetwork (the only trainable module), built identically on every process.
+    def _setup_hypernet(self, conditioner, encoder: EncoderConfig):
+        """4. The hypernetwork (the only trainable module), built identically on every process."""
+        cfg = self.config
         hypernet_config = HyperNetConfig(
             hidden_dim=cfg.hidden_dim,
             num_blocks=cfg.num_blocks,
@@ -132,13 +157,17 @@ class MetaTrainer:
             # e.g. a reconstruction run's checkpoint: SFT then starts from task-specific adapters
             start, _ = load_checkpoint(cfg.init_checkpoint, targets=hypernet.targets)
             if start.config.to_dict() != hypernet.config.to_dict():
-                raise ValueError(f"init_from {cfg.init_from}: hypernetwork shape differs from this config")
+                raise ValueError(
+                    f"init_from {cfg.init_from}: hypernetwork shape differs from this config"
+                )
             hypernet.load_state_dict(start.state_dict())
             logger.info("hypernetwork initialised from %s", cfg.init_checkpoint)
-        hypernet = hypernet.to(device).train()
-        del generator, conditioner
+        return hypernet.to(self.accelerator.device).train()
 
-        # 5. The LoRA library (reconstruction targets and final baselines).
+    def _setup_library_and_sampler(self, hypernet) -> list[str]:
+        """5. The LoRA library (reconstruction targets and final baselines) and the sampler over
+        the training tasks it allows; returns that task pool."""
+        cfg = self.config
         self.library = self._load_library(
             self.data.train_tasks + self.data.heldout_tasks + [MULTITASK], hypernet.targets
         )
@@ -156,7 +185,12 @@ class MetaTrainer:
         chat_examples = None
         if cfg.chat_replies_file and "chat" in cfg.formats:
             chat_examples = load_chat_examples(cfg.chat_replies_file, pool)
-            logger.info("chat replies for %d of %d tasks from %s", len(chat_examples), len(pool), cfg.chat_replies_file)
+            logger.info(
+                "chat replies for %d of %d tasks from %s",
+                len(chat_examples),
+                len(pool),
+                cfg.chat_replies_file,
+            )
         self.sampler = MixtureSampler(
             {t: self.data.train_examples[t] for t in pool},
             self.data.train_phrasings,
@@ -164,9 +198,12 @@ class MetaTrainer:
             formats=cfg.formats,
             chat_examples=chat_examples,
         )
+        return pool
 
-        # 6. Optimizer (heads and trunk may take different rates) and schedule, then accelerate
-        #    wraps the trainable parts only.
+    def _setup_optimizer(self, hypernet) -> None:
+        """6. Optimizer (heads and trunk may take different rates) and schedule, then accelerate
+        wraps the trainable parts only."""
+        cfg = self.config
         heads = [p for n, p in hypernet.named_parameters() if n.startswith("heads.")]
         trunk = [p for n, p in hypernet.named_parameters() if not n.startswith("heads.")]
         optimizer = torch.optim.AdamW(
@@ -174,17 +211,20 @@ class MetaTrainer:
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
-        self.hypernet, self.optimizer, self.scheduler = acc.prepare(hypernet, optimizer, scheduler)
+        scheduler = lr_schedule(optimizer, cfg)
+        self.hypernet, self.optimizer, self.scheduler = self.accelerator.prepare(
+            hypernet, optimizer, scheduler
+        )
 
+    def _log_sizes(self, hypernet, pool: list[str]) -> None:
         trainable = sum(p.numel() for p in hypernet.parameters() if p.requires_grad)
         frozen = sum(p.numel() for p in self.model.parameters())
         logger.info(
             "trainable: hypernetwork %.2fM parameters; frozen: LM %.1fM; %d processes on %s",
             trainable / 1e6,
             frozen / 1e6,
-            acc.num_processes,
-            device,
+            self.accelerator.num_processes,
+            self.accelerator.device,
         )
         logger.info(
             "%d training tasks (%d in the sampling pool, %d with library LoRAs), %d held-out tasks, "
@@ -194,18 +234,21 @@ class MetaTrainer:
             sum(t in self.library for t in self.data.train_tasks),
             len(self.data.heldout_tasks),
             len(self.data.phrasings),
-            cfg.objective,
+            self.config.objective,
         )
 
-        # 7. Held-out evaluation set: the first test examples of each held-out task, with the
-        #    task file's own description.
+    def _setup_eval_items(self) -> None:
+        """7. Held-out evaluation set: the first test examples of each held-out task, with the
+        task file's own description."""
         self.eval_items = [
             Sample(task, self.data.eval_phrasing[task], ex.prompt, ex.completion)
             for task in self.data.heldout_tasks
-            for ex in self.data.test_examples[task][: cfg.eval_examples]
+            for ex in self.data.test_examples[task][: self.config.eval_examples]
         ]
 
-        # 8. Resume, or start a fresh run folder.
+    def _resume_or_start(self) -> None:
+        """8. Resume, or start a fresh run folder; then the base model's held-out loss."""
+        cfg, acc = self.config, self.accelerator
         state_dir = self.run_dir / "state"
         if cfg.resume and (state_dir / STATE_FILE).is_file():
             acc.load_state(str(state_dir))
@@ -220,15 +263,6 @@ class MetaTrainer:
             acc.init_trackers(cfg.name, config=asdict(cfg))
         self.base_heldout = self.evaluate(None)
         logger.info("held-out loss of the base model (no adapter): %.4f", self.base_heldout["loss"])
-
-    def _lr_factor(self, step: int) -> float:
-        cfg = self.config
-        if step < cfg.warmup_steps:
-            return (step + 1) / (cfg.warmup_steps + 1)
-        if cfg.lr_schedule == "constant":
-            return 1.0
-        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     def _load_library(
         self, names: list[str], targets: list[AdapterTarget]
@@ -249,7 +283,9 @@ class MetaTrainer:
                 (lora.A[m].shape[-1], lora.B[m].shape[-2]) == shapes[m] for m in lora.module_names
             )
             if not fits:
-                logger.warning("skipping library LoRA %s: it does not fit this model's targets", folder)
+                logger.warning(
+                    "skipping library LoRA %s: it does not fit this model's targets", folder
+                )
                 continue
             library[name] = lora.to(self.accelerator.device)
         return library
@@ -418,10 +454,15 @@ class MetaTrainer:
         out = {}
         if hypernet.config.adapter_kind != "lora":
             return out  # the delta-W cosine is defined for LoRA only
-        for group, tasks in (("heldout", self.data.heldout_tasks), ("train", self.data.train_tasks[:32])):
+        for group, tasks in (
+            ("heldout", self.data.heldout_tasks),
+            ("train", self.data.train_tasks[:32]),
+        ):
             if len(tasks) < 2:
                 continue
-            rows = torch.tensor([self.data.eval_phrasing[t] for t in tasks], device=self.conditions.device)
+            rows = torch.tensor(
+                [self.data.eval_phrasing[t] for t in tasks], device=self.conditions.device
+            )
             cos = cosine_matrix(hypernet(self.conditions[rows]))
             off = cos[~torch.eye(len(tasks), dtype=torch.bool)]
             off = off[~off.isnan()]
@@ -542,6 +583,16 @@ class MetaTrainer:
         self.accelerator.end_training()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, cfg: MetaTrainConfig):
+    """Linear warmup over ``warmup_steps``, then constant or cosine down to ``MIN_LR_RATE`` of
+    the peak at ``steps`` (transformers' schedules)."""
+    if cfg.lr_schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
+    return get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, cfg.warmup_steps, cfg.steps, min_lr_rate=MIN_LR_RATE
+    )
 
 
 def _launch_header() -> str:

@@ -43,7 +43,9 @@ def plot(runs: list[Path], out: Path) -> Path:
                 points = [(offset + r["step"], r[key]) for r in records if key in r]
                 if points:
                     xs, ys = zip(*points)
-                    ax.plot(xs, ys, marker="o" if len(points) < 8 else None, label=f"{run.name}: {key}")
+                    ax.plot(
+                        xs, ys, marker="o" if len(points) < 8 else None, label=f"{run.name}: {key}"
+                    )
             ax.set_title(title)
             ax.set_xlabel("step (stages in order)")
         offset += max((r["step"] for r in records), default=0)
@@ -58,8 +60,12 @@ def plot(runs: list[Path], out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders (or log.jsonl files), in order")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "runs", nargs="+", type=Path, help="run folders (or log.jsonl files), in order"
+    )
     parser.add_argument("-o", "--out", type=Path, required=True, help="PNG to write")
     args = parser.parse_args(argv)
     try:

@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from hypergen.atomic import atomic_write_text
 from hypergen.layout import suite_dir
 
 logger = logging.getLogger(__name__)
@@ -143,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="bigbench-") as tmp:
             tarball = args.sdist if args.sdist is not None else download_sdist(Path(tmp))
             counts = extract_tasks(tarball, cache)
-        (cache / MARKER).write_text(json.dumps({"package": PACKAGE, "counts": counts}, indent=1))
+        atomic_write_text(
+            cache / MARKER, json.dumps({"package": PACKAGE, "counts": counts}, indent=1)
+        )
         logger.info("extracted %d task files into %s", counts.get("files", 0), cache)
 
     counts = json.loads((cache / MARKER).read_text())["counts"]

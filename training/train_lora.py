@@ -34,6 +34,7 @@ from training.objectives import example_losses
 
 logger = logging.getLogger(__name__)
 
+
 def train_lora(
     config: LoraTrainConfig,
     examples: dict[str, list],

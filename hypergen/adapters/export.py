@@ -54,7 +54,9 @@ def save_peft(
     from peft import LoraConfig
 
     if len(lora) != 1:
-        raise ValueError(f"save_peft writes one adapter; got a batch of {len(lora)} (use .select(i))")
+        raise ValueError(
+            f"save_peft writes one adapter; got a batch of {len(lora)} (use .select(i))"
+        )
     by_name = {t.name: t for t in targets}
     missing = [n for n in lora.module_names if n not in by_name]
     if missing:
@@ -99,7 +101,9 @@ def load_peft(folder: str | Path, dtype: torch.dtype = torch.float32) -> tuple[L
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder} is not a PEFT adapter folder: no {CONFIG_NAME}")
     if not weights_path.is_file():
-        raise FileNotFoundError(f"{folder} has no {WEIGHTS_NAME} (pickled .bin weights are not read)")
+        raise FileNotFoundError(
+            f"{folder} has no {WEIGHTS_NAME} (pickled .bin weights are not read)"
+        )
     config = json.loads(config_path.read_text())
     if config.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"{folder}: peft_type {config.get('peft_type')} is not LORA")

@@ -88,7 +88,9 @@ class LoraWeights:
             self.scaling,
         )
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> LoraWeights:
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> LoraWeights:
         return LoraWeights(
             {k: v.to(device=device, dtype=dtype) for k, v in self.A.items()},
             {k: v.to(device=device, dtype=dtype) for k, v in self.B.items()},

@@ -21,7 +21,9 @@ class HashingConditioner:
 
     kind = "hashing"
 
-    def __init__(self, name: str = "hash-64", device: str | torch.device = "cpu", max_chars: int = 2000):
+    def __init__(
+        self, name: str = "hash-64", device: str | torch.device = "cpu", max_chars: int = 2000
+    ):
         prefix, _, dim = name.partition("-")
         if prefix != "hash" or not dim.isdigit() or int(dim) < 1:
             raise ValueError(f"hashing conditioner name must look like 'hash-64', got '{name}'")
@@ -38,5 +40,3 @@ class HashingConditioner:
                 h = zlib.crc32(word.encode())
                 vectors[row, h % self.dim] += 1.0 if (h >> 16) & 1 else -1.0
         return torch.nn.functional.normalize(vectors, dim=1).to(self.device)
-
-

@@ -22,7 +22,9 @@ def normalize_text(condition: Any, max_chars: int) -> str:
     if not text:
         raise ValueError("a text condition must not be empty")
     if len(text) > max_chars:
-        raise ValueError(f"a text condition must be at most {max_chars} characters, got {len(text)}")
+        raise ValueError(
+            f"a text condition must be at most {max_chars} characters, got {len(text)}"
+        )
     return text
 
 
@@ -50,14 +52,22 @@ class TextConditioner:
 
     kind = "text"
 
-    def __init__(self, name: str = "all-minilm-l6-v2", device: str | torch.device = "cpu", max_chars: int = 2000):
+    def __init__(
+        self,
+        name: str = "all-minilm-l6-v2",
+        device: str | torch.device = "cpu",
+        max_chars: int = 2000,
+    ):
         from sentence_transformers import SentenceTransformer
 
         self.name = name
         self.max_chars = max_chars
         self.model = SentenceTransformer(_builtin_encoder_path(name), device=str(device))
         # renamed in sentence-transformers 6; keep working with older releases
-        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        get_dim = (
+            getattr(self.model, "get_embedding_dimension", None)
+            or self.model.get_sentence_embedding_dimension
+        )
         self.dim = get_dim()
 
     def normalize(self, condition: Any) -> str:
@@ -75,5 +85,3 @@ class TextConditioner:
         )
         # encode() runs in inference mode; clone so the result can feed a graph that trains.
         return vectors.float().clone()
-
-

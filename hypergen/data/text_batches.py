@@ -73,6 +73,7 @@ def completion_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]
     """
     logits, labels = logits[:, :-1].float(), labels[:, 1:]  # position t predicts token t+1
     # cross_entropy is fused: no (b, n, vocab) log-softmax copy; ignored positions give 0.
-    nll = F.cross_entropy(rearrange(logits, "b n v -> b v n"), labels, ignore_index=IGNORE_INDEX, reduction="none")
+    nll = F.cross_entropy(
+        rearrange(logits, "b n v -> b v n"), labels, ignore_index=IGNORE_INDEX, reduction="none"
+    )
     return -nll.sum(dim=1), (labels != IGNORE_INDEX).sum(dim=1)
-
