@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     # store
     "STORE": None,  # folder; None: $HYPERGEN_HOME/store
     "LRU_SIZE": 64,  # adapters whose tensors stay in memory
+    "STORE_SWEEP_S": 600,  # least seconds between sweeps of dead writers' temporary folders
     # batching
     "MAX_BATCH": 16,
     "BATCH_WINDOW_MS": 10,  # wait this long for a batch to fill ...
@@ -140,7 +141,7 @@ def _check_config(config) -> None:
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
-    for key in ("BATCH_WINDOW_MS", "BATCH_MAX_WAIT_MS", "REQUEST_TIMEOUT_S"):
+    for key in ("BATCH_WINDOW_MS", "BATCH_MAX_WAIT_MS", "REQUEST_TIMEOUT_S", "STORE_SWEEP_S"):
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"{key} must be a number >= 0, got {value!r}")

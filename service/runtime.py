@@ -71,7 +71,11 @@ class Runtime:
                     if self.config["STORE"]
                     else hypergen_home() / "store"
                 )
-                self._store = AdapterStore(root, cache_size=int(self.config["LRU_SIZE"]))
+                self._store = AdapterStore(
+                    root,
+                    cache_size=int(self.config["LRU_SIZE"]),
+                    sweep_interval_s=float(self.config["STORE_SWEEP_S"]),
+                )
             return self._store
 
     @property

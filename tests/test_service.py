@@ -719,7 +719,7 @@ def test_store_survives_a_restart(tmp_path, engine):
     assert source == "disk" and torch.equal(
         lora_back.A[lora.module_names[0]], lora.A[lora.module_names[0]]
     )
-    # the orphan (younger than the staleness limit) is left alone but invisible, and a put replaces it
+    # the orphan (a folder without a row: a writer killed before its commit) is swept at open
     assert reopened.get("f" * 64) is None
     assert reopened.put("f" * 64, {}, lambda f: engine.save_adapter(lora, f, "float32", {}))[1]
     assert (orphan / "adapter_config.json").is_file()
