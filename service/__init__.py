@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "BATCH_WINDOW_MS": 10,  # wait this long for a batch to fill ...
     "BATCH_MAX_WAIT_MS": 100,  # ... or this long while requests being prepared will join it
     "MAX_QUEUE": 256,
+    "MAX_QUEUE_WAIT_S": 30,  # a completion not started this long after arriving gets 503
     "REQUEST_TIMEOUT_S": 300,
     # limits
     "API_KEYS": [],  # empty: no authentication
@@ -49,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
     # connections (waitress, ``hypergen serve``): idle or half-sent connections must not lock
     # others out, so there is room for many, and the idle ones are closed soon
     "THREADS": 32,  # worker threads: requests handled (and batched) at once
+    "RESERVED_THREADS": 4,  # of them, kept for requests other than POSTs (list, download, ...)
     "CONNECTION_LIMIT": 500,  # open connections; beyond it new ones wait in the backlog
     "CHANNEL_TIMEOUT_S": 30,  # a connection idle (or stuck mid-request) this long is closed
     "CLEANUP_INTERVAL_S": 5,  # how often idle connections are looked for
@@ -145,6 +147,16 @@ def _check_config(config) -> None:
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"{key} must be a number >= 0, got {value!r}")
+    wait = config["MAX_QUEUE_WAIT_S"]
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait > 0:
+        raise ValueError(f"MAX_QUEUE_WAIT_S must be a number > 0, got {wait!r}")
+    reserved = config["RESERVED_THREADS"]
+    if isinstance(reserved, bool) or not isinstance(reserved, int) or reserved < 0:
+        raise ValueError(f"RESERVED_THREADS must be an integer >= 0, got {reserved!r}")
+    if reserved >= config["THREADS"]:
+        raise ValueError(
+            f"RESERVED_THREADS ({reserved}) must be less than THREADS ({config['THREADS']})"
+        )
     if config["DEFAULT_MAX_TOKENS"] > config["MAX_TOKENS"]:
         raise ValueError("DEFAULT_MAX_TOKENS must not exceed MAX_TOKENS")
     if config["DTYPE"] not in ("float32", "float16", "bfloat16"):

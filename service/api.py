@@ -19,6 +19,7 @@ from __future__ import annotations
 import hmac
 import io
 import json
+import math
 import re
 import time
 import uuid
@@ -509,6 +510,8 @@ def _announced():
     """Tell the batcher, from the start of a completion request, that its jobs are coming (see
     ``service.batcher``); withdrawn if the request fails before they are queued."""
     batcher = get_runtime().batcher
+    # waiting counts from when the server queued the request for a thread (service.server)
+    g.arrived = request.environ.get("hypergen.queued_at") or time.monotonic()
     batcher.announce()
     g.announced = True
     try:
@@ -518,23 +521,58 @@ def _announced():
             batcher.withdraw()
 
 
+def _overloaded(message: str, retry_after: float | None) -> APIError:
+    seconds = max(1, math.ceil(retry_after or 1))
+    return APIError(
+        503,
+        f"the server is busy: {message}",
+        code="overloaded",
+        headers={"Retry-After": str(seconds)},
+    )
+
+
 def _run(jobs: list[Job], while_waiting: Callable | None = None):
-    """Queue the jobs, run ``while_waiting`` (if any), wait for the jobs and count tokens."""
+    """Queue the jobs, run ``while_waiting`` (if any), wait for the jobs and count tokens.
+
+    A job not started ``MAX_QUEUE_WAIT_S`` after the request arrived gives up its place: the
+    request's pending jobs are cancelled and it is answered 503 with Retry-After.
+    """
     runtime = get_runtime()
+    batcher, config = runtime.batcher, current_app.config
+    arrived = g.get("arrived") or time.monotonic()
     try:
-        futures = runtime.batcher.submit(jobs, announced=g.pop("announced", False))
+        futures = batcher.submit(
+            jobs, announced=g.pop("announced", False), waited_s=time.monotonic() - arrived
+        )
     except Overloaded as err:
-        raise APIError(
-            503, f"the server is busy: {err}", code="overloaded", headers={"Retry-After": "1"}
-        ) from err
+        raise _overloaded(str(err), err.retry_after) from err
     if while_waiting is not None:
         while_waiting()
-    timeout = float(current_app.config["REQUEST_TIMEOUT_S"])
-    deadline = time.monotonic() + timeout
-    try:
-        results = [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in futures]
-    except FutureTimeout as err:
-        raise APIError(504, f"generation took longer than {timeout:g} s", code="timeout") from err
+    queue_limit = float(config["MAX_QUEUE_WAIT_S"])
+    timeout = float(config["REQUEST_TIMEOUT_S"])
+    queue_deadline, deadline = arrived + queue_limit, time.monotonic() + timeout
+    too_long = APIError(504, f"generation took longer than {timeout:g} s", code="timeout")
+    results = []
+    for future in futures:
+        try:
+            wait = min(queue_deadline, deadline) - time.monotonic()
+            results.append(future.result(timeout=max(0.0, wait)))
+            continue
+        except FutureTimeout:
+            pass
+        timed_out = time.monotonic() >= deadline
+        cancelled = [f.cancel() for f in futures]  # jobs not started yet give up their places
+        if timed_out:
+            raise too_long
+        if any(cancelled):
+            raise _overloaded(
+                f"the request waited {queue_limit:g} s (MAX_QUEUE_WAIT_S) without its turn",
+                batcher.estimated_wait(batcher.waiting),
+            )
+        try:  # every job has started: wait for the rest of REQUEST_TIMEOUT_S
+            results.append(future.result(timeout=max(0.0, deadline - time.monotonic())))
+        except FutureTimeout as err:
+            raise too_long from err
     prompt = sum(r.prompt_tokens for r in results)
     completion = sum(r.completion_tokens for r in results)
     runtime.metrics.inc("hypergen_tokens_total", prompt, kind="prompt")

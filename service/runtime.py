@@ -89,6 +89,7 @@ class Runtime:
                     window_s=float(self.config["BATCH_WINDOW_MS"]) / 1000,
                     max_wait_s=float(self.config["BATCH_MAX_WAIT_MS"]) / 1000,
                     max_queue=int(self.config["MAX_QUEUE"]),
+                    max_queue_wait_s=float(self.config["MAX_QUEUE_WAIT_S"]),
                     on_batch=self._record_batch,
                 )
             return self._batcher
