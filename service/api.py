@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -35,6 +36,7 @@ from hypergen.adapters import LoraWeights
 from service.batcher import Overloaded
 from service.decoding import Job, SamplingParams
 from service.errors import APIError
+from service.logprobs import chat_logprobs, completion_logprobs
 from service.runtime import get_runtime
 from service.store import valid_id
 
@@ -44,6 +46,7 @@ ADAPTER_DTYPES = ("float32", "bfloat16", "float16")
 CHAT_ROLES = ("system", "user", "assistant")
 MAX_STOP = 4
 MAX_STOP_CHARS = 200
+MAX_LOGPROBS = 20  # alternatives per token
 MAX_JSON_DEPTH = 32  # arrays and objects inside each other; no valid request comes close
 _SURROGATE = re.compile("[\ud800-\udfff]")  # only lone ones survive JSON decoding
 _ASCII_DIGITS = re.compile(r"[0-9]{1,18}")
@@ -432,11 +435,8 @@ def _resolve_adapter(body: dict[str, Any]) -> tuple[str, LoraWeights | None, Cal
 
 _UNSUPPORTED = {  # field: (allowed values, what to say)
     "stream": ((None, False), "streaming is not supported"),
-    "n": ((None, 1), "only n=1 is supported (send several prompts instead)"),
-    "best_of": ((None, 1), "best_of is not supported"),
+    "best_of": ((None, 1), "best_of is not supported (send n for several completions)"),
     "echo": ((None, False), "echo is not supported"),
-    "logprobs": ((None, False), "logprobs are not supported"),
-    "top_logprobs": ((None, 0), "logprobs are not supported"),
     "suffix": ((None,), "suffix is not supported"),
     "tools": ((None, []), "tools are not supported"),
     "functions": ((None, []), "functions are not supported"),
@@ -445,7 +445,62 @@ _UNSUPPORTED = {  # field: (allowed values, what to say)
 }
 
 
-def _sampling(body: dict[str, Any], max_tokens_keys: tuple[str, ...]) -> SamplingParams:
+def _logprobs(body: dict[str, Any], chat: bool) -> int | None:
+    """How many alternatives to report per token (None: no logprobs), as each route spells it:
+    completions ``logprobs: k``; chat ``logprobs: true`` and ``top_logprobs: k``."""
+    if not chat:
+        if body.get("top_logprobs") is not None:
+            raise APIError(
+                400,
+                "'top_logprobs' belongs to /v1/chat/completions; here send 'logprobs': an "
+                f"integer 0-{MAX_LOGPROBS} (alternatives per token)",
+                param="top_logprobs",
+            )
+        return _int(body, "logprobs", None, 0, MAX_LOGPROBS)
+    wanted = body.get("logprobs")
+    if wanted is not None and not isinstance(wanted, bool):
+        raise APIError(
+            400,
+            "'logprobs' must be a boolean here (true: each token's log-probability); "
+            f"'top_logprobs' (0-{MAX_LOGPROBS}) adds the most likely alternatives",
+            param="logprobs",
+        )
+    top = _int(body, "top_logprobs", None, 0, MAX_LOGPROBS)
+    if top is not None and not wanted:
+        raise APIError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+    return (top or 0) if wanted else None
+
+
+def _copies(body: dict[str, Any], prompts: int) -> int:
+    """``n``: completions per prompt; all of a request's rows count against ``MAX_PROMPTS``."""
+    limit = current_app.config["MAX_PROMPTS"]
+    n = _int(body, "n", 1, 1, limit)
+    if prompts * n > limit:
+        raise APIError(
+            400,
+            f"{prompts} prompt(s) x n={n} is {prompts * n} completions; the limit is {limit}",
+            param="n",
+        )
+    return n
+
+
+def _jobs(prompts: list[list[int]], lora: LoraWeights | None, params: SamplingParams, n: int):
+    """n jobs per prompt, prompt by prompt (choice index = prompt index * n + copy); with a
+    seed, copy j samples with seed + j so the copies differ."""
+    return [
+        Job(
+            ids,
+            lora,
+            params if j == 0 or params.seed is None else replace(params, seed=params.seed + j),
+        )
+        for ids in prompts
+        for j in range(n)
+    ]
+
+
+def _sampling(
+    body: dict[str, Any], max_tokens_keys: tuple[str, ...], chat: bool = False
+) -> SamplingParams:
     for key, (allowed, why) in _UNSUPPORTED.items():
         if key in body and body[key] not in allowed:
             raise APIError(400, f"'{key}': {why}", param=key)
@@ -482,6 +537,7 @@ def _sampling(body: dict[str, Any], max_tokens_keys: tuple[str, ...]) -> Samplin
         stop=tuple(stop),
         seed=_int(body, "seed", None, -(2**63), 2**63 - 1),
         ignore_eos=ignore_eos,
+        logprobs=_logprobs(body, chat),
     )
 
 
@@ -531,8 +587,9 @@ def _overloaded(message: str, retry_after: float | None) -> APIError:
     )
 
 
-def _run(jobs: list[Job], while_waiting: Callable | None = None):
-    """Queue the jobs, run ``while_waiting`` (if any), wait for the jobs and count tokens.
+def _run(jobs: list[Job], while_waiting: Callable | None = None, n: int = 1):
+    """Queue the jobs, run ``while_waiting`` (if any), wait for the jobs and count tokens
+    (a prompt once, not once per each of its ``n`` copies).
 
     A job not started ``MAX_QUEUE_WAIT_S`` after the request arrived gives up its place: the
     request's pending jobs are cancelled and it is answered 503 with Retry-After.
@@ -573,7 +630,7 @@ def _run(jobs: list[Job], while_waiting: Callable | None = None):
             results.append(future.result(timeout=max(0.0, deadline - time.monotonic())))
         except FutureTimeout as err:
             raise too_long from err
-    prompt = sum(r.prompt_tokens for r in results)
+    prompt = sum(r.prompt_tokens for r in results[::n])
     completion = sum(r.completion_tokens for r in results)
     runtime.metrics.inc("hypergen_tokens_total", prompt, kind="prompt")
     runtime.metrics.inc("hypergen_tokens_total", completion, kind="completion")
@@ -604,17 +661,23 @@ def _completions(body: dict[str, Any]):
         raise APIError(
             400, f"'prompt' holds {len(prompts)} prompts; the limit is {limit}", param="prompt"
         )
+    n = _copies(body, len(prompts))
     model, lora, store_later = _resolve_adapter(body)
     engine = get_runtime().engine
-    jobs = [Job(_check_prompt(engine.encode(p), params, "prompt"), lora, params) for p in prompts]
-    results, usage = _run(jobs, store_later)
+    ids = [_check_prompt(engine.encode(p), params, "prompt") for p in prompts]
+    results, usage = _run(_jobs(ids, lora, params, n), store_later, n)
     return {
         "id": f"cmpl-{uuid.uuid4().hex}",
         "object": "text_completion",
         "created": int(time.time()),
         "model": model,
         "choices": [
-            {"index": i, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason}
+            {
+                "index": i,
+                "text": r.text,
+                "logprobs": completion_logprobs(r, engine.decode),
+                "finish_reason": r.finish_reason,
+            }
             for i, r in enumerate(results)
         ],
         "usage": usage,
@@ -657,16 +720,17 @@ def chat_completions():
 
 
 def _chat_completions(body: dict[str, Any]):
-    params = _sampling(body, ("max_tokens", "max_completion_tokens"))
+    params = _sampling(body, ("max_tokens", "max_completion_tokens"), chat=True)
     messages = _messages(body)
+    n = _copies(body, 1)
     model, lora, store_later = _resolve_adapter(body)
+    engine = get_runtime().engine
     try:
-        ids = get_runtime().engine.encode_chat(messages)
+        ids = engine.encode_chat(messages)
     except ValueError as err:
         raise APIError(400, str(err), param="messages") from err
-    (result,), usage = _run(
-        [Job(_check_prompt(ids, params, "messages"), lora, params)], store_later
-    )
+    jobs = _jobs([_check_prompt(ids, params, "messages")], lora, params, n)
+    results, usage = _run(jobs, store_later, n)
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -674,11 +738,12 @@ def _chat_completions(body: dict[str, Any]):
         "model": model,
         "choices": [
             {
-                "index": 0,
-                "message": {"role": "assistant", "content": result.text},
-                "logprobs": None,
-                "finish_reason": result.finish_reason,
+                "index": i,
+                "message": {"role": "assistant", "content": r.text},
+                "logprobs": chat_logprobs(r, engine.decode),
+                "finish_reason": r.finish_reason,
             }
+            for i, r in enumerate(results)
         ],
         "usage": usage,
     }

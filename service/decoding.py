@@ -52,6 +52,9 @@ class SamplingParams:
         stop: strings that end the completion (not included in the text).
         seed: seeds this row's sampler; None draws a fresh seed.
         ignore_eos: keep going past end-of-sequence (benchmarks).
+        logprobs: None, or report each chosen token's log-probability and those of this many
+            most likely tokens (0: the chosen one only), under the model's own distribution
+            (temperature 1, no top_p).
     """
 
     max_tokens: int = 16
@@ -60,6 +63,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False
+    logprobs: int | None = None
 
     def __post_init__(self):
         if self.max_tokens < 1:
@@ -72,6 +76,8 @@ class SamplingParams:
             raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
         if any(not s for s in self.stop):
             raise ValueError("SamplingParams.stop must not contain empty strings")
+        if self.logprobs is not None and self.logprobs < 0:
+            raise ValueError(f"SamplingParams.logprobs must be >= 0, got {self.logprobs}")
 
     @property
     def greedy(self) -> bool:
@@ -93,11 +99,21 @@ class Job:
 
 
 @dataclass
+class TokenLogprob:
+    """A chosen token's log-probability and the ``SamplingParams.logprobs`` most likely tokens
+    with theirs, most likely first."""
+
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+@dataclass
 class Completion:
     """What one job produced. ``token_ids`` excludes the end-of-sequence token.
 
     A row that failed on its own (its sampling or its text) carries the exception in ``error``
-    and finish reason ``"error"``; the other rows of its batch are unaffected.
+    and finish reason ``"error"``; the other rows of its batch are unaffected. ``logprobs`` has
+    one entry per token id when the job asked for them.
     """
 
     text: str
@@ -105,6 +121,7 @@ class Completion:
     finish_reason: str  # "stop" (eos or a stop string), "length", or "error"
     prompt_tokens: int
     error: Exception | None = None
+    logprobs: list[TokenLogprob] | None = None
 
     @property
     def completion_tokens(self) -> int:
@@ -198,6 +215,7 @@ def generate(
         t.to(device) for t in left_pad([j.prompt_ids for j in jobs], pad_id)
     )
     generated: list[list[int]] = [[] for _ in jobs]
+    logprobs = [[] if j.params.logprobs is not None else None for j in jobs]
     texts: list[str | None] = [None] * b
     finish: list[str | None] = [None] * b
     errors: list[Exception | None] = [None] * b
@@ -224,6 +242,12 @@ def generate(
     while True:
         chosen = []
         greedy = logits.argmax(-1).tolist()  # one op for all rows; sampling rows redo theirs
+        want = [
+            jobs[row].params.logprobs or 0 for row in rows.tolist() if logprobs[row] is not None
+        ]
+        if want:  # (b v) log-probabilities and each row's top tokens, once for the whole step
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            top_lp, top_ids = log_probs.topk(min(max(want), log_probs.shape[-1]), dim=-1)
         for k, row in enumerate(rows.tolist()):
             if finish[row] is not None:  # failed before its first step
                 chosen.append(greedy[k])
@@ -240,6 +264,14 @@ def generate(
                     finish[row] = "stop"
                     continue
                 generated[row].append(token)
+                if logprobs[row] is not None:
+                    n_top = job.params.logprobs
+                    logprobs[row].append(
+                        TokenLogprob(
+                            float(log_probs[k, token]),
+                            list(zip(top_ids[k, :n_top].tolist(), top_lp[k, :n_top].tolist())),
+                        )
+                    )
                 if job.params.stop:
                     with lock:
                         text = tokenizer.decode(generated[row], skip_special_tokens=True)
@@ -274,7 +306,12 @@ def generate(
                     fail(row, err)
     return [
         Completion(
-            texts[row] or "", generated[row], finish[row], len(jobs[row].prompt_ids), errors[row]
+            texts[row] or "",
+            generated[row],
+            finish[row],
+            len(jobs[row].prompt_ids),
+            errors[row],
+            logprobs[row],
         )
         for row in range(b)
     ]

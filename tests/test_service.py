@@ -432,8 +432,12 @@ def test_request_errors_are_json(client):
     ok = {"model": meta["id"], "prompt": "hi", "max_tokens": 2}
     cases = [
         ({"stream": True}, "streaming"),
-        ({"n": 2}, "n=1"),
-        ({"logprobs": 3}, "logprobs"),
+        ({"n": 0}, "between 1 and 16"),
+        ({"n": 4, "prompt": ["a"] * 5}, "the limit is 16"),
+        ({"best_of": 2}, "best_of is not supported"),
+        ({"logprobs": 21}, "between 0 and 20"),
+        ({"logprobs": True}, "integer"),
+        ({"top_logprobs": 2}, "chat/completions"),
         ({"echo": True}, "echo"),
         ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"max_tokens": 0}, "between 1 and 512"),

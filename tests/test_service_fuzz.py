@@ -75,6 +75,7 @@ FIELDS = [
     "stream",
     "n",
     "logprobs",
+    "top_logprobs",
     "role",
     "content",
     "type",
