@@ -87,11 +87,16 @@ class SamplingParams:
 
 @dataclass
 class Job:
-    """One prompt to continue, with its own adapter (None: the bare model) and sampling."""
+    """One prompt to continue, with its own adapter (None: the bare model) and sampling.
+
+    ``on_token`` (streaming) is called with each generated token id as soon as it is chosen; when
+    it returns False (the client went away) the row ends at once, finish reason ``"cancelled"``.
+    """
 
     prompt_ids: list[int]
     adapter: LoraWeights | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
+    on_token: Callable[[int], bool] | None = None
 
     def __post_init__(self):
         if not self.prompt_ids:
@@ -118,7 +123,7 @@ class Completion:
 
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop" (eos or a stop string), "length", or "error"
+    finish_reason: str  # "stop" (eos or a stop string), "length", "cancelled" or "error"
     prompt_tokens: int
     error: Exception | None = None
     logprobs: list[TokenLogprob] | None = None
@@ -264,6 +269,7 @@ def generate(
                     finish[row] = "stop"
                     continue
                 generated[row].append(token)
+                wanted = job.on_token is None or job.on_token(token) is not False
                 if logprobs[row] is not None:
                     n_top = job.params.logprobs
                     logprobs[row].append(
@@ -281,6 +287,8 @@ def generate(
                         continue
                 if len(generated[row]) >= job.params.max_tokens:
                     finish[row] = "length"
+                elif not wanted:  # nobody reads this row any more: free its place in the batch
+                    finish[row] = "cancelled"
             except Exception as err:  # noqa: BLE001 - isolate the row, keep the batch
                 if len(chosen) == k:
                     chosen.append(greedy[k])

@@ -431,7 +431,10 @@ def test_request_errors_are_json(client):
 
     ok = {"model": meta["id"], "prompt": "hi", "max_tokens": 2}
     cases = [
-        ({"stream": True}, "streaming"),
+        ({"stream": "yes"}, "'stream' must be a boolean"),
+        ({"stream_options": {"include_usage": True}}, "needs 'stream': true"),
+        ({"stream": True, "stream_options": {"x": 1}}, "include_usage"),
+        ({"stream": True, "logprobs": 2}, "not supported with 'stream'"),
         ({"n": 0}, "between 1 and 16"),
         ({"n": 4, "prompt": ["a"] * 5}, "the limit is 16"),
         ({"best_of": 2}, "best_of is not supported"),
