@@ -79,10 +79,15 @@ def test_two_stores_create_the_same_adapter_at_once(tmp_path, engine, lora):
         b.close()
 
 
-def test_a_folder_left_by_a_crash_after_the_rename_is_reused_or_replaced(tmp_path, engine, lora):
-    store = AdapterStore(tmp_path / "s")
-    adapter_id = "c" * 64
+def _stored(root: Path, engine, lora) -> tuple[AdapterStore, str]:
+    """A store at ``root`` holding one adapter, and its id."""
+    store, adapter_id = AdapterStore(root), "c" * 64
     store.put(adapter_id, {}, _writer(engine, lora))
+    return store, adapter_id
+
+
+def test_a_folder_left_by_a_crash_after_the_rename_is_reused_or_replaced(tmp_path, engine, lora):
+    store, adapter_id = _stored(tmp_path / "s", engine, lora)
     store._db.execute("DELETE FROM adapters")  # the row was never committed: a folder, no row
     record, created = store.put(adapter_id, {"again": True}, _writer(engine, lora))
     assert created and record["again"] and store.get(adapter_id) is not None
@@ -91,9 +96,8 @@ def test_a_folder_left_by_a_crash_after_the_rename_is_reused_or_replaced(tmp_pat
 
 
 def test_a_deletion_is_seen_by_the_other_replica_before_its_next_use(tmp_path, engine, lora):
-    a, b = AdapterStore(tmp_path / "s"), AdapterStore(tmp_path / "s")
-    adapter_id = "d" * 64
-    a.put(adapter_id, {}, _writer(engine, lora))
+    a, adapter_id = _stored(tmp_path / "s", engine, lora)
+    b = AdapterStore(tmp_path / "s")
     assert a.weights(adapter_id)[1] == "disk" and a.weights(adapter_id)[1] == "memory"
     assert b.delete(adapter_id)
     assert a.weights(adapter_id) == (None, "missing"), "A's memory must not outlive the row"
@@ -103,9 +107,7 @@ def test_a_deletion_is_seen_by_the_other_replica_before_its_next_use(tmp_path, e
 
 
 def test_a_download_is_the_complete_adapter_or_an_error(tmp_path, engine, lora):
-    store = AdapterStore(tmp_path / "s")
-    adapter_id = "e" * 64
-    store.put(adapter_id, {}, _writer(engine, lora))
+    store, adapter_id = _stored(tmp_path / "s", engine, lora)
     _check_zip(store.zip_bytes(adapter_id))
     # what a reader sees half-way through another replica's delete: a folder losing its files
     (store.folder(adapter_id) / "adapter_model.safetensors").unlink()
