@@ -244,6 +244,16 @@ class AdapterStore:
             ).fetchone()
         return json.loads(row[0]) if row else None
 
+    def exists(self, adapter_id: str) -> bool:
+        """Whether the index holds the adapter (a primary-key lookup, no JSON)."""
+        if not valid_id(adapter_id):
+            return False
+        with self._lock:
+            return (
+                self._db.execute("SELECT 1 FROM adapters WHERE id = ?", (adapter_id,)).fetchone()
+                is not None
+            )
+
     def put(
         self, adapter_id: str, record: dict[str, Any], write: Callable[[Path], Any]
     ) -> tuple[dict[str, Any], bool]:
@@ -314,7 +324,7 @@ class AdapterStore:
         """The adapter's tensors and where they came from: ``memory``, ``disk`` (then kept in
         memory) or ``missing`` (None). The index is asked first, even for tensors in memory, so
         an adapter deleted through another replica is not used here either."""
-        if self.get(adapter_id) is None:
+        if not self.exists(adapter_id):
             self.cache.pop(adapter_id)
             return None, "missing"
         lora = self.cache.get(adapter_id)
