@@ -53,6 +53,9 @@ class SamplingParams:
         stop: strings that end the completion (not included in the text).
         seed: seeds this row's sampler; None draws a fresh seed.
         ignore_eos: keep going past end-of-sequence (benchmarks).
+        logprobs: None, or report each chosen token's log-probability and those of this many
+            most likely tokens (0: the chosen one only), under the model's own distribution
+            (temperature 1, no top_p).
     """
 
     max_tokens: int = 16
@@ -61,6 +64,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False
+    logprobs: int | None = None
 
     def __post_init__(self):
         if self.max_tokens < 1:
@@ -73,6 +77,8 @@ class SamplingParams:
             raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
         if any(not s for s in self.stop):
             raise ValueError("SamplingParams.stop must not contain empty strings")
+        if self.logprobs is not None and self.logprobs < 0:
+            raise ValueError(f"SamplingParams.logprobs must be >= 0, got {self.logprobs}")
 
     @property
     def greedy(self) -> bool:
@@ -82,11 +88,16 @@ class SamplingParams:
 
 @dataclass
 class Job:
-    """One prompt to continue, with its own adapter (None: the bare model) and sampling."""
+    """One prompt to continue, with its own adapter (None: the bare model) and sampling.
+
+    ``on_token`` (streaming) is called with each generated token id as soon as it is chosen; when
+    it returns False (the client went away) the row ends at once, finish reason ``"cancelled"``.
+    """
 
     prompt_ids: list[int]
     adapter: LoraWeights | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
+    on_token: Callable[[int], bool] | None = None
 
     def __post_init__(self):
         if not self.prompt_ids:
@@ -94,18 +105,29 @@ class Job:
 
 
 @dataclass
+class TokenLogprob:
+    """A chosen token's log-probability and the ``SamplingParams.logprobs`` most likely tokens
+    with theirs, most likely first."""
+
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+@dataclass
 class Completion:
     """What one job produced. ``token_ids`` excludes the end-of-sequence token.
 
     A row that failed on its own (its sampling or its text) carries the exception in ``error``
-    and finish reason ``"error"``; the other rows of its batch are unaffected.
+    and finish reason ``"error"``; the other rows of its batch are unaffected. ``logprobs`` has
+    one entry per token id when the job asked for them.
     """
 
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop" (eos or a stop string), "length", or "error"
+    finish_reason: str  # "stop" (eos or a stop string), "length", "cancelled" or "error"
     prompt_tokens: int
     error: Exception | None = None
+    logprobs: list[TokenLogprob] | None = None
 
     @property
     def completion_tokens(self) -> int:
@@ -269,6 +291,9 @@ def decode(
         One completion per job, in order. A row that fails on its own (sampling, seeding, text)
         ends with ``finish_reason="error"`` and the exception in ``Completion.error``; the others
         finish normally. A failing ``forward`` fails the whole call (see ``service.batcher``).
+        ``Job.on_token`` (streaming) and ``SamplingParams.logprobs`` only observe a row: the
+        tokens chosen are the same with or without them (a row whose ``on_token`` answers False
+        ends early, finish reason ``"cancelled"``).
     """
     lock = tokenizer_lock or nullcontext()
     b = len(jobs)
@@ -276,6 +301,7 @@ def decode(
         t.to(device) for t in left_pad([j.prompt_ids for j in jobs], pad_token_id(tokenizer))
     )
     generated: list[list[int]] = [[] for _ in jobs]
+    logprobs = [[] if j.params.logprobs is not None else None for j in jobs]
     texts: list[str | None] = [None] * b
     finish: list[str | None] = [None] * b
     errors: list[Exception | None] = [None] * b
@@ -302,6 +328,12 @@ def decode(
     while True:
         chosen = []
         greedy = logits.argmax(-1).tolist()  # one op for all rows; sampling rows redo theirs
+        want = [
+            jobs[row].params.logprobs or 0 for row in rows.tolist() if logprobs[row] is not None
+        ]
+        if want:  # (b v) log-probabilities and each row's top tokens, once for the whole step
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            top_lp, top_ids = log_probs.topk(min(max(want), log_probs.shape[-1]), dim=-1)
         for k, row in enumerate(rows.tolist()):
             if finish[row] is not None:  # failed before its first step
                 chosen.append(greedy[k])
@@ -318,6 +350,15 @@ def decode(
                     finish[row] = "stop"
                     continue
                 generated[row].append(token)
+                wanted = job.on_token is None or job.on_token(token) is not False
+                if logprobs[row] is not None:
+                    n_top = job.params.logprobs
+                    logprobs[row].append(
+                        TokenLogprob(
+                            float(log_probs[k, token]),
+                            list(zip(top_ids[k, :n_top].tolist(), top_lp[k, :n_top].tolist())),
+                        )
+                    )
                 if job.params.stop:
                     with lock:
                         text = tokenizer.decode(generated[row], skip_special_tokens=True)
@@ -327,6 +368,8 @@ def decode(
                         continue
                 if len(generated[row]) >= job.params.max_tokens:
                     finish[row] = "length"
+                elif not wanted:  # nobody reads this row any more: free its place in the batch
+                    finish[row] = "cancelled"
             except Exception as err:  # noqa: BLE001 - isolate the row, keep the batch
                 if len(chosen) == k:
                     chosen.append(greedy[k])
@@ -352,7 +395,12 @@ def decode(
                     fail(row, err)
     return [
         Completion(
-            texts[row] or "", generated[row], finish[row], len(jobs[row].prompt_ids), errors[row]
+            texts[row] or "",
+            generated[row],
+            finish[row],
+            len(jobs[row].prompt_ids),
+            errors[row],
+            logprobs[row],
         )
         for row in range(b)
     ]

@@ -30,11 +30,13 @@ DEFAULTS: dict[str, Any] = {
     # store
     "STORE": None,  # folder; None: $HYPERGEN_HOME/store
     "LRU_SIZE": 64,  # adapters whose tensors stay in memory
+    "STORE_SWEEP_S": 600,  # least seconds between sweeps of dead writers' temporary folders
     # batching
     "MAX_BATCH": 16,
     "BATCH_WINDOW_MS": 10,  # wait this long for a batch to fill ...
     "BATCH_MAX_WAIT_MS": 100,  # ... or this long while requests being prepared will join it
     "MAX_QUEUE": 256,
+    "MAX_QUEUE_WAIT_S": 30,  # a completion not started this long after arriving gets 503
     "REQUEST_TIMEOUT_S": 300,
     # limits
     "API_KEYS": [],  # empty: no authentication
@@ -50,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     # connections (waitress, ``hypergen serve``): idle or half-sent connections must not lock
     # others out, so there is room for many, and the idle ones are closed soon
     "THREADS": 32,  # worker threads: requests handled (and batched) at once
+    "RESERVED_THREADS": 4,  # of them, kept for requests other than POSTs (list, download, ...)
     "CONNECTION_LIMIT": 500,  # open connections; beyond it new ones wait in the backlog
     "CHANNEL_TIMEOUT_S": 30,  # a connection idle (or stuck mid-request) this long is closed
     "CLEANUP_INTERVAL_S": 5,  # how often idle connections are looked for
@@ -142,10 +145,20 @@ def _check_config(config) -> None:
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
-    for key in ("BATCH_WINDOW_MS", "BATCH_MAX_WAIT_MS", "REQUEST_TIMEOUT_S"):
+    for key in ("BATCH_WINDOW_MS", "BATCH_MAX_WAIT_MS", "REQUEST_TIMEOUT_S", "STORE_SWEEP_S"):
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"{key} must be a number >= 0, got {value!r}")
+    wait = config["MAX_QUEUE_WAIT_S"]
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait > 0:
+        raise ValueError(f"MAX_QUEUE_WAIT_S must be a number > 0, got {wait!r}")
+    reserved = config["RESERVED_THREADS"]
+    if isinstance(reserved, bool) or not isinstance(reserved, int) or reserved < 0:
+        raise ValueError(f"RESERVED_THREADS must be an integer >= 0, got {reserved!r}")
+    if reserved >= config["THREADS"]:
+        raise ValueError(
+            f"RESERVED_THREADS ({reserved}) must be less than THREADS ({config['THREADS']})"
+        )
     if config["DEFAULT_MAX_TOKENS"] > config["MAX_TOKENS"]:
         raise ValueError("DEFAULT_MAX_TOKENS must not exceed MAX_TOKENS")
     check_dtype(config["DTYPE"], "DTYPE")

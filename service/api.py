@@ -19,30 +19,47 @@ from __future__ import annotations
 import hmac
 import io
 import json
+import logging
+import math
+import queue
 import re
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
-from flask import Blueprint, current_app, g, request, send_file, url_for
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    g,
+    request,
+    send_file,
+    stream_with_context,
+    url_for,
+)
 
 from hypergen.adapters.lora import LoraWeights
 from hypergen.config import DTYPE_NAMES, unknown_keys
 from hypergen.decoding import Job, SamplingParams
 from service.batcher import Overloaded
-from service.errors import APIError
+from service.errors import APIError, error_body
+from service.logprobs import chat_logprobs, completion_logprobs
 from service.runtime import get_runtime
 from service.store import valid_id
+from service.streaming import DONE, Deltas, TokenStream, sse
 
+logger = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
 ADAPTER_DTYPES = DTYPE_NAMES
 CHAT_ROLES = ("system", "user", "assistant")
 MAX_STOP = 4
 MAX_STOP_CHARS = 200
+MAX_LOGPROBS = 20  # alternatives per token
 MAX_JSON_DEPTH = 32  # arrays and objects inside each other; no valid request comes close
 _SURROGATE = re.compile("[\ud800-\udfff]")  # only lone ones survive JSON decoding
 _ASCII_DIGITS = re.compile(r"[0-9]{1,18}")
@@ -370,12 +387,8 @@ def _resolve_adapter(body: dict[str, Any]) -> tuple[str, LoraWeights | None, Cal
 
 
 _UNSUPPORTED = {  # field: (allowed values, what to say)
-    "stream": ((None, False), "streaming is not supported"),
-    "n": ((None, 1), "only n=1 is supported (send several prompts instead)"),
-    "best_of": ((None, 1), "best_of is not supported"),
+    "best_of": ((None, 1), "best_of is not supported (send n for several completions)"),
     "echo": ((None, False), "echo is not supported"),
-    "logprobs": ((None, False), "logprobs are not supported"),
-    "top_logprobs": ((None, 0), "logprobs are not supported"),
     "suffix": ((None,), "suffix is not supported"),
     "tools": ((None, []), "tools are not supported"),
     "functions": ((None, []), "functions are not supported"),
@@ -384,7 +397,62 @@ _UNSUPPORTED = {  # field: (allowed values, what to say)
 }
 
 
-def _sampling(body: dict[str, Any], max_tokens_keys: tuple[str, ...]) -> SamplingParams:
+def _logprobs(body: dict[str, Any], chat: bool) -> int | None:
+    """How many alternatives to report per token (None: no logprobs), as each route spells it:
+    completions ``logprobs: k``; chat ``logprobs: true`` and ``top_logprobs: k``."""
+    if not chat:
+        if body.get("top_logprobs") is not None:
+            raise APIError(
+                400,
+                "'top_logprobs' belongs to /v1/chat/completions; here send 'logprobs': an "
+                f"integer 0-{MAX_LOGPROBS} (alternatives per token)",
+                param="top_logprobs",
+            )
+        return _int(body, "logprobs", None, 0, MAX_LOGPROBS)
+    wanted = body.get("logprobs")
+    if wanted is not None and not isinstance(wanted, bool):
+        raise APIError(
+            400,
+            "'logprobs' must be a boolean here (true: each token's log-probability); "
+            f"'top_logprobs' (0-{MAX_LOGPROBS}) adds the most likely alternatives",
+            param="logprobs",
+        )
+    top = _int(body, "top_logprobs", None, 0, MAX_LOGPROBS)
+    if top is not None and not wanted:
+        raise APIError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+    return (top or 0) if wanted else None
+
+
+def _copies(body: dict[str, Any], prompts: int) -> int:
+    """``n``: completions per prompt; all of a request's rows count against ``MAX_PROMPTS``."""
+    limit = current_app.config["MAX_PROMPTS"]
+    n = _int(body, "n", 1, 1, limit)
+    if prompts * n > limit:
+        raise APIError(
+            400,
+            f"{prompts} prompt(s) x n={n} is {prompts * n} completions; the limit is {limit}",
+            param="n",
+        )
+    return n
+
+
+def _jobs(prompts: list[list[int]], lora: LoraWeights | None, params: SamplingParams, n: int):
+    """n jobs per prompt, prompt by prompt (choice index = prompt index * n + copy); with a
+    seed, copy j samples with seed + j so the copies differ."""
+    return [
+        Job(
+            ids,
+            lora,
+            params if j == 0 or params.seed is None else replace(params, seed=params.seed + j),
+        )
+        for ids in prompts
+        for j in range(n)
+    ]
+
+
+def _sampling(
+    body: dict[str, Any], max_tokens_keys: tuple[str, ...], chat: bool = False
+) -> SamplingParams:
     for key, (allowed, why) in _UNSUPPORTED.items():
         if key in body and body[key] not in allowed:
             raise APIError(400, f"'{key}': {why}", param=key)
@@ -421,6 +489,7 @@ def _sampling(body: dict[str, Any], max_tokens_keys: tuple[str, ...]) -> Samplin
         stop=tuple(stop),
         seed=_int(body, "seed", None, -(2**63), 2**63 - 1),
         ignore_eos=ignore_eos,
+        logprobs=_logprobs(body, chat),
     )
 
 
@@ -449,6 +518,8 @@ def _announced():
     """Tell the batcher, from the start of a completion request, that its jobs are coming (see
     ``service.batcher``); withdrawn if the request fails before they are queued."""
     batcher = get_runtime().batcher
+    # waiting counts from when the server queued the request for a thread (service.server)
+    g.arrived = request.environ.get("hypergen.queued_at") or time.monotonic()
     batcher.announce()
     g.announced = True
     try:
@@ -458,33 +529,196 @@ def _announced():
             batcher.withdraw()
 
 
-def _run(jobs: list[Job], while_waiting: Callable | None = None):
-    """Queue the jobs, run ``while_waiting`` (if any), wait for the jobs and count tokens."""
-    runtime = get_runtime()
+def _overloaded(message: str, retry_after: float | None) -> APIError:
+    seconds = max(1, math.ceil(retry_after or 1))
+    return APIError(
+        503,
+        f"the server is busy: {message}",
+        code="overloaded",
+        headers={"Retry-After": str(seconds)},
+    )
+
+
+def _submit(jobs: list[Job], while_waiting: Callable | None) -> tuple[list, float, float]:
+    """Queue the jobs, then run ``while_waiting`` (if any). Returns (futures, the time by which
+    every job must have started: ``MAX_QUEUE_WAIT_S`` after the request arrived, the time by
+    which they must be done: ``REQUEST_TIMEOUT_S`` from now)."""
+    batcher, config = get_runtime().batcher, current_app.config
+    arrived = g.get("arrived") or time.monotonic()
     try:
-        futures = runtime.batcher.submit(jobs, announced=g.pop("announced", False))
+        futures = batcher.submit(
+            jobs, announced=g.pop("announced", False), waited_s=time.monotonic() - arrived
+        )
     except Overloaded as err:
-        raise APIError(
-            503, f"the server is busy: {err}", code="overloaded", headers={"Retry-After": "1"}
-        ) from err
+        raise _overloaded(str(err), err.retry_after) from err
     if while_waiting is not None:
         while_waiting()
-    timeout = float(current_app.config["REQUEST_TIMEOUT_S"])
-    deadline = time.monotonic() + timeout
-    try:
-        results = [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in futures]
-    except FutureTimeout as err:
-        raise APIError(504, f"generation took longer than {timeout:g} s", code="timeout") from err
-    prompt = sum(r.prompt_tokens for r in results)
+    now = time.monotonic()
+    return futures, arrived + config["MAX_QUEUE_WAIT_S"], now + config["REQUEST_TIMEOUT_S"]
+
+
+def _too_long() -> APIError:
+    timeout = current_app.config["REQUEST_TIMEOUT_S"]
+    return APIError(504, f"generation took longer than {timeout:g} s", code="timeout")
+
+
+def _give_up_unless_started(futures: list, deadline: float) -> None:
+    """At the queue deadline: jobs not started yet give up their places (cancelled) and the
+    request is answered 503 with Retry-After (504 if ``deadline`` has passed too)."""
+    timed_out = time.monotonic() >= deadline
+    cancelled = [f.cancel() for f in futures]  # a list: every job, not just the first
+    if timed_out:
+        raise _too_long()
+    if any(cancelled):
+        batcher = get_runtime().batcher
+        raise _overloaded(
+            f"the request waited {current_app.config['MAX_QUEUE_WAIT_S']:g} s "
+            "(MAX_QUEUE_WAIT_S) without its turn",
+            batcher.estimated_wait(batcher.waiting),
+        )
+
+
+def _usage(results: list, n: int) -> dict[str, int]:
+    """Token counts (a prompt once, not once per each of its ``n`` copies), also as metrics."""
+    metrics = get_runtime().metrics
+    prompt = sum(r.prompt_tokens for r in results[::n])
     completion = sum(r.completion_tokens for r in results)
-    runtime.metrics.inc("hypergen_tokens_total", prompt, kind="prompt")
-    runtime.metrics.inc("hypergen_tokens_total", completion, kind="completion")
-    usage = {
+    metrics.inc("hypergen_tokens_total", prompt, kind="prompt")
+    metrics.inc("hypergen_tokens_total", completion, kind="completion")
+    return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
-    return results, usage
+
+
+def _run(jobs: list[Job], while_waiting: Callable | None = None, n: int = 1):
+    """Queue the jobs, run ``while_waiting`` (if any), wait for the results; (results, usage).
+
+    A job not started ``MAX_QUEUE_WAIT_S`` after the request arrived gives up its place: the
+    request's pending jobs are cancelled and it is answered 503 with Retry-After.
+    """
+    futures, queue_deadline, deadline = _submit(jobs, while_waiting)
+    results = []
+    for future in futures:
+        try:
+            wait = min(queue_deadline, deadline) - time.monotonic()
+            results.append(future.result(timeout=max(0.0, wait)))
+            continue
+        except FutureTimeout:
+            pass
+        _give_up_unless_started(futures, deadline)
+        try:  # every job has started: wait for the rest of REQUEST_TIMEOUT_S
+            results.append(future.result(timeout=max(0.0, deadline - time.monotonic())))
+        except FutureTimeout as err:
+            for f in futures:
+                f.cancel()
+            raise _too_long() from err
+    return results, _usage(results, n)
+
+
+def _stream(
+    jobs: list[Job],
+    while_waiting: Callable | None,
+    n: int,
+    chunk: Callable[..., dict],
+    include_usage: bool,
+) -> Response:
+    """Run the jobs with their tokens streamed as server-sent events (``service.streaming``).
+
+    The answer starts once the first token is there, so queueing and timeout errors before it
+    are ordinary JSON errors (503, 504). ``chunk(index, text, finish_reason)`` builds one event
+    (``chunk(index, None, None)``: a choice's opening event, or None; ``chunk(None, usage)``:
+    the usage event).
+    """
+    engine, config = get_runtime().engine, current_app.config
+    stream = TokenStream()
+    jobs = [replace(job, on_token=stream.hook(i)) for i, job in enumerate(jobs)]
+    futures, queue_deadline, deadline = _submit(jobs, while_waiting)
+    stream.watch(futures)
+    try:
+        try:
+            first = stream.get(min(queue_deadline, deadline) - time.monotonic())
+        except queue.Empty:
+            _give_up_unless_started(futures, deadline)
+            try:
+                first = stream.get(deadline - time.monotonic())
+            except queue.Empty as err:
+                raise _too_long() from err
+    except APIError:
+        stream.close()
+        raise
+    deltas = [Deltas(engine.detokenize, job.params.stop) for job in jobs]
+
+    def events():
+        try:
+            for index in range(len(jobs)):
+                opening = chunk(index, None, None)
+                if opening is not None:
+                    yield sse(opening)
+            results: list = [None] * len(jobs)
+            event = first
+            while True:
+                index, token = event
+                if token is not None:
+                    delta = deltas[index].add(token)
+                    if delta:
+                        yield sse(chunk(index, delta, None))
+                else:
+                    try:
+                        result = stream.futures[index].result(timeout=0)
+                    except Exception as err:  # noqa: BLE001 - told to the client, then the end
+                        logger.warning("a streamed completion failed: %r", err)
+                        message = f"internal error ({type(err).__name__}); see the server log"
+                        yield sse(error_body(500, message, code="internal_error"))
+                        break
+                    results[index] = result
+                    yield sse(chunk(index, deltas[index].finish(result.text), result.finish_reason))
+                    if all(r is not None for r in results):
+                        usage = _usage(results, n)
+                        if include_usage:
+                            yield sse(chunk(None, usage))
+                        break
+                try:
+                    event = stream.get(deadline - time.monotonic())
+                except queue.Empty:
+                    timeout = config["REQUEST_TIMEOUT_S"]
+                    message = f"generation took longer than {timeout:g} s"
+                    yield sse(error_body(504, message, code="timeout"))
+                    break
+            yield DONE
+        finally:  # also when the client went away (waitress closes the generator)
+            stream.close()
+
+    return Response(
+        stream_with_context(events()),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _streaming(body: dict[str, Any], params: SamplingParams) -> tuple[bool, bool]:
+    """(stream, include_usage), checked; streamed tokens come without logprobs."""
+    stream, options = body.get("stream"), body.get("stream_options")
+    if stream is not None and not isinstance(stream, bool):
+        raise APIError(400, "'stream' must be a boolean", param="stream")
+    if stream and params.logprobs is not None:
+        raise APIError(400, "logprobs are not supported with 'stream': true", param="logprobs")
+    if options is None:
+        return bool(stream), False
+    if not stream:
+        raise APIError(400, "'stream_options' needs 'stream': true", param="stream_options")
+    if (
+        not isinstance(options, dict)
+        or set(options) - {"include_usage"}
+        or not isinstance(options.get("include_usage", False), bool)
+    ):
+        raise APIError(
+            400,
+            "'stream_options' must be {\"include_usage\": true or false}",
+            param="stream_options",
+        )
+    return True, options.get("include_usage", False)
 
 
 @bp.post("/completions")
@@ -506,17 +740,39 @@ def _completions(body: dict[str, Any]):
         raise APIError(
             400, f"'prompt' holds {len(prompts)} prompts; the limit is {limit}", param="prompt"
         )
+    n = _copies(body, len(prompts))
+    stream, include_usage = _streaming(body, params)
     model, lora, store_later = _resolve_adapter(body)
     engine = get_runtime().engine
-    jobs = [Job(_check_prompt(engine.tokenize(p), params, "prompt"), lora, params) for p in prompts]
-    results, usage = _run(jobs, store_later)
-    return {
+    ids = [_check_prompt(engine.tokenize(p), params, "prompt") for p in prompts]
+    jobs = _jobs(ids, lora, params, n)
+    head = {
         "id": f"cmpl-{uuid.uuid4().hex}",
         "object": "text_completion",
         "created": int(time.time()),
         "model": model,
+    }
+    if stream:
+
+        def chunk(index, text, finish_reason=None):
+            if index is None:  # the usage event
+                return {**head, "choices": [], "usage": text}
+            if text is None:  # no opening event
+                return None
+            choice = {"index": index, "text": text, "logprobs": None}
+            return {**head, "choices": [{**choice, "finish_reason": finish_reason}]}
+
+        return _stream(jobs, store_later, n, chunk, include_usage)
+    results, usage = _run(jobs, store_later, n)
+    return {
+        **head,
         "choices": [
-            {"index": i, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason}
+            {
+                "index": i,
+                "text": r.text,
+                "logprobs": completion_logprobs(r, engine.detokenize),
+                "finish_reason": r.finish_reason,
+            }
             for i, r in enumerate(results)
         ],
         "usage": usage,
@@ -559,28 +815,44 @@ def chat_completions():
 
 
 def _chat_completions(body: dict[str, Any]):
-    params = _sampling(body, ("max_tokens", "max_completion_tokens"))
+    params = _sampling(body, ("max_tokens", "max_completion_tokens"), chat=True)
     messages = _messages(body)
+    n = _copies(body, 1)
+    stream, include_usage = _streaming(body, params)
     model, lora, store_later = _resolve_adapter(body)
+    engine = get_runtime().engine
     try:
-        ids = get_runtime().engine.tokenize_chat(messages)
+        ids = engine.tokenize_chat(messages)
     except ValueError as err:
         raise APIError(400, str(err), param="messages") from err
-    (result,), usage = _run(
-        [Job(_check_prompt(ids, params, "messages"), lora, params)], store_later
-    )
+    jobs = _jobs([_check_prompt(ids, params, "messages")], lora, params, n)
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
+    if stream:
+        head["object"] = "chat.completion.chunk"
+
+        def chunk(index, text, finish_reason=None):
+            if index is None:  # the usage event
+                return {**head, "choices": [], "usage": text}
+            if text is None:  # each choice opens with the role
+                delta = {"role": "assistant", "content": ""}
+            else:
+                delta = {"content": text} if text else {}
+            choice = {"index": index, "delta": delta, "logprobs": None}
+            return {**head, "choices": [{**choice, "finish_reason": finish_reason}]}
+
+        return _stream(jobs, store_later, n, chunk, include_usage)
+    results, usage = _run(jobs, store_later, n)
     return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        **head,
         "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
         "choices": [
             {
-                "index": 0,
-                "message": {"role": "assistant", "content": result.text},
-                "logprobs": None,
-                "finish_reason": result.finish_reason,
+                "index": i,
+                "message": {"role": "assistant", "content": r.text},
+                "logprobs": chat_logprobs(r, engine.detokenize),
+                "finish_reason": r.finish_reason,
             }
+            for i, r in enumerate(results)
         ],
         "usage": usage,
     }

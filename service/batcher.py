@@ -11,6 +11,11 @@ adapter, tokenizing; all under the GIL, so a burst of requests reaches ``submit`
 another): while announced jobs are on their way, the worker keeps collecting past the window, up
 to ``max_wait_s``, so a burst of concurrent clients becomes one batch rather than two.
 
+Waiting is bounded (``max_queue_wait_s``): ``submit`` refuses jobs that would wait longer than
+that, estimated from how long recent batches took (an exponential average), so a client is told
+at once to come back later instead of timing out; a request thread that still finds its jobs not
+started by then cancels them (``service.api``).
+
 One bad request never fails its batch: a row that fails on its own comes back as a completion
 with an ``error`` (only its future fails), and when a whole batch raises, the worker reruns it in
 halves until the failing jobs are alone, so every other job still gets its answer.
@@ -31,7 +36,16 @@ logger = logging.getLogger(__name__)
 
 
 class Overloaded(RuntimeError):
-    """The queue is full; the caller should retry later (HTTP 503)."""
+    """The queue is full or too slow; the caller should retry later (HTTP 503).
+
+    Args:
+        message: why.
+        retry_after: seconds after which a retry may succeed (an estimate), or None.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Batcher:
@@ -43,6 +57,8 @@ class Batcher:
         window_s: how long the worker waits for more jobs after the first one.
         max_wait_s: how long it may keep waiting for announced jobs.
         max_queue: the most jobs waiting; ``submit`` raises ``Overloaded`` beyond it.
+        max_queue_wait_s: ``submit`` raises ``Overloaded`` for jobs estimated to wait longer
+            than this before their batch starts (None: no limit).
         on_batch: called with (batch size, seconds) after each batch (metrics).
     """
 
@@ -53,6 +69,7 @@ class Batcher:
         window_s: float = 0.01,
         max_wait_s: float = 0.1,
         max_queue: int = 256,
+        max_queue_wait_s: float | None = None,
         on_batch: Callable[[int, float], None] | None = None,
     ):
         if max_batch < 1:
@@ -61,6 +78,9 @@ class Batcher:
             raise ValueError(f"Batcher.window_s must be >= 0, got {window_s}")
         self.run, self.max_batch, self.on_batch = run, max_batch, on_batch
         self.window_s, self.max_wait_s = window_s, max(window_s, max_wait_s)
+        self.max_queue_wait_s = max_queue_wait_s
+        self.batch_seconds = 0.0  # exponential average of recent batches' durations
+        self._running = False
         self._announced = 0
         self._queue: queue.Queue[tuple[Job, Future]] = queue.Queue(maxsize=max_queue)
         self._lock = threading.Lock()
@@ -77,14 +97,41 @@ class Batcher:
         with self._lock:
             self._announced -= 1
 
-    def submit(self, jobs: Sequence[Job], announced: bool = False) -> list[Future]:
-        """Queue ``jobs`` (all or none); each future resolves to its ``Completion``."""
+    def estimated_wait(self, ahead: int) -> float:
+        """Seconds until a job with ``ahead`` jobs queued before it starts: the running batch
+        plus the full batches ahead, each as long as recent batches (0 before the first)."""
+        batches = int(self._running) + ahead // self.max_batch
+        return batches * self.batch_seconds
+
+    def submit(
+        self, jobs: Sequence[Job], announced: bool = False, waited_s: float = 0.0
+    ) -> list[Future]:
+        """Queue ``jobs`` (all or none); each future resolves to its ``Completion``.
+
+        Args:
+            jobs: one request's jobs.
+            announced: the request called ``announce`` before.
+            waited_s: how long the request has waited already (for a thread of the server).
+
+        Raises:
+            Overloaded: the queue is full, or the last job would start more than
+                ``max_queue_wait_s`` after the request arrived.
+        """
         self._ensure_started()
         with self._lock:  # all of a request's jobs, or none of them
             if announced:
                 self._announced -= 1
-            if self._queue.qsize() + len(jobs) > self._queue.maxsize:
-                raise Overloaded(f"{self._queue.qsize()} jobs are waiting; try again shortly")
+            queued = self._queue.qsize()
+            wait = self.estimated_wait(queued + len(jobs) - 1)
+            if queued + len(jobs) > self._queue.maxsize:
+                raise Overloaded(f"{queued} jobs are waiting; try again shortly", wait)
+            limit = self.max_queue_wait_s
+            if limit is not None and waited_s + wait > limit:
+                raise Overloaded(
+                    f"the request would wait about {waited_s + wait:.1f} s for its turn (the "
+                    f"limit is {limit:g} s; {queued} jobs are queued)",
+                    wait,
+                )
             futures = []
             for job in jobs:
                 future: Future = Future()
@@ -152,7 +199,16 @@ class Batcher:
             ]
             if not batch:
                 continue
-            self._run_isolated(batch)
+            self._running = True
+            start = time.perf_counter()
+            try:
+                self._run_isolated(batch)
+            finally:
+                self._running = False
+            seconds = time.perf_counter() - start
+            self.batch_seconds = (
+                seconds if self.batch_seconds == 0 else 0.8 * self.batch_seconds + 0.2 * seconds
+            )
 
     def _run_isolated(self, batch: list[tuple[Job, Future]]) -> None:
         """Run ``batch``; if it raises, run each half on its own (down to single jobs), so only

@@ -243,6 +243,11 @@ class Engine:
         with self.tokenizer_lock:
             return list(self.tokenizer(text, add_special_tokens=True).input_ids)
 
+    def detokenize(self, ids: list[int]) -> str:
+        """Token ids -> text, special tokens skipped (as completions are returned)."""
+        with self.tokenizer_lock:
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
+
     def tokenize_chat(self, messages: list[dict[str, str]]) -> list[int]:
         """Messages -> prompt tokens through the model's chat template (ValueError if none)."""
         if not getattr(self.tokenizer, "chat_template", None):

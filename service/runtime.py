@@ -67,8 +67,11 @@ class Runtime:
     def store(self) -> AdapterStore:
         with self._lock:
             if self._store is None:
-                root = store_dir(self.config["STORE"])
-                self._store = AdapterStore(root, cache_size=int(self.config["LRU_SIZE"]))
+                self._store = AdapterStore(
+                    store_dir(self.config["STORE"]),
+                    cache_size=int(self.config["LRU_SIZE"]),
+                    sweep_interval_s=float(self.config["STORE_SWEEP_S"]),
+                )
             return self._store
 
     @property
@@ -90,6 +93,7 @@ class Runtime:
                     window_s=float(self.config["BATCH_WINDOW_MS"]) / 1000,
                     max_wait_s=float(self.config["BATCH_MAX_WAIT_MS"]) / 1000,
                     max_queue=int(self.config["MAX_QUEUE"]),
+                    max_queue_wait_s=float(self.config["MAX_QUEUE_WAIT_S"]),
                     on_batch=self._record_batch,
                 )
             return self._batcher

@@ -16,10 +16,11 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
-from waitress.task import ErrorTask
+from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
 
 from service.errors import body_too_large_message, error_body
 
@@ -43,6 +44,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument(
         "--threads", type=int, help="waitress worker threads (concurrent requests; default 32)"
+    )
+    p.add_argument(
+        "--reserved-threads",
+        type=int,
+        help="threads kept for requests other than POSTs, e.g. list and download (default 4)",
     )
     p.add_argument("--connection-limit", type=int, help="most open connections (default 500)")
     p.add_argument(
@@ -71,6 +77,7 @@ def overrides_from(args: argparse.Namespace) -> dict:
         "BATCH_WINDOW_MS": args.batch_window_ms,
         "DEVICE": args.device,
         "THREADS": args.threads,
+        "RESERVED_THREADS": args.reserved_threads,
         "CONNECTION_LIMIT": args.connection_limit,
         "CHANNEL_TIMEOUT_S": args.channel_timeout,
     }
@@ -97,6 +104,92 @@ class JSONErrorTask(ErrorTask):
         self.write(body)
 
 
+def is_heavy(channel) -> bool:
+    """POSTs (completions, adapter generation) can hold a thread for seconds; the rest
+    (list, metadata, download, delete, health, metrics) take milliseconds."""
+    requests = getattr(channel, "requests", None)
+    request = requests[0] if requests else None
+    return request is not None and request.error is None and request.command == "POST"
+
+
+class LaneDispatcher(ThreadedTaskDispatcher):
+    """Waitress's thread pool with two lanes, so cheap requests never queue behind slow ones.
+
+    Heavy tasks (``is_heavy``) may occupy every thread but ``reserved``; cheap tasks are taken
+    first by any free thread. Under a flood of completions, the reserved threads keep answering
+    list, download, health and metrics requests at once. Each task is stamped with when it was
+    queued (``queued_at``, monotonic), which the app counts as waiting time (``MAX_QUEUE_WAIT_S``).
+
+    Args:
+        reserved: threads heavy tasks may not use.
+        is_heavy: which tasks go to the heavy lane.
+    """
+
+    def __init__(self, reserved: int, is_heavy=is_heavy):
+        super().__init__()
+        self.reserved, self.is_heavy = reserved, is_heavy
+        self.heavy: deque = deque()
+        self.heavy_running = 0
+
+    def _heavy_limit(self) -> int:
+        return max(1, len(self.threads) - self.stop_count - self.reserved)
+
+    def _ready(self) -> bool:
+        return bool(self.queue) or bool(self.heavy and self.heavy_running < self._heavy_limit())
+
+    def add_task(self, task):
+        requests = getattr(task, "requests", None)
+        if requests and getattr(requests[0], "queued_at", None) is None:
+            requests[0].queued_at = time.monotonic()
+        with self.lock:
+            (self.heavy if self.is_heavy(task) else self.queue).append(task)
+            self.queue_cv.notify()
+
+    def handler_thread(self, thread_no):
+        # waitress's loop (ThreadedTaskDispatcher.handler_thread), taking from two lanes
+        while True:
+            with self.lock:
+                while not self._ready() and self.stop_count == 0:
+                    self.active_count -= 1
+                    self.queue_cv.wait()
+                    self.active_count += 1
+                if self.stop_count > 0:
+                    self.active_count -= 1
+                    self.stop_count -= 1
+                    self.threads.discard(thread_no)
+                    self.thread_exit_cv.notify()
+                    break
+                heavy = not self.queue
+                task = self.heavy.popleft() if heavy else self.queue.popleft()
+                self.heavy_running += heavy
+            try:
+                task.service()
+            except BaseException:
+                self.logger.exception("Exception when servicing %r", task)
+            finally:
+                if heavy:
+                    with self.lock:
+                        self.heavy_running -= 1
+                        self.queue_cv.notify()
+
+    def shutdown(self, cancel_pending=True, timeout=5):
+        done = super().shutdown(cancel_pending, timeout)
+        if cancel_pending:
+            with self.lock:
+                while self.heavy:
+                    self.heavy.popleft().cancel()
+        return done
+
+
+class StampedTask(WSGITask):
+    """Passes when the request was queued for a thread to the app (``hypergen.queued_at``)."""
+
+    def get_environment(self):
+        environ = super().get_environment()
+        environ.setdefault("hypergen.queued_at", getattr(self.request, "queued_at", None))
+        return environ
+
+
 class JSONErrorChannel(HTTPChannel):
     """Waitress's channel with JSON errors, and a bounded "lingering close" after a refused body.
 
@@ -107,6 +200,7 @@ class JSONErrorChannel(HTTPChannel):
     """
 
     error_task_class = JSONErrorTask
+    task_class = StampedTask
     DRAIN_BYTES = 64 << 20
     DRAIN_S = 10.0
     drain_after_close = False
@@ -150,8 +244,9 @@ def make_server(app, host: str = "127.0.0.1", port: int = 0, **adjustments):
     """A waitress server for ``app`` (port 0: an ephemeral port, see ``server.effective_port``).
 
     Threads, connection limit and timeouts come from ``app.config`` (``THREADS``,
-    ``CONNECTION_LIMIT``, ``CHANNEL_TIMEOUT_S``, ``CLEANUP_INTERVAL_S``, ``BACKLOG``); other
-    waitress settings may be passed as ``adjustments`` (they win).
+    ``RESERVED_THREADS``, ``CONNECTION_LIMIT``, ``CHANNEL_TIMEOUT_S``, ``CLEANUP_INTERVAL_S``,
+    ``BACKLOG``); other waitress settings may be passed as ``adjustments`` (they win). Threads
+    run requests in two lanes (``LaneDispatcher``).
 
     Idle and half-sent connections cost a socket each, not a thread: waitress keeps up to
     ``CONNECTION_LIMIT`` of them (polled with ``poll``, so past 1024 file descriptors too) and
@@ -175,7 +270,9 @@ def make_server(app, host: str = "127.0.0.1", port: int = 0, **adjustments):
         "max_request_body_size": 4 * limit,
         **adjustments,
     }
-    server = create_server(app, host=host, port=port, **settings)
+    dispatcher = LaneDispatcher(reserved=min(config["RESERVED_THREADS"], settings["threads"] - 1))
+    dispatcher.set_thread_count(settings["threads"])
+    server = create_server(app, host=host, port=port, _dispatcher=dispatcher, **settings)
     for listener in [server, *getattr(server, "map", {}).values()]:  # one socket, or several
         if isinstance(listener, BaseWSGIServer):
             listener.channel_class = JSONErrorChannel

@@ -461,9 +461,16 @@ def test_request_errors_are_json(client):
 
     ok = {"model": meta["id"], "prompt": "hi", "max_tokens": 2}
     cases = [
-        ({"stream": True}, "streaming"),
-        ({"n": 2}, "n=1"),
-        ({"logprobs": 3}, "logprobs"),
+        ({"stream": "yes"}, "'stream' must be a boolean"),
+        ({"stream_options": {"include_usage": True}}, "needs 'stream': true"),
+        ({"stream": True, "stream_options": {"x": 1}}, "include_usage"),
+        ({"stream": True, "logprobs": 2}, "not supported with 'stream'"),
+        ({"n": 0}, "between 1 and 16"),
+        ({"n": 4, "prompt": ["a"] * 5}, "the limit is 16"),
+        ({"best_of": 2}, "best_of is not supported"),
+        ({"logprobs": 21}, "between 0 and 20"),
+        ({"logprobs": True}, "integer"),
+        ({"top_logprobs": 2}, "chat/completions"),
         ({"echo": True}, "echo"),
         ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"max_tokens": 0}, "between 1 and 512"),
@@ -760,7 +767,7 @@ def test_store_survives_a_restart(tmp_path, engine):
     assert source == "disk" and torch.equal(
         lora_back.A[lora.module_names[0]], lora.A[lora.module_names[0]]
     )
-    # the orphan (younger than the staleness limit) is left alone but invisible, and a put replaces it
+    # the orphan (a folder without a row: a writer killed before its commit) is swept at open
     assert reopened.get("f" * 64) is None
     assert reopened.put("f" * 64, {}, lambda f: engine.save_adapter(lora, f, "float32", {}))[1]
     assert (orphan / "adapter_config.json").is_file()

@@ -73,8 +73,10 @@ FIELDS = [
     "ignore_eos",
     "adapter_description",
     "stream",
+    "stream_options",
     "n",
     "logprobs",
+    "top_logprobs",
     "role",
     "content",
     "type",
@@ -188,7 +190,12 @@ def check(response, method: str, path: str, sent) -> None:
     where = f"{method} {path} {sent!r:.300}"
     assert response.status_code < 500, (where, response.status_code, response.data[:300])
     if method == "GET" and path.endswith("/download") and response.status_code == 200:
-        assert response.mimetype == "application/zip", where  # the one non-JSON answer
+        assert response.mimetype == "application/zip", where  # a non-JSON answer
+    elif response.status_code == 200 and response.mimetype == "text/event-stream":
+        events = response.get_data(as_text=True).split("\n\n")  # stream: true, JSON events
+        assert events[-2:] == ["data: [DONE]", ""], (where, events[-3:])
+        for event in events[:-2]:
+            assert "error" not in json.loads(event.removeprefix("data: ")), (where, event)
     elif path.startswith("/v1") and method != "HEAD":
         assert response.is_json, (where, response.status_code, response.data[:200])
         body = response.get_json()
