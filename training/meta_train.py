@@ -46,6 +46,7 @@ from hypergen.adapters.apply import apply_adapters
 from hypergen.adapters.export import load_peft
 from hypergen.adapters.lora import LoraWeights
 from hypergen.adapters.lora_geometry import cosine_matrix
+from hypergen.atomic import atomic_write_text
 from hypergen.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from hypergen.conditions.registry import build_conditioner
 from hypergen.config import DTYPES, BottleneckSpec, EncoderConfig, HyperNetConfig, LoraSpec
@@ -495,8 +496,10 @@ class MetaTrainer:
         acc.save_state(str(state_dir))
         extra = self.final_report() if final else {}
         if acc.is_main_process:
-            (state_dir / STATE_FILE).write_text(
-                json.dumps({"step": self.step, "history": self.history}) + "\n"
+            # atomic: a run killed mid-write must still find the last complete step on resume
+            atomic_write_text(
+                state_dir / STATE_FILE,
+                json.dumps({"step": self.step, "history": self.history}) + "\n",
             )
             self._write(
                 self.run_dir / "checkpoints" / f"step-{self.step:06d}", torch.float32, extra
