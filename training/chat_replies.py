@@ -24,10 +24,8 @@ Output (JSON): ``{"config": {...}, "replies": {task: [{"prompt", "reference", "r
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -36,6 +34,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from evaluation.metrics import contains_reference, distinct_bigram_ratio, normalize_text
 from hypergen.data.tasks import Example
 from hypergen.models import load_base_model
 from training.config import ChatRepliesConfig, load_config
@@ -43,11 +42,6 @@ from training.data import load_task_data
 from training.formats import chat_question
 
 logger = logging.getLogger(__name__)
-
-
-def _words(text: str) -> str:
-    """Lower-case words separated by single spaces: punctuation and layout do not matter."""
-    return " ".join(re.findall(r"\w+", text.lower()))
 
 
 def references(example: Example) -> list[str]:
@@ -59,21 +53,15 @@ def references(example: Example) -> list[str]:
         or [example.options[i] for i in example.correct]
         or [example.completion]
     )
-    return [r for r in (_words(r) for r in refs) if len(r) > 1]
+    return [r for r in (normalize_text(r) for r in refs) if len(r) > 1]
 
 
 def wrong_answers(example: Example) -> list[str]:
     """A multiple-choice example's other options, as words; those inside a correct one ("ironic" in
     "not ironic") are left out, since a correct reply contains them too."""
-    right = [_words(example.options[i]) for i in example.correct]
-    wrong = [_words(o) for i, o in enumerate(example.options) if i not in example.correct]
+    right = [normalize_text(example.options[i]) for i in example.correct]
+    wrong = [normalize_text(o) for i, o in enumerate(example.options) if i not in example.correct]
     return [w for w in wrong if len(w) > 1 and not any(f" {w} " in f" {r} " for r in right)]
-
-
-def distinct_bigram_ratio(text: str) -> float:
-    words = text.split()
-    bigrams = list(itertools.pairwise(words))
-    return len(set(bigrams)) / len(bigrams) if bigrams else 1.0
 
 
 # Answers a reply can contain while saying the opposite ("The claim is not true."): they count only
@@ -84,13 +72,13 @@ _VERDICTS = {"yes", "no", "true", "false"}
 def is_kept(reply: str, refs: Sequence[str], ended: bool, wrong: Sequence[str] = ()) -> bool:
     """A reply worth training on: it ended by itself, does not loop, states a reference and no
     wrong option (a reply that lists every option is not an answer)."""
-    if not ended or not reply.strip() or distinct_bigram_ratio(reply) < 0.5:
+    ratio = distinct_bigram_ratio(reply)
+    if not ended or not reply.strip() or (ratio is not None and ratio < 0.5):
         return False
-    said = _words(reply)
-    first = said.split(" ", 1)[0]
-    if any(f" {w} " in f" {said} " for w in wrong):
+    if wrong and contains_reference(reply, wrong):
         return False
-    return any(first == r if r in _VERDICTS else f" {r} " in f" {said} " for r in refs)
+    first = normalize_text(reply).split(" ", 1)[0]
+    return any(first == r if r in _VERDICTS else contains_reference(reply, [r]) for r in refs)
 
 
 @torch.no_grad()
