@@ -264,12 +264,11 @@ class LibraryTrainer:
             for t, task in enumerate(self.tasks)
             for e in self.data.test_examples[task][: cfg.eval_examples]
         ]
-        own_row = (lambda t: 0) if cfg.multitask else (lambda t: t)
         sums: dict[int, list[float]] = {row: [0.0, 0.0, 0.0, 0] for row in range(len(self.tasks))}
         for start in tqdm(range(0, len(items), cfg.batch_size), desc="library report", leave=False):
             chunk = items[start : start + cfg.batch_size]
             base = self.losses(chunk, None)
-            own = self.losses(chunk, bank, [own_row(it.task) for it in chunk])
+            own = self.losses(chunk, bank, [0 if cfg.multitask else it.task for it in chunk])
             # the next task's LoRA; a multitask run has one LoRA, so "other" is its own again
             other = (
                 own
