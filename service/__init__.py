@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "LRU_SIZE": 64,  # adapters whose tensors stay in memory
     "STORE_SWEEP_S": 600,  # least seconds between sweeps of dead writers' temporary folders
     # batching
+    "BATCHING": "continuous",  # or "window": fixed batches, newcomers wait for the next one
     "MAX_BATCH": 16,
     "BATCH_WINDOW_MS": 10,  # wait this long for a batch to fill ...
     "BATCH_MAX_WAIT_MS": 100,  # ... or this long while requests being prepared will join it
@@ -58,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "CLEANUP_INTERVAL_S": 5,  # how often idle connections are looked for
     "BACKLOG": 1024,  # connections the OS queues before they are accepted
 }
+BATCHING_MODES = ("continuous", "window")
 _POSITIVE_INTS = (
     "LRU_SIZE",
     "MAX_BATCH",
@@ -149,6 +151,10 @@ def _check_config(config) -> None:
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"{key} must be a number >= 0, got {value!r}")
+    if config["BATCHING"] not in BATCHING_MODES:
+        raise ValueError(
+            f"BATCHING must be one of {', '.join(BATCHING_MODES)}, got {config['BATCHING']!r}"
+        )
     wait = config["MAX_QUEUE_WAIT_S"]
     if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait > 0:
         raise ValueError(f"MAX_QUEUE_WAIT_S must be a number > 0, got {wait!r}")

@@ -111,3 +111,46 @@ class BatchedLora:
             return output.baddbmm_(h, Bt)  # (b n o) += (b n r) @ (b r o)
 
         return hook
+
+
+class RowAdapters:
+    """The adapters of a batch whose rows join and leave between steps (continuous batching).
+
+    ``join`` and ``leave`` are ``hypergen.decoding.Decoder``'s ``on_join`` and ``on_leave``;
+    ``batch(rows)`` (its forward pass's ``adapters_for``) is the ``BatchedLora`` of ``rows`` in
+    that order. The last two batches are kept (the running rows', the newcomers' prefill): a batch
+    that repeats one is reused, a subset of one (rows left) is selected from it, and any other
+    (rows joined) is stacked anew, once per admission rather than once per step.
+
+    Args:
+        dtype, device: of the stacked factors (``BatchedLora.stack``).
+    """
+
+    def __init__(self, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        self.dtype, self.device = dtype, device
+        self._adapters: dict[int, LoraWeights | None] = {}
+        self._recent: list[tuple[tuple[int, ...], BatchedLora | None]] = []
+
+    def join(self, ids: Sequence[int], jobs: Sequence) -> None:
+        for row, job in zip(ids, jobs):
+            self._adapters[row] = job.adapter
+
+    def leave(self, ids: Sequence[int]) -> None:
+        for row in ids:
+            self._adapters.pop(row, None)
+
+    def batch(self, rows: Tensor) -> BatchedLora | None:
+        key = tuple(rows.tolist())
+        for before, stacked in self._recent:
+            if key == before:
+                return stacked
+            where = {row: k for k, row in enumerate(before)}
+            if all(row in where for row in key):  # rows left
+                stacked = stacked.select([where[row] for row in key]) if stacked else None
+                break
+        else:  # rows joined
+            stacked = BatchedLora.stack(
+                [self._adapters[row] for row in key], dtype=self.dtype, device=self.device
+            )
+        self._recent = [(key, stacked), *self._recent[:1]]
+        return stacked

@@ -2,8 +2,9 @@
 
 The engine makes adapters (``adapter_id``, ``make_adapters``), checks adapters read from the
 store against the base model, tokenizes prompts, and runs one batch of completions with a
-different adapter per row (``complete``). It holds no request state: the batcher
-(``service.batcher``) decides what runs together.
+different adapter per row (``complete``), or hands out a decode batch that requests join and leave
+between steps (``decoder``). It holds no request state: the batchers (``service.batcher``,
+``service.continuous``) decide what runs together.
 
 Which checkpoint: the one configured, else the trained default shipped with the package
 (``hypergen.checkpoint.DEFAULT_CHECKPOINT``), else an UNTRAINED one built on first start under
@@ -27,12 +28,12 @@ from hypergen.adapters.lora import LoraWeights
 from hypergen.checkpoint import CONFIG_NAME, checkpoint_hash, meta_dict
 from hypergen.checkpoint import DEFAULT_CHECKPOINT as SHIPPED_CHECKPOINT
 from hypergen.config import DTYPES
-from hypergen.decoding import Completion, Job, adapter_forward, decode, eos_token_ids, new_cache
+from hypergen.decoding import Completion, Decoder, Job, eos_token_ids, model_forward, new_cache
 from hypergen.generator import AdapterGenerator
 from hypergen.layout import checkpoint_cache_dir
 from hypergen.models import base_weights_metadata, load_base_model
 from hypergen.targets import find_targets
-from service.batched_lora import BatchedLora
+from service.batched_lora import RowAdapters
 
 logger = logging.getLogger(__name__)
 
@@ -260,19 +261,28 @@ class Engine:
             )
             return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
-    def complete(self, jobs: Sequence[Job], on_first_token=None) -> list[Completion]:
-        """Run ``jobs`` as one batch, row k under ``jobs[k].adapter``."""
-        adapters = BatchedLora.stack(
-            [job.adapter for job in jobs], dtype=self.dtype, device=self.device
+    def decoder(self, isolate_failures: bool = True) -> Decoder:
+        """A decode batch on the base model, row k under its job's adapter, that rows may join
+        and leave between steps (``hypergen.decoding.Decoder``; continuous batching).
+
+        Args:
+            isolate_failures: a decode step that raises is retried in halves, so only a row that
+                fails on its own ends (``Decoder``); False: the exception propagates.
+        """
+        adapters = RowAdapters(dtype=self.dtype, device=self.device)
+        return Decoder(
+            model_forward(self.model, adapters.batch),
+            self.tokenizer,
+            self.eos_ids,
+            self.device,
+            tokenizer_lock=self.tokenizer_lock,
+            new_cache=lambda: new_cache(self.model),
+            on_join=adapters.join,
+            on_leave=adapters.leave,
+            isolate_failures=isolate_failures,
         )
-        with torch.inference_mode():
-            return decode(
-                jobs,
-                adapter_forward(self.model, adapters),
-                new_cache(self.model),
-                self.tokenizer,
-                self.eos_ids,
-                self.device,
-                tokenizer_lock=self.tokenizer_lock,
-                on_first_token=on_first_token,
-            )
+
+    def complete(self, jobs: Sequence[Job], on_first_token=None) -> list[Completion]:
+        """Run ``jobs`` as one batch, row k under ``jobs[k].adapter``; a failing forward pass
+        raises (the window batcher then reruns the batch in halves)."""
+        return self.decoder(isolate_failures=False).run(jobs, on_first_token)

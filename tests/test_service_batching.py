@@ -1,0 +1,285 @@
+"""Continuous batching (issue 10, item 12): jobs join a running batch between decode steps and
+leave it the step they finish, each row under its own adapter, and every row gets what it gets
+alone (greedy tokens exactly, log-probabilities to fp32 rounding).
+
+On the tiny test model: ``hypergen.decoding.Decoder`` directly (rows joining mid-decode, leaving
+early, a step failing for one row), then ``service.continuous.ContinuousBatcher`` with the real
+engine (a request arriving mid-decode joins and finishes first; cancellation frees the place;
+a failing prefill fails alone)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from hypergen.decoding import Job, SamplingParams
+from service import create_app
+from service.batcher import Batcher
+from service.continuous import ContinuousBatcher
+from tests.conftest import make_generator
+
+
+def _alone(engine, job: Job):
+    return engine.complete([Job(job.prompt_ids, job.adapter, job.params)])[0]
+
+
+def _assert_same(got, alone) -> None:
+    assert got.token_ids == alone.token_ids
+    assert got.text == alone.text and got.finish_reason == alone.finish_reason
+    assert got.error is None
+    if alone.logprobs is not None:
+        for mine, theirs in zip(got.logprobs, alone.logprobs, strict=True):
+            assert mine.logprob == pytest.approx(theirs.logprob, abs=1e-4)
+            assert [t for t, _ in mine.top] == [t for t, _ in theirs.top]
+            assert [lp for _, lp in mine.top] == pytest.approx(
+                [lp for _, lp in theirs.top], abs=1e-4
+            )
+
+
+@pytest.fixture(scope="module")
+def adapters(engine, llama, llama_dir, conditioner):
+    """Two adapters of the engine's generator and one of another (rank 2, other modules)."""
+    made = engine.make_adapters(["Translate English to French.", "Classify sentiment."])
+    other = make_generator(llama[0], llama_dir, conditioner, ["v_proj", "down_proj"], rank=2)
+    return [*made, other.generate(["x"])]
+
+
+def test_rows_joining_mid_decode_get_what_they_get_alone(engine, adapters):
+    long_prompt = engine.tokenize("Translate English to French. The cat sits on the mat and")
+    first = Job(engine.tokenize("The cat"), adapters[0], SamplingParams(12, ignore_eos=True))
+    decoder = engine.decoder()
+    [a] = decoder.add([first])
+    done = {}
+    for _ in range(4):
+        done.update(decoder.step())
+    assert not done and len(decoder) == 1
+    joining = [
+        Job(long_prompt, adapters[1], SamplingParams(6, ignore_eos=True, logprobs=3)),  # wider
+        Job(engine.tokenize("Hi"), None, SamplingParams(5, ignore_eos=True)),  # narrower
+        Job(engine.tokenize("What is 2 plus"), adapters[2], SamplingParams(7)),
+    ]
+    ids = decoder.add(joining)
+    assert len(decoder) == 4
+    # the merged cache is as wide as its longest row: the first row's 2 + 4 tokens are shorter
+    # than the joining prompt, so the first row is padded on the left, not the newcomers
+    assert decoder.mask.shape[1] == len(long_prompt)
+    assert decoder.mask.sum(1).tolist() == [
+        len(first.prompt_ids) + 4,
+        *(len(j.prompt_ids) for j in joining),
+    ]
+    done.update(decoder.step())
+    late = Job(engine.tokenize("I loved it. It was"), adapters[0], SamplingParams(4, logprobs=0))
+    [z] = decoder.add([late])
+    while len(decoder):
+        done.update(decoder.step())
+    for row, job in zip([a, *ids, z], [first, *joining, late]):
+        _assert_same(done[row], _alone(engine, job))
+
+
+def test_finished_rows_leave_at_once_and_the_cache_shrinks(engine, adapters):
+    decoder = engine.decoder()
+    short = Job(engine.tokenize("Hello there friend"), adapters[0], SamplingParams(2))
+    long = Job(engine.tokenize("Hi"), adapters[1], SamplingParams(9, ignore_eos=True))
+    stopping = Job(engine.tokenize("The cat sits"), None, SamplingParams(8, ignore_eos=True))
+    stop = _alone(engine, stopping).text[2:4]
+    stopping.params = SamplingParams(8, ignore_eos=True, stop=(stop,))
+    s, g, st = decoder.add([short, long, stopping])
+    done = {}
+    sizes = []
+    while len(decoder):
+        done.update(decoder.step())
+        sizes.append(len(decoder))
+    assert done[s].completion_tokens == 2 and sizes[1] < 3, "left the step it finished"
+    assert done[st].finish_reason == "stop" and sizes == sorted(sizes, reverse=True)
+    assert sizes[-1] == 0 and decoder.cache is None
+    # the long row runs on; a newcomer's merge drops the columns only the leavers needed
+    decoder = engine.decoder()
+    [g] = decoder.add([long])
+    [s] = decoder.add([short])  # wider prompt: the long row is padded on the left
+    assert decoder.mask.shape[1] == len(short.prompt_ids)
+    done = {}
+    while len(decoder) == 2:
+        done.update(decoder.step())
+    steps = done[s].completion_tokens  # the long row has fed as many tokens
+    assert decoder.mask.shape[1] == len(short.prompt_ids) + steps
+    decoder.add([Job(engine.tokenize("Hi"), None, SamplingParams(1))])
+    assert decoder.mask.shape[1] == len(long.prompt_ids) + steps, "the leaver's columns went"
+    while len(decoder):
+        done.update(decoder.step())
+    _assert_same(done[g], _alone(engine, long))
+
+
+def test_a_decode_step_failing_for_one_row_fails_that_row_only(engine, adapters):
+    """The step's forward pass raises whenever row ``bad`` is in it (after its prefill): the
+    decoder retries it in halves, the bad row ends with the error, the others decode on."""
+    decoder = engine.decoder()
+    jobs = [
+        Job(engine.tokenize(p), adapters[k % 2], SamplingParams(5, ignore_eos=True))
+        for k, p in enumerate(["The cat", "Hello", "What is 2", "I loved", "Q: What day"])
+    ]
+    forward = decoder.forward
+    bad = 3
+
+    def failing(rows, input_ids, *args):
+        if bad in rows.tolist() and input_ids.shape[1] == 1:  # a decode step, not the prefill
+            raise RuntimeError("this row's decode step fails")
+        return forward(rows, input_ids, *args)
+
+    decoder.forward = failing
+    assert max(len(job.prompt_ids) for job in jobs) > 1
+    ids = decoder.add(jobs)
+    done = {}
+    while len(decoder):
+        done.update(decoder.step())
+    for row, job in zip(ids, jobs):
+        if row == bad:
+            assert done[row].finish_reason == "error"
+            assert "decode step fails" in str(done[row].error)
+        else:
+            _assert_same(done[row], _alone(engine, job))
+
+
+def _started(event_after: int):
+    """An ``on_token`` that sets the returned event after ``event_after`` tokens."""
+    seen, event = [], threading.Event()
+
+    def on_token(token: int) -> bool:
+        seen.append(token)
+        if len(seen) >= event_after:
+            event.set()
+        return True
+
+    return on_token, event
+
+
+def test_a_request_arriving_mid_decode_joins_and_leaves_first(engine, adapters):
+    long = Job(engine.tokenize("The cat"), adapters[0], SamplingParams(120, ignore_eos=True))
+    short = Job(engine.tokenize("What is 2 plus 3?"), adapters[1], SamplingParams(3))
+    # before the worker runs: the model's adapter hooks are not for two threads at once
+    expected = [_alone(engine, long), _alone(engine, short)]
+    prefills = []
+    batcher = ContinuousBatcher(engine.decoder, max_batch=4, on_prefill=prefills.append)
+    try:
+        on_token, going = _started(3)
+        [running] = batcher.submit([Job(long.prompt_ids, long.adapter, long.params, on_token)])
+        assert going.wait(30)
+        [joined] = batcher.submit([short])
+        result = joined.result(timeout=30)
+        assert not running.done(), "the newcomer did not wait for the running batch"
+        assert prefills == [1, 1]
+        _assert_same(result, expected[1])
+        _assert_same(running.result(timeout=60), expected[0])
+        assert batcher.running == 0
+    finally:
+        batcher.close()
+
+
+def test_cancelling_a_stream_frees_its_place(engine):
+    """With one place, a streamed row whose client went away leaves at its next token and the
+    queued job starts right away."""
+    batcher = ContinuousBatcher(engine.decoder, max_batch=1)
+    try:
+        gone = threading.Event()
+        tokens = []
+
+        def on_token(token: int) -> bool:
+            tokens.append(token)
+            return not gone.is_set()
+
+        stream = Job(engine.tokenize("The cat"), None, SamplingParams(200, ignore_eos=True))
+        stream.on_token = on_token
+        [streamed] = batcher.submit([stream])
+        deadline = time.monotonic() + 30
+        while len(tokens) < 2 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        [queued] = batcher.submit([Job(engine.tokenize("Hi"), None, SamplingParams(2))])
+        assert not queued.running(), "one place: the second job waits"
+        gone.set()  # the client disconnects
+        assert queued.result(timeout=30).completion_tokens <= 2
+        cancelled = streamed.result(timeout=30)
+        assert cancelled.finish_reason == "cancelled" and cancelled.completion_tokens < 200
+    finally:
+        batcher.close()
+
+
+def test_a_failing_prefill_fails_alone_and_the_batch_runs_on(engine):
+    """Jobs joining together whose prefill raises (one prompt holds a token id the model does not
+    have) are rerun in halves: only that job gets the exception; the running row goes on."""
+    jobs = [Job(engine.tokenize(t), None, SamplingParams(3)) for t in ("Hi", "Hello", "Q:")]
+    expected = [_alone(engine, job) for job in jobs]
+    jobs.insert(1, Job([len(engine.tokenizer) + 5], None, SamplingParams(3)))
+    expected.insert(1, None)
+    prefills = []
+    batcher = ContinuousBatcher(engine.decoder, max_batch=8, on_prefill=prefills.append)
+    try:
+        on_token, going = _started(2)
+        long = Job(engine.tokenize("The cat"), None, SamplingParams(40, ignore_eos=True), on_token)
+        [running] = batcher.submit([long])
+        assert going.wait(30)
+        futures = batcher.submit(jobs)
+        for k, future in enumerate(futures):
+            if k == 1:
+                with pytest.raises(IndexError):
+                    future.result(timeout=30)
+            else:
+                _assert_same(future.result(timeout=30), expected[k])
+        assert running.result(timeout=30).completion_tokens == 40
+        # prefills that succeeded: the long row; of the four (failed), [Hi, bad] failed again,
+        # then Hi alone and [Hello, Q:]
+        assert sorted(prefills) == [1, 1, 2]
+    finally:
+        batcher.close()
+
+
+def test_estimated_wait_counts_free_places_then_rows():
+    batcher = ContinuousBatcher(lambda: None, max_batch=4)
+    batcher.row_seconds = 2.0
+    batcher.running = 1
+    assert batcher.estimated_wait(0) == 0.0 and batcher.estimated_wait(2) == 0.0  # free places
+    assert batcher.estimated_wait(3) == pytest.approx(2.0)  # behind the 3 that fill the batch
+    assert batcher.estimated_wait(7) == pytest.approx(4.0)
+
+
+def test_batching_is_a_setting(make_app, engine, monkeypatch):
+    assert isinstance(make_app().extensions["hypergen"].batcher, ContinuousBatcher)
+    assert isinstance(make_app(BATCHING="window").extensions["hypergen"].batcher, Batcher)
+    with pytest.raises(ValueError, match="BATCHING must be one of continuous, window"):
+        make_app(BATCHING="static")
+    monkeypatch.setenv("HYPERGEN_BATCHING", "window")
+    app = create_app(engine=engine)
+    try:
+        assert app.config["BATCHING"] == "window"
+    finally:
+        app.extensions["hypergen"].close()
+
+
+def test_completions_over_both_batchers_agree(make_app):
+    body = {"model": "base", "prompt": ["The cat", "Hello there"], "max_tokens": 6, "n": 2}
+    answers = [
+        make_app(BATCHING=mode).test_client().post("/v1/completions", json=body).json
+        for mode in ("continuous", "window")
+    ]
+    assert answers[0]["choices"] == answers[1]["choices"]
+    assert answers[0]["usage"] == answers[1]["usage"]
+
+
+@torch.inference_mode()
+def test_decode_is_one_add_and_steps(engine, adapters):
+    """``Engine.complete`` (the window batcher's) and a decoder fed jobs one by one agree."""
+    jobs = [
+        Job(engine.tokenize(p), a, SamplingParams(6))
+        for p, a in zip(["The cat", "What is", "Hello"], [adapters[0], None, adapters[2]])
+    ]
+    together = engine.complete(jobs)
+    decoder = engine.decoder()
+    ids, done = [], {}
+    for job in jobs:
+        ids += decoder.add([job])
+        done.update(decoder.step())
+    while len(decoder):
+        done.update(decoder.step())
+    for row, got in zip(ids, together):
+        _assert_same(done[row], got)
