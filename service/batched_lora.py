@@ -85,6 +85,36 @@ class BatchedLora:
             Bt[name] = rearrange(B, "b o r -> b r o").contiguous()
         return cls(At, Bt)
 
+    @classmethod
+    def cat(cls, parts: Sequence[tuple[BatchedLora | None, int]]) -> BatchedLora | None:
+        """The rows of ``parts`` (each a batch, or None for that many rows without adapters)
+        one after another, ranks zero-padded to the largest and missing modules zero-filled,
+        as ``stack`` does (None when no part has an adapter)."""
+        present = [part for part, _ in parts if part is not None]
+        if not present:
+            return None
+        rank = max(part.rank for part in present)
+        names = list(dict.fromkeys(name for part in present for name in part.At))
+        At, Bt = {}, {}
+        for name in names:
+            ref = next(part for part in present if name in part.At)
+            i, o = ref.At[name].shape[1], ref.Bt[name].shape[2]
+            a_rows, b_rows = [], []
+            for part, rows in parts:
+                if part is None or name not in part.At:
+                    a_rows.append(ref.At[name].new_zeros(rows, i, rank))
+                    b_rows.append(ref.Bt[name].new_zeros(rows, rank, o))
+                    continue
+                pad = rank - part.rank  # zero rank columns add nothing
+                a_rows.append(F.pad(part.At[name], (0, pad)) if pad else part.At[name])
+                b_rows.append(F.pad(part.Bt[name], (0, 0, 0, pad)) if pad else part.Bt[name])
+            At[name], Bt[name] = torch.cat(a_rows), torch.cat(b_rows)  # (b i r), (b r o)
+        return cls(At, Bt)
+
+    @property
+    def rank(self) -> int:
+        return next(iter(self.At.values())).shape[2]
+
     @property
     def module_names(self) -> list[str]:
         return list(self.At)
@@ -94,8 +124,10 @@ class BatchedLora:
 
     def select(self, rows: Tensor | Sequence[int]) -> BatchedLora:
         """The rows still decoding (finished rows leave the batch)."""
+        index = torch.as_tensor(rows, device=next(iter(self.At.values())).device)
         return BatchedLora(
-            {k: v[rows] for k, v in self.At.items()}, {k: v[rows] for k, v in self.Bt.items()}
+            {k: v.index_select(0, index) for k, v in self.At.items()},
+            {k: v.index_select(0, index) for k, v in self.Bt.items()},
         )
 
     def forward_hook(self, name: str):
@@ -118,9 +150,9 @@ class RowAdapters:
 
     ``join`` and ``leave`` are ``hypergen.decoding.Decoder``'s ``on_join`` and ``on_leave``;
     ``batch(rows)`` (its forward pass's ``adapters_for``) is the ``BatchedLora`` of ``rows`` in
-    that order. The last two batches are kept (the running rows', the newcomers' prefill): a batch
-    that repeats one is reused, a subset of one (rows left) is selected from it, and any other
-    (rows joined) is stacked anew, once per admission rather than once per step.
+    that order. The last two batches are kept (the running rows' and the newcomers' prefill), so
+    nothing is stacked twice: a batch that repeats one is reused, rows that left are dropped with
+    ``select``, and rows joining (the running rows, then the newcomers) are concatenated.
 
     Args:
         dtype, device: of the stacked factors (``BatchedLora.stack``).
@@ -141,16 +173,34 @@ class RowAdapters:
 
     def batch(self, rows: Tensor) -> BatchedLora | None:
         key = tuple(rows.tolist())
-        for before, stacked in self._recent:
-            if key == before:
-                return stacked
-            where = {row: k for k, row in enumerate(before)}
-            if all(row in where for row in key):  # rows left
-                stacked = stacked.select([where[row] for row in key]) if stacked else None
-                break
-        else:  # rows joined
+        stacked = self._reuse(key)
+        if stacked is False:
             stacked = BatchedLora.stack(
                 [self._adapters[row] for row in key], dtype=self.dtype, device=self.device
             )
         self._recent = [(key, stacked), *self._recent[:1]]
         return stacked
+
+    def _reuse(self, key: tuple[int, ...]) -> BatchedLora | None | bool:
+        """``key``'s batch from the recent ones, or False when it must be stacked."""
+        for before, stacked in self._recent:
+            if key == before:
+                return stacked
+        # running rows (some may have left) followed by one recent batch whole (the newcomers)
+        for k, (tail, tail_stacked) in enumerate(self._recent):
+            if len(tail) > len(key) or key[len(key) - len(tail) :] != tail:
+                continue
+            head = key[: len(key) - len(tail)]
+            if not head:
+                continue
+            for j, (before, stacked) in enumerate(self._recent):
+                where = {row: i for i, row in enumerate(before)}
+                if j != k and all(row in where for row in head):
+                    if stacked is not None and head != before:
+                        stacked = stacked.select([where[row] for row in head])
+                    return BatchedLora.cat([(stacked, len(head)), (tail_stacked, len(tail))])
+        for before, stacked in self._recent:  # rows left
+            where = {row: i for i, row in enumerate(before)}
+            if all(row in where for row in key):
+                return stacked.select([where[row] for row in key]) if stacked else None
+        return False

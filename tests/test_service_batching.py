@@ -17,6 +17,7 @@ import torch
 
 from hypergen.decoding import Job, SamplingParams
 from service import create_app
+from service.batched_lora import BatchedLora, RowAdapters
 from service.batcher import Batcher
 from service.continuous import ContinuousBatcher
 from tests.conftest import make_generator
@@ -283,3 +284,27 @@ def test_decode_is_one_add_and_steps(engine, adapters):
         done.update(decoder.step())
     for row, got in zip(ids, together):
         _assert_same(done[row], got)
+
+
+def test_row_adapters_follow_the_rows(adapters):
+    """The factors of a batch after rows left and joined equal those stacked from scratch."""
+    rows = RowAdapters()
+    jobs = [Job([1], a) for a in (adapters[0], None, adapters[2], adapters[1], None)]
+    rows.join([0, 1], jobs[:2])
+    running = rows.batch(torch.tensor([0, 1]))
+    assert rows.batch(torch.tensor([0, 1])) is running, "a repeated batch is reused"
+    rows.join([2, 3], jobs[2:4])
+    rows.batch(torch.tensor([2, 3]))  # the newcomers' prefill
+    rows.leave([0])
+    merged = rows.batch(torch.tensor([1, 2, 3]))  # a running row and the newcomers
+    expected = BatchedLora.stack([None, adapters[2], adapters[1]])
+    assert sorted(merged.module_names) == sorted(expected.module_names)
+    for name in expected.module_names:
+        torch.testing.assert_close(merged.At[name], expected.At[name], rtol=0, atol=0)
+        torch.testing.assert_close(merged.Bt[name], expected.Bt[name], rtol=0, atol=0)
+    left = rows.batch(torch.tensor([1, 3]))
+    for name in expected.module_names:
+        torch.testing.assert_close(left.At[name], expected.At[name][[0, 2]], rtol=0, atol=0)
+    rows.join([4], jobs[4:])
+    assert rows.batch(torch.tensor([4])) is None, "rows without adapters: the bare model"
+    assert BatchedLora.cat([(None, 2), (None, 1)]) is None
