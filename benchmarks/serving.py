@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -357,7 +358,8 @@ def poisson_schedule(args, speed: dict) -> tuple[list[dict], float]:
 
 
 def _stream(url: str, body: dict) -> tuple[float | None, int]:
-    """POST a streamed completion; (seconds to the first token event, completion tokens)."""
+    """POST a streamed completion; (seconds to the first token event, completion tokens), or
+    (None, 0) when it is refused."""
     request = urllib.request.Request(
         url,
         data=json.dumps(body).encode(),
@@ -365,7 +367,12 @@ def _stream(url: str, body: dict) -> tuple[float | None, int]:
         method="POST",
     )
     start, first, tokens = time.perf_counter(), None, 0
-    with urllib.request.urlopen(request, timeout=600) as response:
+    try:
+        response = urllib.request.urlopen(request, timeout=600)
+    except urllib.error.HTTPError as err:  # e.g. 503: the queue is over MAX_QUEUE_WAIT_S
+        err.read()
+        return None, 0
+    with response:
         for line in response:
             if not line.startswith(b"data: {"):
                 continue
@@ -397,12 +404,14 @@ def run_schedule(url: str, requests: list[dict], bodies: list[dict]) -> dict:
         t.join()
     begin = min(r[0] for r in results)
     end = max(r[3] for r in results)
-    ttft = sorted(r[1] for r in results)
-    latency = sorted(r[3] - r[0] for r in results)
-    tokens = sum(r[2] for r in results)
+    served = [r for r in results if r[1] is not None]
+    ttft = sorted(r[1] for r in served)
+    latency = sorted(r[3] - r[0] for r in served)
+    tokens = sum(r[2] for r in served)
     return {
         "seconds": end - begin,
         "tokens": tokens,
+        "refused": len(results) - len(served),
         "tok_s": tokens / (end - begin),
         "ttft_p50_s": statistics.median(ttft),
         "ttft_p90_s": ttft[int(0.9 * (len(ttft) - 1))],
@@ -452,6 +461,7 @@ def bench_poisson(engine: Engine, apps: dict, loras, args) -> dict:
             for key in ("seconds", "tok_s", "ttft_p50_s", "ttft_p90_s", "latency_p50_s")
         }
         out[mode]["tokens"] = results[0]["tokens"]
+        out[mode]["refused"] = sum(r["refused"] for r in results)
     out["tok_s_ratio"] = out["continuous"]["tok_s"] / out["window"]["tok_s"]
     out["ttft_p50_ratio"] = out["continuous"]["ttft_p50_s"] / out["window"]["ttft_p50_s"]
     return out
@@ -547,7 +557,9 @@ def run_all(args: argparse.Namespace, scratch: Path) -> int:
     apps, servers = {}, []
     if args.parts & {2, 3, 4}:
         for mode in ("continuous", "window"):  # one store: the adapters are made once
-            app = create_app({"STORE": str(scratch / "store"), "BATCHING": mode}, engine=engine)
+            # no refusals (503) for long queues: part 4 compares how much each batcher serves
+            config = {"STORE": str(scratch / "store"), "BATCHING": mode, "MAX_QUEUE_WAIT_S": 600}
+            app = create_app(config, engine=engine)
             servers.append(BackgroundServer(app, threads=64))
             apps[mode] = (app, servers[-1].url)
     try:
@@ -630,13 +642,13 @@ def run_all(args: argparse.Namespace, scratch: Path) -> int:
         )
         print(
             f"{'batching':12s} {'tok/s':>7s} {'TTFT p50':>9s} {'TTFT p90':>9s} "
-            f"{'latency p50':>12s} {'total':>7s}"
+            f"{'latency p50':>12s} {'total':>7s} {'refused':>8s}"
         )
         for mode in apps:
             r = po[mode]
             print(
                 f"{mode:12s} {r['tok_s']:7.1f} {r['ttft_p50_s']:8.2f}s {r['ttft_p90_s']:8.2f}s "
-                f"{r['latency_p50_s']:11.2f}s {r['seconds']:6.1f}s"
+                f"{r['latency_p50_s']:11.2f}s {r['seconds']:6.1f}s {r['refused']:8d}"
             )
         print(
             f"continuous vs window: {po['tok_s_ratio']:.2f}x tokens/s, "

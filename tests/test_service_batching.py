@@ -308,3 +308,55 @@ def test_row_adapters_follow_the_rows(adapters):
     rows.join([4], jobs[4:])
     assert rows.batch(torch.tensor([4])) is None, "rows without adapters: the bare model"
     assert BatchedLora.cat([(None, 2), (None, 1)]) is None
+
+
+def test_concurrent_new_adapters_are_made_in_one_pass(engine, monkeypatch):
+    """Calls to ``make_adapters`` that queue while the generator runs are made together by the
+    next one (requests with new descriptions arriving at once); each gets its own adapters, and a
+    call whose pass fails is rerun alone, so it fails alone."""
+    descriptions = [f"Task {k}: answer about topic {k}." for k in range(6)]
+    alone = [engine.make_adapters([d])[0] for d in descriptions]
+    passes, running, release = [], threading.Event(), threading.Event()
+    generate = engine.generator.generate
+
+    def slow(conditions):
+        passes.append(sorted(conditions))
+        running.set()
+        assert release.wait(30)
+        if "BAD" in conditions:
+            raise RuntimeError("this condition breaks the generator")
+        return generate(conditions)
+
+    monkeypatch.setattr(engine.generator, "generate", slow)
+    made: list = [None] * 6
+
+    def make(k):
+        try:
+            made[k] = engine.make_adapters(
+                ["BAD"] if k == 5 else [descriptions[k]], "float32" if k % 2 else "bfloat16"
+            )
+        except RuntimeError as err:
+            made[k] = err
+
+    first = threading.Thread(target=make, args=(0,))
+    first.start()
+    assert running.wait(30)
+    others = [threading.Thread(target=make, args=(k,)) for k in range(1, 6)]
+    for t in others:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(engine._orders) < 5 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    release.set()
+    for t in [first, *others]:
+        t.join(30)
+    queued = sorted([*descriptions[1:5], "BAD"])
+    assert passes[:2] == [descriptions[:1], queued], "the five queued calls: one pass"
+    assert sorted(passes[2:]) == sorted([[c] for c in queued]), "it failed: one pass each"
+    assert isinstance(made[5], RuntimeError)
+    for k, [lora] in enumerate(made[:5]):
+        dtype = torch.float32 if k % 2 else torch.bfloat16
+        for name in lora.A:
+            expected = alone[k].A[name].to(dtype).float()
+            torch.testing.assert_close(lora.A[name], expected, rtol=1e-2, atol=1e-5)
+            assert torch.equal(lora.A[name], lora.A[name].to(dtype).float()), "rounded to dtype"
