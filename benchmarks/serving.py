@@ -422,6 +422,12 @@ def run_schedule(url: str, requests: list[dict], bodies: list[dict]) -> dict:
 def bench_poisson(engine: Engine, apps: dict, loras, args) -> dict:
     speed = calibrate(engine, loras, args)
     requests, rate = poisson_schedule(args, speed)
+    print(
+        f"# part 4: {1000 * speed['step_s']:.0f} ms per step at batch 16, {len(requests)} "
+        f"requests at {rate:.2f} req/s over {requests[-1]['at']:.1f} s",
+        file=sys.stderr,
+        flush=True,
+    )
     first = next(url for _, url in apps.values())
     made = []
     for start in range(0, len(requests), 16):
@@ -448,6 +454,8 @@ def bench_poisson(engine: Engine, apps: dict, loras, args) -> dict:
         order = list(apps) if k % 2 == 0 else list(reversed(apps))  # alternate who goes first
         for mode in order:
             runs[mode].append(run_schedule(apps[mode][1], requests, bodies))
+            done = {k: round(v, 2) for k, v in runs[mode][-1].items()}
+            print(f"# part 4, {mode}: {done}", file=sys.stderr, flush=True)
     out = {
         "requests": len(requests),
         "rate_req_s": rate,

@@ -838,8 +838,15 @@ def test_server_main(tmp_path, capsys):
             "k2",
             "--max-batch",
             "8",
+            "--batching",
+            "window",
         ]
     )
-    assert overrides_from(args) == {"CHECKPOINT": "ck", "API_KEYS": ["k1", "k2"], "MAX_BATCH": 8}
+    assert overrides_from(args) == {
+        "CHECKPOINT": "ck",
+        "API_KEYS": ["k1", "k2"],
+        "MAX_BATCH": 8,
+        "BATCHING": "window",
+    }
     assert main(["--checkpoint", str(tmp_path / "missing"), "--store", str(tmp_path / "s")]) == 2
     assert "does not exist" in capsys.readouterr().err
