@@ -459,20 +459,20 @@ class Decoder:
             self.on_join(ids, list(jobs))
         try:
             logits = self.forward(torch.tensor(ids), input_ids, mask, positions, cache)  # (b v)
+            next_position = positions[:, -1] + 1  # (b,)
+            if self.rows:
+                self._join(cache, mask, next_position, logits)
+            else:
+                self.cache, self.mask, self.next_position, self.logits = (
+                    cache,
+                    mask,
+                    next_position,
+                    logits,
+                )
         except Exception:
             if self.on_leave is not None:
                 self.on_leave(ids)
             raise
-        next_position = positions[:, -1] + 1  # (b,)
-        if not self.rows:
-            self.cache, self.mask, self.next_position, self.logits = (
-                cache,
-                mask,
-                next_position,
-                logits,
-            )
-        else:
-            self._join(cache, mask, next_position, logits)
         self.rows += rows
         return ids
 
