@@ -33,7 +33,6 @@ DEFAULTS: dict[str, Any] = {
     "STORE_SWEEP_S": 600,  # least seconds between sweeps of dead writers' temporary folders
     # batching
     "BATCHING": "continuous",  # or "window": fixed batches, newcomers wait for the next one
-    "JOIN_WAIT_STEPS": 4,  # continuous: the most decode steps a job waits to join a batch
     "MAX_BATCH": 16,
     "BATCH_WINDOW_MS": 10,  # wait this long for a batch to fill ...
     "BATCH_MAX_WAIT_MS": 100,  # ... or this long while requests being prepared will join it
@@ -159,9 +158,6 @@ def _check_config(config) -> None:
     wait = config["MAX_QUEUE_WAIT_S"]
     if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait > 0:
         raise ValueError(f"MAX_QUEUE_WAIT_S must be a number > 0, got {wait!r}")
-    steps = config["JOIN_WAIT_STEPS"]
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"JOIN_WAIT_STEPS must be an integer >= 0, got {steps!r}")
     reserved = config["RESERVED_THREADS"]
     if isinstance(reserved, bool) or not isinstance(reserved, int) or reserved < 0:
         raise ValueError(f"RESERVED_THREADS must be an integer >= 0, got {reserved!r}")

@@ -7,12 +7,9 @@ the queue, as many as there are free places (``max_batch`` minus the rows runnin
 in one forward pass of their own and merges them into the batch; then it runs one step, which
 gives every row its next token (streamed at once through ``Job.on_token``) and lets the finished
 rows leave: their futures are resolved right away. A request that arrives while a batch decodes
-waits a few steps at most (``join_wait_steps``), not for the whole batch: joining costs a forward
-pass that delays every running row by about a step, so newcomers join together, as soon as their
-accumulated wait outweighs that (one newcomer beside one running row: at the next step) or they
-would fill the batch (``_join_now``). An idle worker collects the first jobs for ``window_s``
-(longer while announced requests are on their way, see ``service.batcher``), so a burst of
-clients starts with one prefill.
+waits for at most one step, not for the whole batch. An idle worker collects the first jobs for
+``window_s`` (longer while announced requests are on their way, see ``service.batcher``), so a
+burst of clients starts with one prefill.
 
 Every guarantee of the window batcher holds: a row that fails on its own (sampling, text, a
 stream whose client went away) ends alone; a prefill that raises is rerun in halves until the
@@ -41,8 +38,6 @@ class ContinuousBatcher(JobQueue):
     Args:
         decoder: makes an empty ``Decoder`` (``Engine.decoder``); called again whenever the
             batch has emptied, so a decoder never outlives a quiet moment.
-        join_wait_steps: the most decode steps jobs wait to join a running batch (``_join_now``;
-            0: they join at the next step).
         max_batch, window_s, max_wait_s, max_queue, max_queue_wait_s, on_batch, on_prefill: as
             ``service.batcher.JobQueue`` (``max_batch``: the most rows decoding together;
             ``on_batch`` is called after every decode step).
@@ -50,11 +45,9 @@ class ContinuousBatcher(JobQueue):
 
     thread_name = "hypergen-continuous-batcher"
 
-    def __init__(self, decoder: Callable[[], Decoder], join_wait_steps: int = 4, **settings):
+    def __init__(self, decoder: Callable[[], Decoder], **settings):
         super().__init__(**settings)
-        if join_wait_steps < 0:
-            raise ValueError(f"join_wait_steps must be >= 0, got {join_wait_steps}")
-        self.make_decoder, self.join_wait_steps = decoder, join_wait_steps
+        self.make_decoder = decoder
         self.row_seconds = 0.0  # exponential average of recent rows' time in the batch
 
     def estimated_wait(self, ahead: int) -> float:
@@ -76,38 +69,16 @@ class ContinuousBatcher(JobQueue):
                 break
         return jobs
 
-    def _join_now(self, running: int, waiting: int, waited: int, steps_waited: int) -> bool:
-        """Whether the ``waiting`` jobs join the ``running`` rows before the next step.
-
-        Joining costs a forward pass of its own (the newcomers' prefill), which delays every
-        running row by about a step; waiting delays the newcomers. So they join once their
-        accumulated wait (``waited``: jobs x steps) reaches the rows it would delay, at once if
-        they would fill the batch, and at the latest after ``join_wait_steps`` steps.
-        """
-        free = self.max_batch - running
-        if not waiting or not free:
-            return False
-        return waiting >= free or waited >= running or steps_waited >= self.join_wait_steps
-
     def _loop(self) -> None:
         decoder: Decoder | None = None
         running: dict[int, tuple[Future, float]] = {}  # row id -> (future, when it joined)
-        steps, waited, since = 0, 0, None  # decode steps; jobs x steps waited; since which step
         try:
             while not self._stop.is_set():
                 if running:
-                    queued = self._queue.qsize()
-                    if not queued:
-                        waited, since = 0, None
-                    elif since is None:
-                        since = steps
-                    join = queued and self._join_now(len(running), queued, waited, steps - since)
-                    waiting = self._take(self.max_batch - len(running)) if join else []
+                    waiting = self._take(self.max_batch - len(running))
                 else:
                     waiting = self._collect(self.max_batch)
                     decoder = None  # a fresh one for every busy period
-                if waiting:
-                    waited, since = 0, None
                 start = time.perf_counter()
                 admit = [(job, f) for job, f in waiting if f.set_running_or_notify_cancel()]
                 if admit:
@@ -135,8 +106,6 @@ class ContinuousBatcher(JobQueue):
                     self.on_batch(len(running), time.perf_counter() - start)
                 self._finish(finished, running)
                 self.running = len(running)
-                steps += 1
-                waited += self._queue.qsize()  # jobs that waited through this step
         finally:
             for future, _ in running.values():
                 future.set_exception(RuntimeError("the service is shutting down"))

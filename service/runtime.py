@@ -104,11 +104,7 @@ class Runtime:
                 if self.config["BATCHING"] == "window":
                     self._batcher = Batcher(lambda jobs: engine.complete(jobs), **settings)
                 else:
-                    self._batcher = ContinuousBatcher(
-                        lambda: engine.decoder(),
-                        join_wait_steps=int(self.config["JOIN_WAIT_STEPS"]),
-                        **settings,
-                    )
+                    self._batcher = ContinuousBatcher(lambda: engine.decoder(), **settings)
             return self._batcher
 
     def _record_batch(self, size: int, seconds: float) -> None:

@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from hypergen.decoding import Completion, Job, SamplingParams
+from hypergen.decoding import Job, SamplingParams
 from service import create_app
 from service.batched_lora import BatchedLora, RowAdapters
 from service.batcher import Batcher
@@ -245,10 +245,7 @@ def test_estimated_wait_counts_free_places_then_rows():
 
 
 def test_batching_is_a_setting(make_app, engine, monkeypatch):
-    batcher = make_app(JOIN_WAIT_STEPS=0).extensions["hypergen"].batcher
-    assert isinstance(batcher, ContinuousBatcher) and batcher.join_wait_steps == 0
-    with pytest.raises(ValueError, match="JOIN_WAIT_STEPS must be an integer >= 0"):
-        make_app(JOIN_WAIT_STEPS=-1)
+    assert isinstance(make_app().extensions["hypergen"].batcher, ContinuousBatcher)
     assert isinstance(make_app(BATCHING="window").extensions["hypergen"].batcher, Batcher)
     with pytest.raises(ValueError, match="BATCHING must be one of continuous, window"):
         make_app(BATCHING="static")
@@ -363,99 +360,3 @@ def test_concurrent_new_adapters_are_made_in_one_pass(engine, monkeypatch):
             expected = alone[k].A[name].to(dtype).float()
             torch.testing.assert_close(lora.A[name], expected, rtol=1e-2, atol=1e-5)
             assert torch.equal(lora.A[name], lora.A[name].to(dtype).float()), "rounded to dtype"
-
-
-class GatedDecoder:
-    """A stand-in for ``Decoder`` whose steps each wait for the test (``go``): rows finish after
-    their ``max_tokens`` steps. ``log`` records joins and steps in order."""
-
-    def __init__(self):
-        self.rows: dict[int, int] = {}
-        self.log: list[tuple[str, int]] = []
-        self.gate = threading.Semaphore(0)
-        self.ready = 0  # steps waiting for the gate or done
-        self.next_id = 0
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def add(self, jobs):
-        ids = list(range(self.next_id, self.next_id + len(jobs)))
-        self.next_id += len(jobs)
-        self.rows.update({row: job.params.max_tokens for row, job in zip(ids, jobs)})
-        self.log.append(("join", len(jobs)))
-        return ids
-
-    def step(self):
-        self.ready += 1
-        assert self.gate.acquire(timeout=30), "the test never let the step run"
-        self.log.append(("step", len(self.rows)))
-        for row in self.rows:
-            self.rows[row] -= 1
-        done = [row for row, left in self.rows.items() if left == 0]
-        for row in done:
-            del self.rows[row]
-        return [(row, Completion("", [], "length", 1)) for row in done]
-
-    def go(self) -> None:
-        """Let one step run and wait until the worker has decided who joins before the next."""
-        ready = self.ready
-        self.gate.release()
-        deadline = time.monotonic() + 30
-        while self.ready == ready and self.rows and time.monotonic() < deadline:
-            time.sleep(0.001)
-
-    def joins(self) -> list[int]:
-        return [n for kind, n in self.log if kind == "join"]
-
-
-def _wait_ready(decoder: GatedDecoder, count: int) -> None:
-    deadline = time.monotonic() + 30
-    while decoder.ready < count and time.monotonic() < deadline:
-        time.sleep(0.001)
-    assert decoder.ready >= count
-
-
-def test_newcomers_join_together_within_join_wait_steps():
-    decoder = GatedDecoder()
-    batcher = ContinuousBatcher(lambda: decoder, max_batch=8, window_s=0.0, join_wait_steps=3)
-    try:
-        long = [Job([1], None, SamplingParams(100)) for _ in range(6)]
-        futures = batcher.submit(long)
-        _wait_ready(decoder, 1)  # six rows decoding, the first step waiting
-        futures += batcher.submit([Job([1], None, SamplingParams(100))])  # 1 newcomer, 6 rows
-        for _ in range(3):
-            decoder.go()
-            assert decoder.joins() == [6], "one newcomer does not hold up six rows at once"
-        decoder.go()
-        assert decoder.joins() == [6, 1], "it joins after join_wait_steps steps at the latest"
-        futures += batcher.submit([Job([1], None, SamplingParams(100))])  # fills the batch
-        decoder.go()
-        assert decoder.joins() == [6, 1, 1], "jobs that fill the batch join at the next step"
-    finally:
-        batcher.close(timeout=0)  # the worker stops after the step it is in
-        decoder.gate.release(1000)
-        batcher._thread.join(30)
-    for future in futures:  # rows still decoding when the service stops fail, none hangs
-        with pytest.raises(RuntimeError, match="shutting down"):
-            future.result(timeout=30)
-
-
-def test_a_newcomer_beside_few_rows_joins_at_the_next_step():
-    decoder = GatedDecoder()
-    batcher = ContinuousBatcher(lambda: decoder, max_batch=8, window_s=0.0, join_wait_steps=3)
-    try:
-        futures = batcher.submit([Job([1], None, SamplingParams(100))])
-        _wait_ready(decoder, 1)
-        futures += batcher.submit([Job([1], None, SamplingParams(3))])
-        decoder.go()  # it has waited a step: as long as it delays the one running row
-        assert decoder.joins() == [1, 1]
-        for _ in range(3):
-            decoder.go()
-        assert decoder.log[-1] == ("step", 2) and len(decoder) == 1, "it left after 3 steps"
-        assert futures[1].result(timeout=30).finish_reason == "length"
-        assert not futures[0].done()
-    finally:
-        batcher.close(timeout=0)
-        decoder.gate.release(1000)
-        batcher._thread.join(30)
