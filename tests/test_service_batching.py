@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from hypergen.decoding import Job, SamplingParams
+from hypergen.decoding import Completion, Job, SamplingParams
 from service import create_app
 from service.batched_lora import BatchedLora, RowAdapters
 from service.batcher import Batcher
@@ -360,3 +360,74 @@ def test_concurrent_new_adapters_are_made_in_one_pass(engine, monkeypatch):
             expected = alone[k].A[name].to(dtype).float()
             torch.testing.assert_close(lora.A[name], expected, rtol=1e-2, atol=1e-5)
             assert torch.equal(lora.A[name], lora.A[name].to(dtype).float()), "rounded to dtype"
+
+
+class GatedDecoder:
+    """A stand-in for ``Decoder`` whose steps each wait for the test (``go``): rows finish after
+    their ``max_tokens`` steps. ``log`` records joins and steps in order."""
+
+    def __init__(self):
+        self.rows: dict[int, int] = {}
+        self.log: list[tuple[str, int]] = []
+        self.gate = threading.Semaphore(0)
+        self.ready = 0  # steps started (waiting for the gate or done)
+        self.next_id = 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, jobs):
+        ids = list(range(self.next_id, self.next_id + len(jobs)))
+        self.next_id += len(jobs)
+        self.rows.update({row: job.params.max_tokens for row, job in zip(ids, jobs)})
+        self.log.append(("join", len(jobs)))
+        return ids
+
+    def step(self):
+        self.ready += 1
+        assert self.gate.acquire(timeout=30), "the test never let the step run"
+        self.log.append(("step", len(self.rows)))
+        for row in self.rows:
+            self.rows[row] -= 1
+        done = [row for row, left in self.rows.items() if left == 0]
+        for row in done:
+            del self.rows[row]
+        return [(row, Completion("", [], "length", 1)) for row in done]
+
+    def wait_ready(self, count: int) -> None:
+        deadline = time.monotonic() + 30
+        while self.ready < count and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert self.ready >= count
+
+    def go(self) -> None:
+        """Let one step run, and wait until the worker has let in whoever joins before the next
+        one (or has emptied)."""
+        ready = self.ready
+        self.gate.release()
+        deadline = time.monotonic() + 30
+        while self.ready == ready and self.rows and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+
+def test_jobs_join_at_the_next_step_up_to_the_free_places_and_close_fails_the_rest():
+    decoder = GatedDecoder()
+    batcher = ContinuousBatcher(lambda: decoder, max_batch=4, window_s=0.0)
+    try:
+        futures = batcher.submit([Job([1], None, SamplingParams(100)) for _ in range(2)])
+        decoder.wait_ready(1)  # two rows decoding, their first step waiting
+        futures += batcher.submit([Job([1], None, SamplingParams(k)) for k in (2, 100, 100)])
+        decoder.go()
+        assert decoder.log == [("join", 2), ("step", 2), ("join", 2)], "two free places"
+        assert batcher.waiting == 1 and batcher.running == 4
+        decoder.go()
+        decoder.go()  # the 2-token row leaves: the waiting job takes its place at once
+        assert decoder.log[-2:] == [("step", 4), ("join", 1)] and len(decoder) == 4
+        assert futures[2].result(timeout=30).finish_reason == "length"
+    finally:
+        batcher.close(timeout=0)  # the worker stops after the step it is in
+        decoder.gate.release(1000)
+        batcher._thread.join(30)
+    for future in [*futures[:2], *futures[3:]]:  # rows still decoding fail; none hangs
+        with pytest.raises(RuntimeError, match="shutting down"):
+            future.result(timeout=30)
