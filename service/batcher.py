@@ -6,9 +6,9 @@ module's ``Batcher`` runs fixed batches (``BATCHING=window``); ``service.continu
 join and leave a running batch between decode steps (``BATCHING=continuous``, the default).
 
 ``Batcher``: the worker takes the first waiting job, keeps collecting for a short window (or
-until ``max_batch`` jobs), runs them as one batch (``Engine.complete``) and resolves the futures. Jobs that arrive while a batch runs wait for the
-next one, so under load batches fill up by themselves and an idle server adds at most the window
-to a request's latency.
+until ``max_batch`` jobs), runs them as one batch (``Engine.complete``) and resolves the futures.
+Jobs that arrive while a batch runs wait for the next one, so under load batches fill up by
+themselves and an idle server adds at most the window to a request's latency.
 
 A request thread may ``announce`` its jobs when it starts preparing them (parsing, making an
 adapter, tokenizing; all under the GIL, so a burst of requests reaches ``submit`` one after
