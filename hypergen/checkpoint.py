@@ -133,5 +133,6 @@ def checkpoint_hash(folder: str | Path) -> str:
 def meta_dict(meta: CheckpointMeta) -> dict[str, Any]:
     """JSON-ready view of ``meta`` (for APIs and reports)."""
     data = asdict(meta)
+    data["encoder"] = meta.encoder.to_dict()  # no empty "parts" for one-part encoders
     data["untrained"] = meta.untrained
     return data

@@ -1,6 +1,7 @@
 """The ``hypergen`` command: subcommands mapped to plain typed functions.
 
     hypergen generate "a task description" -o OUT         # OUT: one PEFT LoRA folder
+    hypergen generate "a task" --language sw -o OUT        # a description + language checkpoint
     hypergen generate "one" "two" -o OUT                   # OUT/000-one, OUT/001-two
     hypergen generate --checkpoint DIR "a task" -o OUT     # another hypernetwork checkpoint
     hypergen init-checkpoint -o checkpoints/untrained      # an untrained (no-op) generator
@@ -28,6 +29,7 @@ from hypergen.config import (
     DEFAULT_ENCODER,
     DEFAULT_ENCODER_KIND,
     DEFAULT_HIDDEN_DIM,
+    DEFAULT_LANGUAGE_FEATURES,
     DEFAULT_LORA_ALPHA,
     DEFAULT_LORA_RANK,
     DEFAULT_NUM_BLOCKS,
@@ -62,6 +64,7 @@ def write_adapters(
     dtype: str = "float32",
     bf16: bool = False,
     overwrite: bool = False,
+    language: str | None = None,
 ) -> list[Path]:
     """Write one PEFT folder per description (the adapters made in one batch): what
     ``hypergen generate`` does.
@@ -77,6 +80,8 @@ def write_adapters(
         bf16: run encoder and hypernetwork under bfloat16 autocast (faster for large batches).
         overwrite: also replace adapter destinations that hold something other than an earlier
             adapter (never the working directory, home, or a folder above them).
+        language: the language code every adapter is for (ISO 639-1 or 639-3), for a checkpoint
+            whose condition is a description and a language.
 
     Every destination is checked before anything is loaded or written: a non-empty folder that
     is not an earlier adapter is an error unless ``overwrite``; an earlier adapter is replaced.
@@ -111,7 +116,10 @@ def write_adapters(
     from hypergen.generator import AdapterGenerator
 
     generator = AdapterGenerator.from_pretrained(checkpoint)
-    lora = generator.generate(descriptions, autocast_dtype=torch.bfloat16 if bf16 else None)
+    extra = {} if language is None else {"language": language}
+    # checked against what the checkpoint takes (a ValueError naming its parts) before generating
+    conditions = [generator.condition(description=d, **extra) for d in descriptions]
+    lora = generator.generate(conditions, autocast_dtype=torch.bfloat16 if bf16 else None)
     for i, folder in enumerate(folders):
         generator.save_adapter(lora.select(i), folder, dtype=DTYPES[dtype], overwrite=overwrite)
     return folders
@@ -151,6 +159,11 @@ def generate_main(argv: list[str]) -> int:
         help="hypernetwork checkpoint folder (default: the trained SmolLM2 + MiniLM checkpoint "
         "shipped with hypergen)",
     )
+    p.add_argument(
+        "--language",
+        help="language of every adapter (ISO 639-1 or 639-3 code, e.g. sw or swa), for a "
+        "checkpoint conditioned on a description and a language",
+    )
     p.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="dtype of saved tensors")
     p.add_argument("--bf16", action="store_true", help="generate under bfloat16 autocast")
     p.add_argument(
@@ -164,7 +177,13 @@ def generate_main(argv: list[str]) -> int:
     def action() -> None:
         # AdapterGenerator.from_pretrained warns (stderr) when the checkpoint is untrained.
         folders = write_adapters(
-            args.checkpoint, args.descriptions, args.out, args.dtype, args.bf16, args.overwrite
+            args.checkpoint,
+            args.descriptions,
+            args.out,
+            args.dtype,
+            args.bf16,
+            args.overwrite,
+            language=args.language,
         )
         for folder in folders:
             print(folder)
@@ -189,6 +208,11 @@ def init_checkpoint_main(argv: list[str]) -> int:
         "--targets",
         default=",".join(DEFAULT_TARGET_MODULES),
         help="comma-separated module suffixes",
+    )
+    p.add_argument(
+        "--language-features",
+        help="also condition on a language: these lang2vec URIEL feature sets joined by '+' "
+        f"(e.g. {DEFAULT_LANGUAGE_FEATURES})",
     )
     p.add_argument("--hidden-dim", type=int, default=DEFAULT_HIDDEN_DIM)
     p.add_argument("--num-blocks", type=int, default=DEFAULT_NUM_BLOCKS)
@@ -218,6 +242,7 @@ def init_checkpoint_main(argv: list[str]) -> int:
             num_blocks=args.num_blocks,
             seed=args.seed,
             overwrite=args.overwrite,
+            language_features=args.language_features,
         )
         print(f"wrote UNTRAINED checkpoint {out} (its adapters are no-ops until trained)")
 
