@@ -8,6 +8,7 @@ requests and shapes answers.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -51,7 +52,7 @@ class AdapterRegistry:
 
     def get_or_create(
         self,
-        conditions: Sequence[str],
+        conditions: Sequence[Any],
         dtype: str = "float32",
         with_weights: bool = False,
         defer_save: bool = False,
@@ -95,14 +96,15 @@ class AdapterRegistry:
         return [found[i] for i in ids]
 
     def put(
-        self, adapter_id: str, condition: str, weights: LoraWeights, dtype: str
+        self, adapter_id: str, condition: Any, weights: LoraWeights, dtype: str
     ) -> tuple[dict[str, Any], bool]:
         """Store ``weights`` under ``adapter_id`` with its record; (record, created)."""
         engine = self.engine
         info = engine.info()
         record = {
             "object": "adapter",
-            "condition": {"kind": engine.condition_kind, "description": condition},
+            "condition": engine.condition_record(condition),
+            "adapter_kind": engine.adapter_kind,
             "base_model": engine.base_model,
             "base_model_id": engine.base_model_id,
             "checkpoint": {k: info["checkpoint"][k] for k in ("name", "hash", "trained_steps")},
@@ -113,7 +115,9 @@ class AdapterRegistry:
         header = {
             "hypergen_id": adapter_id,
             "hypergen_checkpoint": engine.checkpoint_hash,
-            "hypergen_condition": condition,
+            "hypergen_condition": condition
+            if isinstance(condition, str)
+            else json.dumps(condition, sort_keys=True, ensure_ascii=False),
         }
         record, created = self.store.put(
             adapter_id, record, lambda folder: engine.save_adapter(weights, folder, dtype, header)

@@ -1,6 +1,6 @@
 """The JSON API under ``/v1``: adapters, and OpenAI-compatible completions that apply them.
 
-    POST   /v1/adapters                  {"description": ...} or {"descriptions": [...]}
+    POST   /v1/adapters                  {"description": ...} or {"descriptions": [...]}, + "language"
     GET    /v1/adapters                  ?limit=&offset=   newest first
     GET    /v1/adapters/<id>             metadata
     GET    /v1/adapters/<id>/download    zip of the PEFT folder
@@ -56,6 +56,8 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
 ADAPTER_DTYPES = DTYPE_NAMES
+# what a condition can be made of; the loaded checkpoint takes some of them (400 otherwise)
+CONDITION_PARTS = ("description", "language", "document", "examples")
 CHAT_ROLES = ("system", "user", "assistant")
 MAX_STOP = 4
 MAX_STOP_CHARS = 200
@@ -199,7 +201,7 @@ def _query_int(key: str, default: int, lo: int, hi: int) -> int:
 
 
 def _description(value: Any, param: str) -> str:
-    """Checks one description and returns its normalised form."""
+    """Checks one description's type and size (the checkpoint's conditioner normalises it)."""
     limit = current_app.config["MAX_DESCRIPTION_CHARS"]
     if not isinstance(value, str):
         raise APIError(400, f"'{param}' must be a string", param=param)
@@ -207,10 +209,22 @@ def _description(value: Any, param: str) -> str:
         raise APIError(
             400, f"'{param}' is {len(value)} characters; the limit is {limit}", param=param
         )
+    return value
+
+
+def _condition(parts: dict[str, Any], params: dict[str, str]) -> Any:
+    """The one place request parts (``description``, ``language``, ...) become a normalised
+    condition for the loaded checkpoint: 400 naming what it takes when a part is extra or
+    missing, or naming the part whose value is invalid. ``params``: part -> request field."""
+    engine = get_runtime().engine
     try:
-        return get_runtime().engine.normalize(value)
-    except ValueError as err:
-        raise APIError(400, f"'{param}': {err}", param=param) from err
+        return engine.condition(parts)
+    except (TypeError, ValueError) as err:
+        takes = engine.condition_parts
+        if len(takes) == 1 and set(parts) == set(takes):  # the one part's value is invalid
+            param = params[takes[0]]
+            raise APIError(400, f"'{param}': {err}", param=param) from err
+        raise APIError(400, str(err)) from err
 
 
 def _adapter_id_arg(adapter_id: str) -> str:
@@ -227,6 +241,9 @@ def _adapter_id_arg(adapter_id: str) -> str:
 def _metadata(record: dict[str, Any]) -> dict[str, Any]:
     """A stored record as the API shows it (with its download URL and the untrained warning)."""
     out = dict(record)
+    out.setdefault(
+        "adapter_kind", "lora"
+    )  # records stored before the key: the service was LoRA-only
     out["download_url"] = url_for("api.download_adapter", adapter_id=record["id"], _external=True)
     if record.get("untrained"):
         out["warning"] = "made by an UNTRAINED hypernetwork: this adapter is a no-op"
@@ -239,17 +256,16 @@ def _metadata(record: dict[str, Any]) -> dict[str, Any]:
 @bp.post("/adapters")
 def create_adapters():
     body = _body()
-    _reject_unknown(body, {"description", "descriptions", "dtype"})
-    if ("description" in body) == ("descriptions" in body):
+    _reject_unknown(body, {*CONDITION_PARTS, "descriptions", "dtype"})
+    sent = [p for p in ("description", "descriptions", *CONDITION_PARTS[1:]) if p in body]
+    if ("description" in body and "descriptions" in body) or not sent:
         raise APIError(
             400, "send exactly one of 'description' (a string) or 'descriptions' (a list)"
         )
     dtype = body.get("dtype", "float32")
     if dtype not in ADAPTER_DTYPES:
         raise APIError(400, f"'dtype' must be one of {list(ADAPTER_DTYPES)}", param="dtype")
-    if "description" in body:
-        normalized = [_description(body["description"], "description")]
-    else:
+    if "descriptions" in body:
         raw, limit = body["descriptions"], current_app.config["MAX_DESCRIPTIONS"]
         if not isinstance(raw, list) or not raw:
             raise APIError(
@@ -261,10 +277,23 @@ def create_adapters():
                 f"'descriptions' holds {len(raw)} items; the limit is {limit}",
                 param="descriptions",
             )
-        normalized = [_description(d, f"descriptions[{i}]") for i, d in enumerate(raw)]
+        rows = [
+            ({"description": _description(d, f"descriptions[{i}]")}, f"descriptions[{i}]")
+            for i, d in enumerate(raw)
+        ]
+    elif "description" in body:
+        rows = [({"description": _description(body["description"], "description")}, "description")]
+    else:
+        rows = [({}, "description")]
+    # the other parts (a language...) apply to every description of a batch
+    others = {p: body[p] for p in CONDITION_PARTS[1:] if p in body}
+    normalized = [
+        _condition({**parts, **others}, {"description": param, **{p: p for p in others}})
+        for parts, param in rows
+    ]
     adapters = get_runtime().adapters.get_or_create(normalized, dtype)
     status = 201 if any(a.created for a in adapters) else 200
-    if "description" in body:
+    if "descriptions" not in body:
         record = adapters[0].record
         location = url_for("api.get_adapter", adapter_id=record["id"])
         return _metadata(record), status, {"Location": location}
@@ -353,7 +382,10 @@ def _resolve_adapter(body: dict[str, Any]) -> tuple[str, LoraWeights | None, Cal
     if model is not None and not isinstance(model, str):
         raise APIError(400, "'model' must be a string", param="model")
     if body.get("adapter_description") is not None:
-        description = _description(body["adapter_description"], "adapter_description")
+        description = _condition(
+            {"description": _description(body["adapter_description"], "adapter_description")},
+            {"description": "adapter_description"},
+        )
         adapter_id = engine.adapter_id(description)
         if model not in (None, adapter_id, *base_names):
             raise APIError(

@@ -145,6 +145,15 @@ class Engine:
     def condition_kind(self) -> str:
         return self.generator.conditioner.kind
 
+    @property
+    def condition_parts(self) -> tuple[str, ...]:
+        """The condition parts the checkpoint takes, e.g. ``("description",)``."""
+        return self.generator.condition_parts
+
+    @property
+    def adapter_kind(self) -> str:
+        return self.generator.hypernet.config.adapter_kind
+
     def info(self) -> dict[str, Any]:
         """What /healthz and adapter metadata say about the served models."""
         meta = meta_dict(self.generator.meta)
@@ -157,7 +166,9 @@ class Engine:
                 "untrained": self.untrained,
                 "trained_steps": meta["trained_steps"],
                 "encoder": meta["encoder"],
+                "condition_parts": list(self.condition_parts),
             },
+            "adapter_kind": self.adapter_kind,
             "lora": self.adapter_settings("float32"),
         }
         if self.untrained:
@@ -175,12 +186,27 @@ class Engine:
 
     # --- adapters --------------------------------------------------------------------------
 
-    def normalize(self, condition: Any) -> str:
+    def normalize(self, condition: Any) -> Any:
         """The canonical condition (raises ValueError with a message for bad input)."""
         return self.generator.conditioner.normalize(condition)
 
-    def adapter_id(self, normalized: str, dtype: str = "float32") -> str:
-        """Content hash of (checkpoint, normalised condition, adapter settings): 64 hex digits."""
+    def condition(self, parts: dict[str, Any]) -> Any:
+        """The canonical condition made of request ``parts`` (``{"description": ..., "language":
+        ...}``); ValueError naming what the checkpoint takes when a part is extra or missing."""
+        return self.generator.condition(**parts)
+
+    def condition_record(self, normalized: Any) -> dict[str, Any]:
+        """A condition as adapter metadata shows it: ``{"kind": ..., <part>: <value>, ...}``."""
+        parts = (
+            normalized if isinstance(normalized, dict) else {self.condition_parts[0]: normalized}
+        )
+        return {"kind": self.condition_kind, **parts}
+
+    def adapter_id(self, normalized: Any, dtype: str = "float32") -> str:
+        """Content hash of (checkpoint, normalised condition, adapter settings): 64 hex digits.
+
+        The whole condition is hashed: every part of a composite one (a description-only id is
+        what it always was)."""
         payload = {
             "checkpoint": self.checkpoint_hash,
             "condition": {"kind": self.condition_kind, "value": normalized},
@@ -190,7 +216,7 @@ class Engine:
             json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         ).hexdigest()
 
-    def make_adapters(self, normalized: Sequence[str], dtype: str = "float32") -> list[LoraWeights]:
+    def make_adapters(self, normalized: Sequence[Any], dtype: str = "float32") -> list[LoraWeights]:
         """One adapter per condition, in one forward pass of the hypernetwork.
 
         Factors are rounded to ``dtype`` (the dtype they are stored in), so what is served equals
