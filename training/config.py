@@ -33,6 +33,7 @@ from hypergen.config_files import load_config, save_config
 from hypergen.layout import hypergen_home, library_dir, run_dir, suite_dir
 
 OBJECTIVES = ("sft", "reconstruction", "both")
+DEFAULT_TASK_LANGUAGES = "evaluation/splits/bigbench_languages.yaml"
 SCHEDULES = ("cosine", "constant")
 
 
@@ -49,8 +50,13 @@ class MetaTrainConfig:
     Args:
         name: run name; the run folder is ``output_dir`` or ``$HYPERGEN_HOME/runs/<name>``.
         base_model: built-in name, local folder or Hub id of the frozen LM.
-        encoder_kind: conditioner kind (``text`` or ``hashing``).
+        encoder_kind: conditioner kind of the description (``text`` or ``hashing``).
         encoder_name: conditioner model (``all-minilm-l6-v2``, ``hash-64``, a folder...).
+        language_features: null: the condition is the description alone. Set (lang2vec URIEL
+            feature sets joined by ``+``, e.g. ``syntax_knn+phonology_knn+inventory_knn``): the
+            condition is the description and the task's language (a composite conditioner,
+            ``hypergen.conditions.composite``), each task's language read from ``task_languages``.
+        task_languages: the task -> language table (``training/languages.py``).
         data_dir: BIG-bench-format suite; default ``$HYPERGEN_HOME/data/bigbench`` (``make data``).
         split: the committed task split YAML (train_tasks / heldout_tasks).
         max_train_tasks: use only the first N training tasks of the split (0: all).
@@ -110,6 +116,8 @@ class MetaTrainConfig:
     base_model: str = DEFAULT_BASE_MODEL
     encoder_kind: str = DEFAULT_ENCODER_KIND
     encoder_name: str = DEFAULT_ENCODER
+    language_features: str | None = None
+    task_languages: str = DEFAULT_TASK_LANGUAGES
     data_dir: str | None = None
     split: str = "evaluation/splits/bigbench.yaml"
     max_train_tasks: int = 0
