@@ -56,6 +56,8 @@ def test_unknown_codes_are_errors_that_name_them(languages):
     # a real ISO 639-3 code (Aninka) that URIEL has no features for
     with pytest.raises(ValueError, match="'aqk' .*no URIEL syntax_knn"):
         languages.normalize("aqk")
+    with pytest.raises(ValueError, match="'thx' is deprecated.*oyb"):
+        languages.normalize("thx")
     with pytest.raises(TypeError, match="must be a string"):
         languages.normalize(3)
 

@@ -61,8 +61,10 @@ def iso639_3(code: Any) -> str:
         raise unknown
     try:
         return Lang(**{field: key}).pt3
-    except (InvalidLanguageValue, DeprecatedLanguageValue) as err:
+    except InvalidLanguageValue as err:
         raise unknown from err
+    except DeprecatedLanguageValue as err:  # the message says what replaced it
+        raise ValueError(f"language code {shown!r} is deprecated: {err}") from err
 
 
 @cache
