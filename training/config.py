@@ -70,6 +70,10 @@ class MetaTrainConfig:
         objective: ``sft`` (completion loss through the LM), ``reconstruction`` (regress onto the
             LoRA library) or ``both`` (weighted sum).
         sft_weight, reconstruction_weight: weights of the two losses when ``objective=both``.
+        contrastive_weight, contrastive_margin: an SFT-side term (0: off) asking each example's
+            completion loss under its own task's adapter to beat, by ``contrastive_margin`` nats,
+            its loss under the adapter of another task of the same micro-batch
+            (``training.objectives.contrastive_losses``); costs a second LM forward per step.
         lora_library: folder of per-task PEFT LoRAs (``train_lora.py``); default
             ``$HYPERGEN_HOME/loras``.
         steps: optimizer steps in total (a resumed run continues up to this number).
@@ -134,6 +138,8 @@ class MetaTrainConfig:
     objective: str = "sft"
     sft_weight: float = 1.0
     reconstruction_weight: float = 1.0
+    contrastive_weight: float = 0.0
+    contrastive_margin: float = 0.5
     lora_library: str | None = None
     steps: int = 300
     batch_size: int = 8
@@ -171,6 +177,14 @@ class MetaTrainConfig:
         if self.adapter_kind not in ADAPTER_KINDS:
             raise ValueError(
                 f"MetaTrainConfig.adapter_kind must be one of {ADAPTER_KINDS}, got {self.adapter_kind!r}"
+            )
+        if self.contrastive_weight < 0 or self.contrastive_margin < 0:
+            raise ValueError(
+                "MetaTrainConfig.contrastive_weight and contrastive_margin must be >= 0"
+            )
+        if self.contrastive_weight > 0 and self.objective == "reconstruction":
+            raise ValueError(
+                "MetaTrainConfig.contrastive_weight needs the LM loss: objective sft or both"
             )
         if self.adapter_kind != "lora" and self.objective != "sft":
             raise ValueError(

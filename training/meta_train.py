@@ -67,7 +67,12 @@ from training.config import MetaTrainConfig, load_config, save_config
 from training.data import MixtureSampler, Sample, conditions_for, load_task_data, shard
 from training.formats import tokenize_formatted
 from training.languages import TaskLanguages
-from training.objectives import delta_w_loss, example_losses
+from training.objectives import (
+    contrastive_losses,
+    delta_w_loss,
+    example_losses,
+    other_task_rows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -358,8 +363,22 @@ class MetaTrainer:
         parts: dict[str, torch.Tensor] = {}
         total = 0.0
         if cfg.objective in ("sft", "both"):
-            parts["sft"] = self._lm_losses(samples, lora, train=True).mean()
+            own = self._lm_losses(samples, lora, train=True)
+            parts["sft"] = own.mean()
             total = total + (cfg.sft_weight if cfg.objective == "both" else 1.0) * parts["sft"]
+            if cfg.contrastive_weight > 0:
+                pairs = other_task_rows([s.task for s in samples])
+                rows = [i for i, j in enumerate(pairs) if j is not None]
+                parts["contrastive"] = own.new_zeros(())  # one task in the micro-batch: no pair
+                if rows:
+                    other = self._lm_losses(
+                        [samples[i] for i in rows], lora.select([pairs[i] for i in rows]), True
+                    )
+                    # a sum over the paired rows / the micro-batch size: a per-sample mean
+                    parts["contrastive"] = contrastive_losses(
+                        own[rows], other, cfg.contrastive_margin
+                    ).sum() / len(samples)
+                    total = total + cfg.contrastive_weight * parts["contrastive"]
         if cfg.objective in ("reconstruction", "both"):
             rows = [i for i, s in enumerate(samples) if s.task in self.library]
             if rows:
