@@ -198,6 +198,12 @@ ADAPTER_ID = {"adapter_id": schemas.AdapterId}
             "Created (a batch: at least one created). The single form returns an Adapter with a "
             "Location header; the batch form an AdapterList without paging fields.",
             ADAPTERS,
+            headers={
+                "Location": {
+                    "description": "The adapter (single form)",
+                    "schema": {"type": "string"},
+                }
+            },
         ),
         200: Reply("Already stored: same input, same id", ADAPTERS),
     },

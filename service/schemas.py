@@ -43,8 +43,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError, core_schema
 
 from hypergen.config import DTYPE_NAMES
-from service import DEFAULTS
 from service.errors import APIError
+from service.settings import DEFAULTS
 from service.store import ADAPTER_ID
 
 CHAT_ROLES = ("system", "user", "assistant")
