@@ -260,6 +260,10 @@ def composite_engine(composite_dir):
     return Engine.load(composite_dir)
 
 
+# parts no checkpoint takes yet, in a form the request schema accepts
+WELL_TYPED = {"document": "Some text.", "examples": [{"input": "2 + 2", "output": "4"}]}
+
+
 def _post(client, body: dict):
     return client.post("/v1/adapters", json=body)
 
@@ -304,8 +308,8 @@ def test_http_description_and_language(make_app, composite_engine, composite_dir
     missing = "this checkpoint takes description and language; language is missing"
     _error(_post(client, {"description": DESCRIPTION}), 400, missing)
     _error(_post(client, {"language": "fr"}), 400, "description is missing")
-    for part in ("document", "examples"):
-        body = {"description": DESCRIPTION, "language": "fr", part: "x"}
+    for part, value in WELL_TYPED.items():
+        body = {"description": DESCRIPTION, "language": "fr", part: value}
         _error(_post(client, body), 400, f"takes description and language; it does not take {part}")
     _error(_post(client, {"description": DESCRIPTION, "language": "xx"}), 400, "'xx'")
     _error(_post(client, {"description": DESCRIPTION, "language": 7}), 400, "must be a string")
@@ -318,9 +322,9 @@ def test_http_description_and_language(make_app, composite_engine, composite_dir
 
 def test_http_description_only_checkpoint(make_app, engine):
     client = make_app().test_client()
-    for part in ("language", "document", "examples"):
+    for part, value in {"language": "fr", **WELL_TYPED}.items():
         _error(
-            _post(client, {"description": DESCRIPTION, part: "fr"}),
+            _post(client, {"description": DESCRIPTION, part: value}),
             400,
             f"this checkpoint takes description; it does not take {part}",
         )
