@@ -690,7 +690,7 @@ def summarize(
     return {
         "harness_version": HARNESS_VERSION,
         "decode_version": DECODE_VERSION,
-        "config": config.to_dict(),
+        "config": _portable_config(config),
         "paths": {k: record_path(v) for k, v in setup.paths.items()},
         "model": setup.model_record,
         "checkpoint": source.meta
@@ -716,6 +716,21 @@ def summarize(
             1,
         ),
     }
+
+
+# config keys that may name files or folders: recorded portably, like ``paths``
+PATH_KEYS = ("out", "base_model", "checkpoint", "loras_dir", "suite", "split", "chat_prompts")
+
+
+def _portable_config(config: EvalConfig) -> dict[str, Any]:
+    """The config as results record it: paths under the home or the repo made portable (a model
+    or checkpoint given by name stays as given)."""
+    record = config.to_dict()
+    for key in PATH_KEYS:
+        value = record.get(key)
+        if value and Path(os.path.expanduser(value)).exists():
+            record[key] = record_path(value)
+    return record
 
 
 def _data_record(setup: RunSetup) -> dict[str, Any]:

@@ -355,6 +355,9 @@ def test_end_to_end_outputs_missing_systems_and_resume(
     saved = json.loads((out / "results.json").read_text())
     # results record portable paths, not this machine's cache folder
     assert saved["paths"]["loras_dir"] == "$HYPERGEN_HOME/loras"
+    assert saved["config"]["out"] == saved["config"]["loras_dir"].replace("loras", "out")
+    assert saved["config"]["out"] == "$HYPERGEN_HOME/out"
+    assert "$HYPERGEN_HOME/out" in (out / "results.md").read_text().splitlines()[0]
     oracle_info = saved["results"]["oracle_lora"]["opposites"]["info"]
     assert oracle_info["path"] == "$HYPERGEN_HOME/loras/opposites"
     assert saved["checkpoint"]["hash"] and saved["data"]["version"] and saved["model"]["sha256"]
