@@ -145,18 +145,18 @@ def make_generator(
 
 
 def make_bottleneck_generator(
-    model, model_dir, conditioner, randomize=True, **spec
+    model, model_dir, conditioner, randomize=True, encoder=ENCODER, **spec
 ) -> AdapterGenerator:
     """A bottleneck generator for ``model`` (``spec``: BottleneckSpec fields, width 8 unless
-    given), its up heads randomised unless ``randomize`` is False (then its adapters are
-    identities)."""
+    given; ``encoder``: the config of ``conditioner``), its up heads randomised unless
+    ``randomize`` is False (then its adapters are identities)."""
     config = HyperNetConfig(
         hidden_dim=32,
         num_blocks=1,
         adapter_kind="bottleneck",
         bottleneck=BottleneckSpec(**{"size": 8, **spec}),
     )
-    generator = AdapterGenerator.create(model, model_dir, conditioner, ENCODER, config)
+    generator = AdapterGenerator.create(model, model_dir, conditioner, encoder, config)
     if randomize:  # the up head starts at zero: give it weights so adapters change outputs
         torch.manual_seed(0)
         with torch.no_grad():
