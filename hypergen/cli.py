@@ -1,6 +1,7 @@
 """The ``hypergen`` command: subcommands mapped to plain typed functions.
 
-    hypergen generate "a task description" -o OUT         # OUT: one PEFT LoRA folder
+    hypergen generate "a task description" -o OUT         # OUT: one adapter folder (PEFT LoRA,
+                                                           # or AdapterHub for a bottleneck checkpoint)
     hypergen generate "a task" --language sw -o OUT        # a description + language checkpoint
     hypergen generate "one" "two" -o OUT                   # OUT/000-one, OUT/001-two
     hypergen generate --checkpoint DIR "a task" -o OUT     # another hypernetwork checkpoint
@@ -66,8 +67,10 @@ def write_adapters(
     overwrite: bool = False,
     language: str | None = None,
 ) -> list[Path]:
-    """Write one PEFT folder per description (the adapters made in one batch): what
-    ``hypergen generate`` does.
+    """Write one adapter folder per description (the adapters made in one batch): what
+    ``hypergen generate`` does. The folder is in the format of the checkpoint's adapter kind
+    (``AdapterGenerator.save_adapter``): a PEFT LoRA folder, or for a bottleneck checkpoint an
+    AdapterHub folder (``adapter_config.json`` + ``adapter.safetensors``).
 
     Args:
         checkpoint: hypernetwork checkpoint folder; None: the one shipped with the package
@@ -84,12 +87,25 @@ def write_adapters(
             whose condition is a description and a language.
 
     Every destination is checked before anything is loaded or written: a non-empty folder that
-    is not an earlier adapter is an error unless ``overwrite``; an earlier adapter is replaced.
+    is not an earlier adapter of the checkpoint's kind is an error unless ``overwrite``; an
+    earlier adapter of that kind is replaced.
     """
+    from hypergen.adapters.adapterhub import ADAPTERHUB_FOLDER
     from hypergen.adapters.export import ADAPTER_FOLDER
     from hypergen.atomic import check_destination
-    from hypergen.checkpoint import CONFIG_NAME, DEFAULT_CHECKPOINT
+    from hypergen.checkpoint import CONFIG_NAME, DEFAULT_CHECKPOINT, checkpoint_adapter_kind
 
+    if checkpoint is None:
+        checkpoint = DEFAULT_CHECKPOINT
+        if not (checkpoint / CONFIG_NAME).is_file():
+            raise FileNotFoundError(
+                f"the checkpoint shipped with hypergen is missing ({checkpoint}): reinstall "
+                "hypergen or pass --checkpoint"
+            )
+    # the folder kind a rerun may replace: what save_adapter writes for this checkpoint
+    folder_kind = {"lora": ADAPTER_FOLDER, "bottleneck": ADAPTERHUB_FOLDER}[
+        checkpoint_adapter_kind(checkpoint)
+    ]
     folders = adapter_folders(descriptions, out)
     if len(folders) > 1:
         out = Path(out)
@@ -101,14 +117,7 @@ def write_adapters(
                 "into a folder of adapters: choose another -o"
             )
     for folder in folders:
-        check_destination(folder, ADAPTER_FOLDER, overwrite)
-    if checkpoint is None:
-        checkpoint = DEFAULT_CHECKPOINT
-        if not (checkpoint / CONFIG_NAME).is_file():
-            raise FileNotFoundError(
-                f"the checkpoint shipped with hypergen is missing ({checkpoint}): reinstall "
-                "hypergen or pass --checkpoint"
-            )
+        check_destination(folder, folder_kind, overwrite)
 
     import torch
 
@@ -119,9 +128,9 @@ def write_adapters(
     extra = {} if language is None else {"language": language}
     # checked against what the checkpoint takes (a ValueError naming its parts) before generating
     conditions = [generator.condition(description=d, **extra) for d in descriptions]
-    lora = generator.generate(conditions, autocast_dtype=torch.bfloat16 if bf16 else None)
+    weights = generator.generate(conditions, autocast_dtype=torch.bfloat16 if bf16 else None)
     for i, folder in enumerate(folders):
-        generator.save_adapter(lora.select(i), folder, dtype=DTYPES[dtype], overwrite=overwrite)
+        generator.save_adapter(weights.select(i), folder, dtype=DTYPES[dtype], overwrite=overwrite)
     return folders
 
 
@@ -144,7 +153,7 @@ def _run(command: str, args: argparse.Namespace, action: Callable[[], None]) -> 
 
 
 def generate_main(argv: list[str]) -> int:
-    """Write PEFT LoRA folders for task descriptions (one batch)."""
+    """Write adapters for task descriptions (one batch): PEFT LoRA or AdapterHub folders."""
     p = _parser("generate", generate_main.__doc__)
     p.add_argument("descriptions", nargs="+", help="one or more task descriptions")
     p.add_argument(
@@ -152,7 +161,9 @@ def generate_main(argv: list[str]) -> int:
         "--out",
         required=True,
         help="the adapter folder (one description), or a folder that receives one "
-        "<index>-<slug> subfolder per description (several)",
+        "<index>-<slug> subfolder per description (several); a PEFT LoRA folder, or an "
+        "AdapterHub folder (adapter_config.json + adapter.safetensors) for a checkpoint of the "
+        "bottleneck kind",
     )
     p.add_argument(
         "--checkpoint",
@@ -291,7 +302,7 @@ def _usage(commands: dict[str, Command]) -> str:
     lines = [
         f"usage: {PROG} [-h] [-V] COMMAND [ARGS ...]",
         "",
-        "Make LoRA adapters for a frozen language model from task descriptions.",
+        "Make adapters (LoRA or bottleneck) for a frozen language model from task descriptions.",
         "",
         "commands:",
     ]

@@ -185,9 +185,11 @@ class AdapterGenerator:
         out_dir: str | Path,
         dtype: torch.dtype = torch.float32,
         overwrite: bool = False,
+        metadata: Mapping[str, str] | None = None,
     ) -> Path:
         """Write one generated adapter as a PEFT LoRA folder for this generator's base model;
-        ``out_dir`` must be new, empty or an earlier adapter folder unless ``overwrite``."""
+        ``out_dir`` must be new, empty or an earlier adapter folder unless ``overwrite``;
+        ``metadata``: extra strings for the safetensors header."""
         if not isinstance(lora, LoraWeights):
             raise TypeError(
                 f"save_peft writes LoRA adapters; this is {lora.kind} (use save_adapter)"
@@ -198,7 +200,7 @@ class AdapterGenerator:
             out_dir,
             base_model_name_or_path=self.base_model_id,
             dtype=dtype,
-            metadata=base_weights_metadata(self.meta.base_model),
+            metadata={**base_weights_metadata(self.meta.base_model), **(metadata or {})},
             overwrite=overwrite,
         )
 
@@ -208,11 +210,15 @@ class AdapterGenerator:
         out_dir: str | Path,
         dtype: torch.dtype = torch.float32,
         overwrite: bool = False,
+        metadata: Mapping[str, str] | None = None,
     ) -> Path:
         """Write one generated adapter in its kind's format: LoRA as a PEFT folder
-        (``save_peft``), bottleneck as an AdapterHub folder (``hypergen.adapters.adapterhub``)."""
+        (``save_peft``), bottleneck as an AdapterHub folder (``hypergen.adapters.adapterhub``);
+        ``metadata``: extra strings for the safetensors header."""
         if isinstance(weights, LoraWeights):
-            return self.save_peft(weights, out_dir, dtype=dtype, overwrite=overwrite)
+            return self.save_peft(
+                weights, out_dir, dtype=dtype, overwrite=overwrite, metadata=metadata
+            )
         spec = self.hypernet.config.bottleneck
         return save_adapterhub(
             weights,
@@ -222,7 +228,7 @@ class AdapterGenerator:
             mlp_module=spec.mlp_module,
             model_name=self.base_model_id,
             dtype=dtype,
-            metadata=base_weights_metadata(self.meta.base_model),
+            metadata={**base_weights_metadata(self.meta.base_model), **(metadata or {})},
             overwrite=overwrite,
         )
 

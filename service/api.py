@@ -3,7 +3,7 @@
     POST   /v1/adapters                  {"description": ...} or {"descriptions": [...]}, + "language"
     GET    /v1/adapters                  ?limit=&offset=   newest first
     GET    /v1/adapters/<id>             metadata
-    GET    /v1/adapters/<id>/download    zip of the PEFT folder
+    GET    /v1/adapters/<id>/download    zip of the adapter folder (PEFT LoRA or AdapterHub bottleneck)
     DELETE /v1/adapters/<id>
     GET    /v1/models                    the base model and stored adapters (OpenAI shape)
     POST   /v1/completions               OpenAI completions; ``model`` = an adapter id
@@ -11,7 +11,8 @@
 
 An adapter is chosen by ``model`` = its id (the LoRAX convention), or by the extra field
 ``adapter_description`` (generated on the fly and stored); ``model`` = ``base`` or the base
-model's name runs the bare model. Adapters are applied as tensors, never through files.
+model's name runs the bare model. Adapters are applied as tensors, never through files, whatever
+their kind (LoRA or bottleneck, as the checkpoint that made them).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from flask import (
     url_for,
 )
 
+from hypergen.adapters.bottleneck import BottleneckWeights
 from hypergen.adapters.lora import LoraWeights
 from hypergen.decoding import Job, SamplingParams
 from service import schemas
@@ -196,7 +198,7 @@ def _metadata(record: dict[str, Any]) -> dict[str, Any]:
 # --- adapters ------------------------------------------------------------------------------------
 
 
-ADAPTERS = (schemas.Adapter, schemas.AdapterList)  # the single form, the batch form
+ADAPTERS = (*schemas.ADAPTER_KINDS, schemas.AdapterList)  # the single form (a kind), the batch form
 ADAPTER_ID = {"adapter_id": schemas.AdapterId}
 
 
@@ -272,7 +274,7 @@ def _record_or_404(adapter_id: str) -> dict[str, Any]:
 @bp.get("/adapters/<adapter_id>")
 @operation(
     "Adapter metadata",
-    {200: Reply("Metadata", schemas.Adapter)},
+    {200: Reply("Metadata", schemas.ADAPTER_KINDS)},
     path=ADAPTER_ID,
     errors=(400, 404),
 )
@@ -282,8 +284,9 @@ def get_adapter(adapter_id: str):
 
 @bp.get("/adapters/<adapter_id>/download")
 @operation(
-    "The PEFT LoRA folder as a zip (adapter_config.json + adapter_model.safetensors at the top "
-    "level)",
+    "The adapter folder as a zip, in its format (the metadata's format): peft-lora, "
+    "adapter_config.json + adapter_model.safetensors (PeftModel.from_pretrained); adapterhub, "
+    "adapter_config.json + adapter.safetensors (the adapters library's model.load_adapter)",
     {
         200: Reply(
             "Zip archive", media="application/zip", schema={"type": "string", "format": "binary"}
@@ -346,7 +349,7 @@ def list_models():
 
 def _resolve_adapter(
     wanted: schemas.CompletionRequest | schemas.ChatCompletionRequest,
-) -> tuple[str, LoraWeights | None, Callable | None]:
+) -> tuple[str, LoraWeights | BottleneckWeights | None, Callable | None]:
     """(the model name to echo, the adapter to apply or None for the bare model, and for a new
     adapter the call that stores it: run it once the jobs are queued, so the disk write overlaps
     the forward pass instead of delaying the first token)."""
@@ -390,7 +393,12 @@ def _resolve_adapter(
     return model, lora, None
 
 
-def _jobs(prompts: list[list[int]], lora: LoraWeights | None, params: SamplingParams, n: int):
+def _jobs(
+    prompts: list[list[int]],
+    lora: LoraWeights | BottleneckWeights | None,
+    params: SamplingParams,
+    n: int,
+):
     """n jobs per prompt, prompt by prompt (choice index = prompt index * n + copy); with a
     seed, copy j samples with seed + j so the copies differ."""
     return [

@@ -5,6 +5,10 @@ store against the base model, tokenizes prompts, and runs one batch of completio
 different adapter per row (``complete``). It holds no request state: the batcher
 (``service.batcher``) decides what runs together.
 
+The checkpoint may emit either adapter kind (``HyperNetConfig.adapter_kind``): LoRA adapters are
+stored as PEFT folders, bottleneck adapters as AdapterHub folders (``ADAPTER_FORMATS``), and a
+batch may mix both kinds (``service.batched``).
+
 Which checkpoint: the one configured, else the trained default shipped with the package
 (``hypergen.checkpoint.DEFAULT_CHECKPOINT``), else an UNTRAINED one built on first start under
 ``$HYPERGEN_HOME/checkpoints`` (its adapters are exact no-ops; the service labels it everywhere).
@@ -22,7 +26,7 @@ from typing import Any
 
 import torch
 
-from hypergen.adapters.export import save_peft
+from hypergen.adapters.bottleneck import BottleneckWeights
 from hypergen.adapters.lora import LoraWeights
 from hypergen.checkpoint import CONFIG_NAME, checkpoint_hash, meta_dict
 from hypergen.checkpoint import DEFAULT_CHECKPOINT as SHIPPED_CHECKPOINT
@@ -30,14 +34,16 @@ from hypergen.config import DTYPES
 from hypergen.decoding import Completion, Job, adapter_forward, decode, eos_token_ids, new_cache
 from hypergen.generator import AdapterGenerator
 from hypergen.layout import checkpoint_cache_dir
-from hypergen.models import base_weights_metadata, load_base_model
-from hypergen.targets import find_targets
-from service.batched_lora import BatchedLora
+from hypergen.models import load_base_model
+from hypergen.targets import find_block_targets, find_targets
+from service.batched import stack
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = SHIPPED_CHECKPOINT  # package data: resolves in non-editable installs too
 UNTRAINED_CHECKPOINT = "untrained-smollm2-minilm"
+# adapter kind -> the format of its stored folder and download (adapter metadata ``format``)
+ADAPTER_FORMATS = {"lora": "peft-lora", "bottleneck": "adapterhub"}
 UNTRAINED_WARNING = (
     "UNTRAINED hypernetwork: its adapters are exact no-ops (outputs equal the base model's) "
     "until a trained checkpoint is configured"
@@ -94,12 +100,6 @@ class Engine:
         checkpoint: str | Path,
         device: torch.device | str = "cpu",
     ):
-        kind = generator.hypernet.config.adapter_kind
-        if kind != "lora":
-            # the store, the batched decode path and the downloads are PEFT LoRA only (issue 9 §5)
-            raise ValueError(
-                f"the service serves LoRA checkpoints only; {checkpoint} emits {kind} adapters"
-            )
         self.model, self.tokenizer, self.generator = model, tokenizer, generator
         self.checkpoint = Path(checkpoint)
         self.checkpoint_hash = checkpoint_hash(self.checkpoint)
@@ -169,17 +169,34 @@ class Engine:
                 "condition_parts": list(self.condition_parts),
             },
             "adapter_kind": self.adapter_kind,
-            "lora": self.adapter_settings("float32"),
+            self.adapter_kind: self.adapter_settings("float32"),  # "lora" or "bottleneck"
         }
         if self.untrained:
             info["warning"] = UNTRAINED_WARNING
         return info
 
+    @property
+    def adapter_format(self) -> str:
+        """How adapters are stored and downloaded: ``peft-lora`` or ``adapterhub``."""
+        return ADAPTER_FORMATS[self.adapter_kind]
+
     def adapter_settings(self, dtype: str) -> dict[str, Any]:
-        spec = self.generator.hypernet.config.lora
+        """The adapters' shape as metadata shows it (and adapter ids hash it): for LoRA rank,
+        alpha and modules; for bottlenecks size, placement, non-linearity and blocks."""
+        config = self.generator.hypernet.config
+        if self.adapter_kind == "lora":
+            spec = config.lora
+            return {
+                "rank": spec.rank,
+                "alpha": spec.alpha,
+                "target_modules": list(spec.target_modules),
+                "dtype": dtype,
+            }
+        spec = config.bottleneck
         return {
-            "rank": spec.rank,
-            "alpha": spec.alpha,
+            "size": spec.size,
+            "placement": spec.placement,
+            "non_linearity": spec.non_linearity,
             "target_modules": list(spec.target_modules),
             "dtype": dtype,
         }
@@ -216,46 +233,51 @@ class Engine:
             json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         ).hexdigest()
 
-    def make_adapters(self, normalized: Sequence[Any], dtype: str = "float32") -> list[LoraWeights]:
+    def make_adapters(
+        self, normalized: Sequence[Any], dtype: str = "float32"
+    ) -> list[LoraWeights | BottleneckWeights]:
         """One adapter per condition, in one forward pass of the hypernetwork.
 
-        Factors are rounded to ``dtype`` (the dtype they are stored in), so what is served equals
+        Tensors are rounded to ``dtype`` (the dtype they are stored in), so what is served equals
         what is downloaded.
         """
         with self._generator_lock:
-            lora = self.generator.generate(list(normalized))
-        lora = lora.to(dtype=DTYPES[dtype]).to(self.device, torch.float32)
-        return [lora.select(i) for i in range(len(normalized))]
+            weights = self.generator.generate(list(normalized))
+        weights = weights.to(dtype=DTYPES[dtype]).to(self.device, torch.float32)
+        return [weights.select(i) for i in range(len(normalized))]
 
     def save_adapter(
-        self, lora: LoraWeights, folder: Path, dtype: str, metadata: dict[str, str]
+        self,
+        weights: LoraWeights | BottleneckWeights,
+        folder: Path,
+        dtype: str,
+        metadata: dict[str, str],
     ) -> Path:
-        """Write one adapter as a PEFT LoRA folder (atomically); ``folder`` belongs to the store,
+        """Write one adapter in its kind's format (atomically): a PEFT LoRA folder or an
+        AdapterHub folder (``AdapterGenerator.save_adapter``); ``folder`` belongs to the store,
         which replaces any leftover there."""
-        return save_peft(
-            lora,
-            self.generator.targets,
-            folder,
-            base_model_name_or_path=self.base_model_id,
-            dtype=DTYPES[dtype],
-            metadata={**base_weights_metadata(self.base_model), **metadata},
-            overwrite=True,
+        return self.generator.save_adapter(
+            weights, folder, dtype=DTYPES[dtype], overwrite=True, metadata=metadata
         )
 
-    def check_adapter(self, lora: LoraWeights) -> None:
-        """Raise ValueError unless every module of ``lora`` exists in the base model with the
-        adapter's in/out sizes (adapters read from the store may come from other checkpoints)."""
-        kinds = sorted({name.rsplit(".", 1)[-1] for name in lora.module_names})
+    def check_adapter(self, weights: LoraWeights | BottleneckWeights) -> None:
+        """Raise ValueError unless every module (LoRA) or block (bottleneck) of ``weights`` exists
+        in the base model with the adapter's sizes (adapters read from the store may come from
+        other checkpoints, of either kind)."""
+        kinds = sorted({name.rsplit(".", 1)[-1] for name in weights.module_names})
+        bottleneck = isinstance(weights, BottleneckWeights)
         try:
-            shapes = {
-                t.name: (t.in_features, t.out_features) for t in find_targets(self.model, kinds)
-            }
+            found = (find_block_targets if bottleneck else find_targets)(self.model, kinds)
         except ValueError as err:
             raise ValueError(
                 f"the adapter does not fit the served base model {self.base_model}: {err}"
             ) from err
-        for name in lora.module_names:
-            want = (lora.A[name].shape[2], lora.B[name].shape[1])
+        shapes = {t.name: (t.in_features, t.out_features) for t in found}
+        for name in weights.module_names:
+            if bottleneck:  # down (1, m, d), up (1, d, m): d must be the hidden size
+                want = (weights.down[name].shape[2], weights.up[name].shape[1])
+            else:
+                want = (weights.A[name].shape[2], weights.B[name].shape[1])
             if shapes.get(name) != want:
                 raise ValueError(
                     f"adapter module {name} {want} does not fit the served base model "
@@ -287,10 +309,8 @@ class Engine:
             return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     def complete(self, jobs: Sequence[Job], on_first_token=None) -> list[Completion]:
-        """Run ``jobs`` as one batch, row k under ``jobs[k].adapter``."""
-        adapters = BatchedLora.stack(
-            [job.adapter for job in jobs], dtype=self.dtype, device=self.device
-        )
+        """Run ``jobs`` as one batch, row k under ``jobs[k].adapter`` (any kind, or None)."""
+        adapters = stack([job.adapter for job in jobs], dtype=self.dtype, device=self.device)
         with torch.inference_mode():
             return decode(
                 jobs,

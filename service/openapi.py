@@ -21,7 +21,8 @@ from service.schemas import MAX_JSON_DEPTH, Error
 
 REF = "#/components/schemas/{model}"
 DESCRIPTION = (
-    "Turn task descriptions into LoRA adapters (PEFT format) for a frozen base model, and run "
+    "Turn task descriptions into adapters for a frozen base model (LoRA in PEFT's format, or "
+    "bottleneck adapters in AdapterHub's, as the loaded checkpoint emits), and run "
     "OpenAI-compatible completions with them applied on the fly. Concurrent requests with "
     'different adapters share one batched forward pass. Every error is JSON: {"error": '
     '{"message", "type", "param", "code"}}. When the server is started with API keys, /v1 routes '

@@ -665,14 +665,29 @@ class CheckpointRef(BaseModel):
 
 
 class LoraSettings(BaseModel):
+    """The LoRA a checkpoint of the lora kind emits."""
+
     rank: int
     alpha: float
-    target_modules: list[str]
+    target_modules: list[str] = Field(description="The adapted linear modules, e.g. q_proj.")
     dtype: str
 
 
-class Adapter(BaseModel):
-    """A stored adapter's metadata."""
+class BottleneckSettings(BaseModel):
+    """The bottleneck adapters a checkpoint of the bottleneck kind emits."""
+
+    size: int = Field(description="Bottleneck width m (down is m x hidden).")
+    placement: Literal["houlsby", "pfeiffer"] = Field(
+        description="houlsby: after the attention and the MLP block of every layer; pfeiffer: "
+        "after the MLP block only."
+    )
+    non_linearity: str
+    target_modules: list[str] = Field(description="The blocks an adapter follows, e.g. mlp.")
+    dtype: str
+
+
+class _AdapterBase(BaseModel):
+    """What every stored adapter's metadata holds."""
 
     id: AdapterId = Field(
         description="sha256 of (checkpoint hash, normalised condition, adapter settings)."
@@ -687,11 +702,32 @@ class Adapter(BaseModel):
         description="True when made by an untrained hypernetwork (a no-op adapter)."
     )
     warning: str | None = Field(None, description="Sent when untrained.")
-    adapter_kind: Literal["lora", "bottleneck"] = Field(description="What the adapter is.")
-    lora: LoraSettings
-    format: Literal["peft-lora"]
     size_bytes: int
     download_url: str
+
+
+class LoraAdapter(_AdapterBase):
+    """A stored LoRA adapter's metadata; its download is a PEFT folder (loads with
+    ``PeftModel.from_pretrained``)."""
+
+    adapter_kind: Literal["lora"] = Field(description="What the adapter is.")
+    lora: LoraSettings
+    format: Literal["peft-lora"]
+
+
+class BottleneckAdapter(_AdapterBase):
+    """A stored bottleneck adapter's metadata; its download is an AdapterHub folder (loads with
+    the ``adapters`` library's ``model.load_adapter(folder, use_safetensors=True)``, or
+    ``hypergen.load_adapterhub``)."""
+
+    adapter_kind: Literal["bottleneck"] = Field(description="What the adapter is.")
+    bottleneck: BottleneckSettings
+    format: Literal["adapterhub"]
+
+
+# one adapter's metadata: its kind says which
+Adapter = Annotated[LoraAdapter | BottleneckAdapter, Field(discriminator="adapter_kind")]
+ADAPTER_KINDS = (LoraAdapter, BottleneckAdapter)  # for documented answers (service.openapi)
 
 
 class AdapterList(BaseModel):
@@ -805,7 +841,10 @@ class Health(BaseModel):
     base_model: str
     base_model_id: str
     checkpoint: dict[str, Any]
-    lora: LoraSettings
+    lora: LoraSettings | None = Field(None, description="Sent when adapter_kind is lora.")
+    bottleneck: BottleneckSettings | None = Field(
+        None, description="Sent when adapter_kind is bottleneck."
+    )
     adapters_stored: int
     auth_required: bool
     limits: dict[str, int]

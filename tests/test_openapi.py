@@ -320,7 +320,9 @@ def test_bounds_are_where_the_document_says(app, client, spec):
     assert checked > 30, checked
 
 
-def test_answers_have_the_documented_shapes(client, spec):
+def _shape_checker(spec: dict):
+    """``check(response, path, method)``: the answer conforms to the documented reply of its
+    status, with every object closed to undocumented keys; returns its JSON."""
     closed = _closed(spec)
 
     def check(response, path: str, method: str):
@@ -330,6 +332,12 @@ def test_answers_have_the_documented_shapes(client, spec):
             reply = spec["components"]["responses"][reply["$ref"].rsplit("/", 1)[1]]
         _conforms(response.json, reply["content"]["application/json"]["schema"], closed)
         return response.json
+
+    return check
+
+
+def test_answers_have_the_documented_shapes(client, spec):
+    check = _shape_checker(spec)
 
     one = check(
         client.post("/v1/adapters", json={"description": "Translate."}), "/v1/adapters", "post"
@@ -357,3 +365,28 @@ def test_answers_have_the_documented_shapes(client, spec):
     )
     check(client.delete(f"/v1/adapters/{one['id']}"), "/v1/adapters/{adapter_id}", "delete")
     check(client.get("/healthz"), "/healthz", "get")
+
+
+def test_bottleneck_answers_have_the_documented_shapes(make_app, bottleneck_checkpoint_dir):
+    """A bottleneck checkpoint's answers: adapters with bottleneck settings and the adapterhub
+    format, health with the bottleneck settings, each matching the document exactly."""
+    from service.engine import Engine
+
+    client = make_app(engine=Engine.load(bottleneck_checkpoint_dir)).test_client()
+    spec = client.get("/openapi.json").json
+    check = _shape_checker(spec)
+    one = check(
+        client.post("/v1/adapters", json={"description": "Translate."}), "/v1/adapters", "post"
+    )
+    assert (one["adapter_kind"], one["format"]) == ("bottleneck", "adapterhub")
+    check(client.post("/v1/adapters", json={"descriptions": ["a", "b"]}), "/v1/adapters", "post")
+    check(client.get("/v1/adapters"), "/v1/adapters", "get")
+    check(client.get(f"/v1/adapters/{one['id']}"), "/v1/adapters/{adapter_id}", "get")
+    body = {"model": one["id"], "prompt": "a", "max_tokens": 3, "logprobs": 1}
+    check(client.post("/v1/completions", json=body), "/v1/completions", "post")
+    health = check(client.get("/healthz"), "/healthz", "get")
+    assert health["bottleneck"]["placement"] == "houlsby" and "lora" not in health
+    # a bottleneck adapter's metadata does not pass as a LoRA adapter's, nor the other way round
+    schemas = {"components": spec["components"]}
+    with pytest.raises(jsonschema.ValidationError):
+        _conforms(one, {"$ref": REF.format(model="LoraAdapter")}, schemas)
