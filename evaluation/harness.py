@@ -18,9 +18,16 @@ file lists only text-overlap metrics (rouge, bleu, bleurt, sequence_f1), then ``
 Per task group, besides each system's macro-average and paired Δ vs base: the paired differences
 ``generated - generated_other_task`` and ``generated - generated_random`` (``PAIRED_COMPARISONS``),
 the share of the oracle's gain over base that ``generated`` recovers, and the specificity of the
-generated adapters (``evaluation.specificity``: delta-W cosines across the tasks' descriptions and
-to each task's random-string adapter). With ``generation_check`` on, the generation check
-(``evaluation.generation_check``) runs too, with its own cache entries.
+generated adapters (``evaluation.specificity``: cosines of their updates, delta-W for LoRA, across
+the tasks' descriptions and to each task's random-string adapter). With ``generation_check`` on,
+the generation check (``evaluation.generation_check``) runs too, with its own cache entries.
+
+The checkpoint may emit either adapter kind (LoRA or bottleneck: ``HyperNetConfig.adapter_kind``):
+the generated systems, the specificity report and the generation check apply and compare what it
+emits, one adapter per row of each forward batch (``hypergen.adapters.apply``). The LoRA
+baselines (``multitask_lora``, ``oracle_lora``) read their own PEFT library and do not depend on
+the checkpoint's kind. A checkpoint's results are keyed by its hash, so adding the bottleneck kind
+moved no LoRA score or cache key (``HARNESS_VERSION`` unchanged).
 """
 
 from __future__ import annotations
@@ -54,7 +61,6 @@ from evaluation.systems import (
     random_words,
     task_description,
 )
-from hypergen.adapters.lora import LoraWeights
 from hypergen.config import DTYPES
 from hypergen.data.tasks import (
     MULTIPLE_CHOICE,
@@ -498,13 +504,11 @@ def adapter_specificity(
         return {"status": "missing", "reason": "no evaluated task has a description"}
     noise = [random_words(seed, name, num_random_words) for name in names]
 
-    def generate(conditions: list[str], chunk: int = 32) -> LoraWeights:  # bounded memory
-        return LoraWeights.cat(
-            [
-                generator.generate(conditions[k : k + chunk])
-                for k in range(0, len(conditions), chunk)
-            ]
-        )
+    def generate(conditions: list[str], chunk: int = 32):  # bounded memory
+        parts = [
+            generator.generate(conditions[k : k + chunk]) for k in range(0, len(conditions), chunk)
+        ]
+        return type(parts[0]).cat(parts)  # LoraWeights or BottleneckWeights, as the checkpoint
 
     report = specificity(names, generate(own), generate(noise))
     if skipped:
@@ -690,7 +694,7 @@ def summarize(
     return {
         "harness_version": HARNESS_VERSION,
         "decode_version": DECODE_VERSION,
-        "config": config.to_dict(),
+        "config": _portable_config(config),
         "paths": {k: record_path(v) for k, v in setup.paths.items()},
         "model": setup.model_record,
         "checkpoint": source.meta
@@ -716,6 +720,21 @@ def summarize(
             1,
         ),
     }
+
+
+# config keys that may name files or folders: recorded portably, like ``paths``
+PATH_KEYS = ("out", "base_model", "checkpoint", "loras_dir", "suite", "split", "chat_prompts")
+
+
+def _portable_config(config: EvalConfig) -> dict[str, Any]:
+    """The config as results record it: paths under the home or the repo made portable (a model
+    or checkpoint given by name stays as given)."""
+    record = config.to_dict()
+    for key in PATH_KEYS:
+        value = record.get(key)
+        if value and Path(os.path.expanduser(value)).exists():
+            record[key] = record_path(value)
+    return record
 
 
 def _data_record(setup: RunSetup) -> dict[str, Any]:

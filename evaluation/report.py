@@ -179,7 +179,8 @@ def _number(value: float | None, digits: int = 3) -> str:
 
 
 def _specificity_lines(spec: dict[str, Any] | None) -> list[str]:
-    """Cosines between generated adapters' delta-W (``evaluation.specificity``)."""
+    """Cosines between generated adapters' updates (``evaluation.specificity``): delta-W for LoRA,
+    the linearised update for bottleneck adapters (reports without ``quantity`` are LoRA's)."""
     if not spec:
         return []
     if spec["status"] != "ok":
@@ -189,10 +190,16 @@ def _specificity_lines(spec: dict[str, Any] | None) -> list[str]:
         if spec["undefined_pairs"]
         else ""
     )
+    bottleneck = "bottleneck" in spec.get("quantity", "")  # see evaluation.specificity.GEOMETRY
+    what, norm = (
+        ("linearised bottleneck updates [U·D | U·b_d + b_u], all blocks", "‖update‖")
+        if bottleneck
+        else ("delta-W, all modules", "‖ΔW‖")
+    )
     lines = [
         "",
         (
-            f"Adapter specificity (cosine between generated delta-W, all modules; {spec['tasks']} tasks"
+            f"Adapter specificity (cosine between generated {what}; {spec['tasks']} tasks"
             f"{undefined}): mean pairwise cosine across the tasks' own-description adapters "
             f"**{_number(spec['mean_pairwise_cosine'])}** (1: one adapter for every task); "
             f"random-string adapters among themselves {_number(spec['random_mean_pairwise_cosine'])}; "
@@ -200,7 +207,7 @@ def _specificity_lines(spec: dict[str, Any] | None) -> list[str]:
             f"**{_number(spec['mean_cosine_to_random'])}**."
         ),
         "",
-        "| Task | cos(own, random string) | mean cos(own, other tasks) | ‖ΔW‖ |",
+        f"| Task | cos(own, random string) | mean cos(own, other tasks) | {norm} |",
         "|---|---|---|---|",
     ]
     for task, entry in spec["per_task"].items():

@@ -35,6 +35,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from hypergen.adapters.apply import apply_adapters
+from hypergen.adapters.bottleneck import BottleneckWeights
 from hypergen.adapters.lora import LoraWeights
 from hypergen.decoding import (
     Job,
@@ -45,6 +46,9 @@ from hypergen.decoding import (
     new_cache,
     pad_token_id,
 )
+
+# what a scoring batch applies: one generated adapter per row, of either kind (or a shared one)
+Adapters = LoraWeights | BottleneckWeights
 
 # rows of hidden states turned into logits at once (bounds the (rows, vocab) logit matrix)
 _LOGIT_CHUNK = 256
@@ -144,7 +148,7 @@ class _LM:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
 
-def _adapter_rows(adapters: LoraWeights | None, index: Sequence[int] | None, rows: Sequence[int]):
+def _adapter_rows(adapters: Adapters | None, index: Sequence[int] | None, rows: Sequence[int]):
     """Adapters for a forward batch whose row j belongs to example ``rows[j]``."""
     if adapters is None:
         return None
@@ -158,7 +162,7 @@ def _adapter_rows(adapters: LoraWeights | None, index: Sequence[int] | None, row
 
 
 @contextmanager
-def _adapted(model: PreTrainedModel, weights: LoraWeights | None) -> Iterator[None]:
+def _adapted(model: PreTrainedModel, weights: Adapters | None) -> Iterator[None]:
     if weights is None:
         yield
     else:
@@ -197,7 +201,7 @@ def score_options(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     options: Sequence[Sequence[str]],
-    adapters: LoraWeights | None = None,
+    adapters: Adapters | None = None,
     adapter_index: Sequence[int] | None = None,
     config: ScoringConfig | None = None,
     on_examples: Callable[[int], None] | None = None,
@@ -210,7 +214,7 @@ def score_options(
         prompts: one prompt per example.
         options: each example's options (continuations of the prompt, usually with a leading
             space), at least one each.
-        adapters: LoRA adapters applied while scoring; None for the bare model.
+        adapters: adapters (LoRA or bottleneck) applied while scoring; None for the bare model.
         adapter_index: example e uses adapter ``adapter_index[e]``; None shares a one-adapter
             ``adapters`` across all examples.
         config: batching, truncation and autocast.
@@ -337,7 +341,7 @@ def greedy_generations(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     max_new_tokens: int,
-    adapters: LoraWeights | None = None,
+    adapters: Adapters | None = None,
     adapter_index: Sequence[int] | None = None,
     config: ScoringConfig | None = None,
     stop_ids: set[int] | None = None,
@@ -351,7 +355,7 @@ def greedy_generations(
         prompts: one prompt per example (already formatted, e.g. by a chat template; tokenized
             without adding special tokens).
         max_new_tokens: longest reply in tokens.
-        adapters: LoRA adapters applied while decoding; None for the bare model.
+        adapters: adapters (LoRA or bottleneck) applied while decoding; None for the bare model.
         adapter_index: example e uses adapter ``adapter_index[e]``; None shares one adapter.
         config: batching, truncation and autocast.
         stop_ids: token ids that end a reply (default: ``stop_token_ids(tokenizer)``, newlines
@@ -403,7 +407,7 @@ def greedy_answers(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     max_new_tokens: int,
-    adapters: LoraWeights | None = None,
+    adapters: Adapters | None = None,
     adapter_index: Sequence[int] | None = None,
     config: ScoringConfig | None = None,
     stop_ids: set[int] | None = None,

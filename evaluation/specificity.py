@@ -1,9 +1,14 @@
-"""Adapter specificity: how much do generated LoRAs differ from task to task?
+"""Adapter specificity: how much do generated adapters differ from task to task?
 
-Two adapters are compared by the cosine of their flattened updates dW (``hypergen.adapters.lora_geometry``:
-computed through r x r Gram products, float64). The cosine with an all-zero adapter (an untrained
-hypernetwork's B heads are zero) is undefined: ``None`` in reports, and such pairs are left out of
-means (their count is reported).
+Two adapters are compared by the cosine of a kind-appropriate update, concatenated over the
+adapted sites (``GEOMETRY``; both computed through r x r Gram products, float64):
+
+    lora        the flattened updates dW = s B A (``hypergen.adapters.lora_geometry``)
+    bottleneck  the linearised updates [U D | U b_d + b_u] of each block
+                (``hypergen.adapters.bottleneck_geometry``, which says why not the raw parameters)
+
+The cosine with an all-zero update (an untrained hypernetwork's B / up heads are zero) is
+undefined: ``None`` in reports, and such pairs are left out of means (their count is reported).
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from typing import Any
 
 from torch import Tensor
 
+from hypergen.adapters import bottleneck_geometry, lora_geometry
+from hypergen.adapters.bottleneck import BottleneckWeights
 from hypergen.adapters.lora import LoraWeights
 from hypergen.adapters.lora_geometry import (  # noqa: F401 (re-exported)
     cosine_matrix,
@@ -20,6 +27,9 @@ from hypergen.adapters.lora_geometry import (  # noqa: F401 (re-exported)
     paired_cosines,
     squared_norms,
 )
+
+# adapter kind -> the module computing its cosines (same function names in each)
+GEOMETRY = {"lora": lora_geometry, "bottleneck": bottleneck_geometry}
 
 
 def _mean(values: list[float]) -> float | None:
@@ -43,27 +53,36 @@ def mean_pairwise(cos: Tensor) -> tuple[float | None, int, int]:
     return _mean(values), len(values) - undefined, undefined
 
 
-def specificity(names: list[str], own: LoraWeights, random: LoraWeights) -> dict[str, Any]:
+def specificity(
+    names: list[str],
+    own: LoraWeights | BottleneckWeights,
+    random: LoraWeights | BottleneckWeights,
+) -> dict[str, Any]:
     """The specificity report of one group of tasks.
 
     Args:
         names: task names, one per adapter.
         own: each task's adapter generated from its own description.
-        random: each task's adapter generated from its random string (``generated_random``).
+        random: each task's adapter generated from its random string (``generated_random``), of
+            the same kind.
 
     Returns:
-        ``mean_pairwise_cosine`` across tasks' own adapters (pairs i < j), the same across the
-        random-string adapters (a reference: what "no information" looks like), the mean of each
-        task's own-vs-random cosine, and per task: its own-vs-random cosine, its mean cosine to
-        the other tasks' adapters, and |dW|.
+        ``quantity`` (what is compared, per ``GEOMETRY``), ``mean_pairwise_cosine`` across tasks'
+        own adapters (pairs i < j), the same across the random-string adapters (a reference: what
+        "no information" looks like), the mean of each task's own-vs-random cosine, and per task:
+        its own-vs-random cosine, its mean cosine to the other tasks' adapters, and the norm of
+        its update (|dW| for LoRA).
     """
     if not len(own) == len(random) == len(names):
         raise ValueError(f"{len(names)} names, {len(own)} adapters, {len(random)} random ones")
-    cos = cosine_matrix(own)
+    if own.kind != random.kind:
+        raise ValueError(f"cannot compare {own.kind} adapters with {random.kind} ones")
+    geometry = GEOMETRY[own.kind]
+    cos = geometry.cosine_matrix(own)
     mean, pairs, undefined = mean_pairwise(cos)
-    random_mean, _, _ = mean_pairwise(cosine_matrix(random))
-    to_random = paired_cosines(own, random)
-    norms = squared_norms(own).sqrt()
+    random_mean, _, _ = mean_pairwise(geometry.cosine_matrix(random))
+    to_random = geometry.paired_cosines(own, random)
+    norms = geometry.squared_norms(own).sqrt()
     n = len(names)
     per_task = {}
     for k, name in enumerate(names):
@@ -75,6 +94,7 @@ def specificity(names: list[str], own: LoraWeights, random: LoraWeights) -> dict
         }
     return {
         "status": "ok",
+        "quantity": geometry.QUANTITY,
         "tasks": n,
         "mean_pairwise_cosine": _number(mean),
         "pairs": pairs,

@@ -5,11 +5,13 @@
     nearest_example       no model: the answer of the most similar training input (TF-IDF cosine);
                           multiple choice: that answer if it is one of the options, else a guess
                           scored at its expected value (#correct / #options)
-    multitask_lora        one PEFT LoRA trained on all training tasks
+    multitask_lora        one PEFT LoRA trained on all training tasks (a baseline: it runs
+                          whatever kind of adapter the checkpoint emits)
     oracle_lora           a PEFT LoRA trained on this task's own train split (the ceiling), for
                           held-out and training tasks: ``<loras_dir>/<task>`` (subtask "a/b" in
                           ``a__b``), the layout of the LoRA library meta-training reads
-    generated             adapter generated from the task's description
+    generated             adapter generated from the task's description (the checkpoint's
+                          kind: LoRA or bottleneck; so for all generated_* systems)
     generated+desc        that adapter, and the description before the input
     generated_paraphrase  adapter generated from an unseen phrasing of the description
     generated_random      adapter generated from a fixed-seed random word string
@@ -45,6 +47,7 @@ from hypergen.layout import MULTITASK, library_folder
 if TYPE_CHECKING:  # torch loads with the model, not with the config (``evaluation.config``)
     from torch import nn
 
+    from hypergen.adapters.bottleneck import BottleneckWeights
     from hypergen.adapters.lora import LoraWeights
 
 logger = logging.getLogger(__name__)
@@ -60,7 +63,8 @@ class TaskSetup:
 
     Attributes:
         prompt_prefix: text put before every example's prompt ("" for none).
-        adapter: one adapter shared by all the task's examples, or None.
+        adapter: one adapter shared by all the task's examples, or None: a PEFT LoRA
+            (baselines) or what the checkpoint emits (generated systems: LoRA or bottleneck).
         condition: the text given to the hypernetwork, if any.
         fingerprint: everything that determines the outputs besides the examples and model
             (hashed into the cache key).
@@ -68,7 +72,7 @@ class TaskSetup:
     """
 
     prompt_prefix: str = ""
-    adapter: LoraWeights | None = None
+    adapter: LoraWeights | BottleneckWeights | None = None
     condition: str | None = None
     fingerprint: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
@@ -250,6 +254,7 @@ class GeneratorSource:
             k: v for k, v in training.items() if isinstance(v, (str, int, float, bool))
         }
         self.meta["trained_steps"] = generator.meta.trained_steps
+        self.meta["adapter_kind"] = generator.hypernet.config.adapter_kind  # lora or bottleneck
 
 
 def _peft_setup(folder: Path, model: nn.Module, what: str, absent: str = "") -> TaskSetup:

@@ -1,5 +1,5 @@
-"""hypergen: a hypernetwork turns a condition (a task description) into adapters (LoRA or
-bottleneck) for a frozen language model in one forward pass. Importing does no work; models load on demand.
+"""hypergen: a hypernetwork turns a condition (a task description, optionally with a language)
+into adapters (LoRA or bottleneck) for a frozen language model in one forward pass. Importing does no work; models load on demand.
 
 The public names below are imported on first use (``hypergen.AdapterGenerator`` loads torch then),
 so that ``import hypergen.cli`` and ``hypergen --help`` stay instant.
@@ -25,9 +25,12 @@ _EXPORTS = {
     "load_checkpoint": "hypergen.checkpoint",
     "save_checkpoint": "hypergen.checkpoint",
     "CONDITIONERS": "hypergen.conditions.registry",
+    "CompositeConditioner": "hypergen.conditions.composite",
     "HashingConditioner": "hypergen.conditions.hashing",
+    "LanguageConditioner": "hypergen.conditions.language",
     "TextConditioner": "hypergen.conditions.text",
     "build_conditioner": "hypergen.conditions.registry",
+    "condition_from_parts": "hypergen.conditions.registry",
     "BottleneckSpec": "hypergen.config",
     "EncoderConfig": "hypergen.config",
     "HyperNetConfig": "hypergen.config",

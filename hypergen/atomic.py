@@ -102,7 +102,8 @@ def check_destination(
         return out_dir
     names = sorted(e.name for e in out_dir.iterdir())
     shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-    what = f"a {kind.name} folder" if kind else "a folder hypergen wrote"
+    article = "an" if kind and kind.name[0].lower() in "aeiou" else "a"
+    what = f"{article} {kind.name} folder" if kind else "a folder hypergen wrote"
     raise FileExistsError(
         f"{shown_as} is not empty and is not {what} ({len(names)} entries: {shown}); choose another "
         "folder, or replace it and everything in it with overwrite=True (--overwrite on the "

@@ -125,6 +125,20 @@ def load_checkpoint(
     return hypernet.to(device).eval(), meta
 
 
+def checkpoint_adapter_kind(folder: str | Path) -> str:
+    """The adapter kind a checkpoint emits (``lora`` or ``bottleneck``), read from its config
+    alone (no weights, no model): what a caller needs before loading, e.g. to check where its
+    adapters will be written. Checkpoints from before the bottleneck kind are LoRA.
+
+    Raises:
+        FileNotFoundError: ``folder`` has no checkpoint config.
+    """
+    config_path = Path(folder) / CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{folder} is not a hypergen checkpoint: no {CONFIG_NAME}")
+    return json.loads(config_path.read_text()).get("hypernet", {}).get("adapter_kind", "lora")
+
+
 def checkpoint_hash(folder: str | Path) -> str:
     """SHA-256 over the config and weights files: identifies a checkpoint in adapter ids and results."""
     return files_sha256([Path(folder) / name for name in (CONFIG_NAME, WEIGHTS_NAME)])
@@ -133,5 +147,6 @@ def checkpoint_hash(folder: str | Path) -> str:
 def meta_dict(meta: CheckpointMeta) -> dict[str, Any]:
     """JSON-ready view of ``meta`` (for APIs and reports)."""
     data = asdict(meta)
+    data["encoder"] = meta.encoder.to_dict()  # no empty "parts" for one-part encoders
     data["untrained"] = meta.untrained
     return data

@@ -1,6 +1,8 @@
 """The ``hypergen`` command: subcommands mapped to plain typed functions.
 
-    hypergen generate "a task description" -o OUT         # OUT: one PEFT LoRA folder
+    hypergen generate "a task description" -o OUT         # OUT: one adapter folder (PEFT LoRA,
+                                                           # or AdapterHub for a bottleneck checkpoint)
+    hypergen generate "a task" --language sw -o OUT        # a description + language checkpoint
     hypergen generate "one" "two" -o OUT                   # OUT/000-one, OUT/001-two
     hypergen generate --checkpoint DIR "a task" -o OUT     # another hypernetwork checkpoint
     hypergen init-checkpoint -o checkpoints/untrained      # an untrained (no-op) generator
@@ -28,6 +30,7 @@ from hypergen.config import (
     DEFAULT_ENCODER,
     DEFAULT_ENCODER_KIND,
     DEFAULT_HIDDEN_DIM,
+    DEFAULT_LANGUAGE_FEATURES,
     DEFAULT_LORA_ALPHA,
     DEFAULT_LORA_RANK,
     DEFAULT_NUM_BLOCKS,
@@ -62,9 +65,12 @@ def write_adapters(
     dtype: str = "float32",
     bf16: bool = False,
     overwrite: bool = False,
+    language: str | None = None,
 ) -> list[Path]:
-    """Write one PEFT folder per description (the adapters made in one batch): what
-    ``hypergen generate`` does.
+    """Write one adapter folder per description (the adapters made in one batch): what
+    ``hypergen generate`` does. The folder is in the format of the checkpoint's adapter kind
+    (``AdapterGenerator.save_adapter``): a PEFT LoRA folder, or for a bottleneck checkpoint an
+    AdapterHub folder (``adapter_config.json`` + ``adapter.safetensors``).
 
     Args:
         checkpoint: hypernetwork checkpoint folder; None: the one shipped with the package
@@ -77,14 +83,29 @@ def write_adapters(
         bf16: run encoder and hypernetwork under bfloat16 autocast (faster for large batches).
         overwrite: also replace adapter destinations that hold something other than an earlier
             adapter (never the working directory, home, or a folder above them).
+        language: the language code every adapter is for (ISO 639-1 or 639-3), for a checkpoint
+            whose condition is a description and a language.
 
     Every destination is checked before anything is loaded or written: a non-empty folder that
-    is not an earlier adapter is an error unless ``overwrite``; an earlier adapter is replaced.
+    is not an earlier adapter of the checkpoint's kind is an error unless ``overwrite``; an
+    earlier adapter of that kind is replaced.
     """
+    from hypergen.adapters.adapterhub import ADAPTERHUB_FOLDER
     from hypergen.adapters.export import ADAPTER_FOLDER
     from hypergen.atomic import check_destination
-    from hypergen.checkpoint import CONFIG_NAME, DEFAULT_CHECKPOINT
+    from hypergen.checkpoint import CONFIG_NAME, DEFAULT_CHECKPOINT, checkpoint_adapter_kind
 
+    if checkpoint is None:
+        checkpoint = DEFAULT_CHECKPOINT
+        if not (checkpoint / CONFIG_NAME).is_file():
+            raise FileNotFoundError(
+                f"the checkpoint shipped with hypergen is missing ({checkpoint}): reinstall "
+                "hypergen or pass --checkpoint"
+            )
+    # the folder kind a rerun may replace: what save_adapter writes for this checkpoint
+    folder_kind = {"lora": ADAPTER_FOLDER, "bottleneck": ADAPTERHUB_FOLDER}[
+        checkpoint_adapter_kind(checkpoint)
+    ]
     folders = adapter_folders(descriptions, out)
     if len(folders) > 1:
         out = Path(out)
@@ -96,14 +117,7 @@ def write_adapters(
                 "into a folder of adapters: choose another -o"
             )
     for folder in folders:
-        check_destination(folder, ADAPTER_FOLDER, overwrite)
-    if checkpoint is None:
-        checkpoint = DEFAULT_CHECKPOINT
-        if not (checkpoint / CONFIG_NAME).is_file():
-            raise FileNotFoundError(
-                f"the checkpoint shipped with hypergen is missing ({checkpoint}): reinstall "
-                "hypergen or pass --checkpoint"
-            )
+        check_destination(folder, folder_kind, overwrite)
 
     import torch
 
@@ -111,9 +125,12 @@ def write_adapters(
     from hypergen.generator import AdapterGenerator
 
     generator = AdapterGenerator.from_pretrained(checkpoint)
-    lora = generator.generate(descriptions, autocast_dtype=torch.bfloat16 if bf16 else None)
+    extra = {} if language is None else {"language": language}
+    # checked against what the checkpoint takes (a ValueError naming its parts) before generating
+    conditions = [generator.condition(description=d, **extra) for d in descriptions]
+    weights = generator.generate(conditions, autocast_dtype=torch.bfloat16 if bf16 else None)
     for i, folder in enumerate(folders):
-        generator.save_adapter(lora.select(i), folder, dtype=DTYPES[dtype], overwrite=overwrite)
+        generator.save_adapter(weights.select(i), folder, dtype=DTYPES[dtype], overwrite=overwrite)
     return folders
 
 
@@ -136,7 +153,7 @@ def _run(command: str, args: argparse.Namespace, action: Callable[[], None]) -> 
 
 
 def generate_main(argv: list[str]) -> int:
-    """Write PEFT LoRA folders for task descriptions (one batch)."""
+    """Write adapters for task descriptions (one batch): PEFT LoRA or AdapterHub folders."""
     p = _parser("generate", generate_main.__doc__)
     p.add_argument("descriptions", nargs="+", help="one or more task descriptions")
     p.add_argument(
@@ -144,12 +161,19 @@ def generate_main(argv: list[str]) -> int:
         "--out",
         required=True,
         help="the adapter folder (one description), or a folder that receives one "
-        "<index>-<slug> subfolder per description (several)",
+        "<index>-<slug> subfolder per description (several); a PEFT LoRA folder, or an "
+        "AdapterHub folder (adapter_config.json + adapter.safetensors) for a checkpoint of the "
+        "bottleneck kind",
     )
     p.add_argument(
         "--checkpoint",
         help="hypernetwork checkpoint folder (default: the trained SmolLM2 + MiniLM checkpoint "
         "shipped with hypergen)",
+    )
+    p.add_argument(
+        "--language",
+        help="language of every adapter (ISO 639-1 or 639-3 code, e.g. sw or swa), for a "
+        "checkpoint conditioned on a description and a language",
     )
     p.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="dtype of saved tensors")
     p.add_argument("--bf16", action="store_true", help="generate under bfloat16 autocast")
@@ -164,7 +188,13 @@ def generate_main(argv: list[str]) -> int:
     def action() -> None:
         # AdapterGenerator.from_pretrained warns (stderr) when the checkpoint is untrained.
         folders = write_adapters(
-            args.checkpoint, args.descriptions, args.out, args.dtype, args.bf16, args.overwrite
+            args.checkpoint,
+            args.descriptions,
+            args.out,
+            args.dtype,
+            args.bf16,
+            args.overwrite,
+            language=args.language,
         )
         for folder in folders:
             print(folder)
@@ -189,6 +219,11 @@ def init_checkpoint_main(argv: list[str]) -> int:
         "--targets",
         default=",".join(DEFAULT_TARGET_MODULES),
         help="comma-separated module suffixes",
+    )
+    p.add_argument(
+        "--language-features",
+        help="also condition on a language: these lang2vec URIEL feature sets joined by '+' "
+        f"(e.g. {DEFAULT_LANGUAGE_FEATURES})",
     )
     p.add_argument("--hidden-dim", type=int, default=DEFAULT_HIDDEN_DIM)
     p.add_argument("--num-blocks", type=int, default=DEFAULT_NUM_BLOCKS)
@@ -218,6 +253,7 @@ def init_checkpoint_main(argv: list[str]) -> int:
             num_blocks=args.num_blocks,
             seed=args.seed,
             overwrite=args.overwrite,
+            language_features=args.language_features,
         )
         print(f"wrote UNTRAINED checkpoint {out} (its adapters are no-ops until trained)")
 
@@ -266,7 +302,7 @@ def _usage(commands: dict[str, Command]) -> str:
     lines = [
         f"usage: {PROG} [-h] [-V] COMMAND [ARGS ...]",
         "",
-        "Make LoRA adapters for a frozen language model from task descriptions.",
+        "Make adapters (LoRA or bottleneck) for a frozen language model from task descriptions.",
         "",
         "commands:",
     ]

@@ -9,6 +9,10 @@ from typing import Any
 DEFAULT_BASE_MODEL = "smollm2-135m"
 DEFAULT_ENCODER = "all-minilm-l6-v2"
 DEFAULT_ENCODER_KIND = "text"
+# the conditioner kind that concatenates the vectors of several condition parts
+COMPOSITE_KIND = "composite"
+# the URIEL feature sets of the language conditioner (lang2vec names joined by "+")
+DEFAULT_LANGUAGE_FEATURES = "syntax_knn+phonology_knn+inventory_knn"
 # the LoRA the hypernetwork emits and the network's size, unless a config says otherwise
 DEFAULT_LORA_RANK = 8
 DEFAULT_LORA_ALPHA = 16.0
@@ -159,21 +163,48 @@ class EncoderConfig:
     """Which conditioner turns a condition into a vector.
 
     Args:
-        kind: conditioner kind, a key of ``hypergen.conditions.registry.CONDITIONERS`` (``"text"``).
-        name: built-in name, local folder or Hub id of the encoder model.
+        kind: conditioner kind, a key of ``hypergen.conditions.registry.CONDITIONERS`` (``"text"``,
+            ``"hashing"``, ``"language"``, ``"composite"``).
+        name: built-in name, local folder or Hub id of the encoder model (for ``language``: the
+            URIEL feature sets, e.g. ``syntax_knn+phonology_knn+inventory_knn``). For
+            ``composite`` it is derived: the part names joined by ``+``.
+        parts: for ``composite`` only: condition part (``description``, ``language``) -> the
+            encoder of that part, in the order their vectors are concatenated. Checkpoints of
+            one-part conditioners have no such key.
     """
 
     kind: str = DEFAULT_ENCODER_KIND
     name: str = DEFAULT_ENCODER
+    parts: dict[str, EncoderConfig] = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.kind:
             raise ValueError("EncoderConfig.kind must be set")
+        self.parts = {
+            part: e if isinstance(e, EncoderConfig) else EncoderConfig.from_dict(e)
+            for part, e in dict(self.parts).items()
+        }
+        if self.kind == COMPOSITE_KIND:
+            if len(self.parts) < 2:
+                raise ValueError(
+                    f"EncoderConfig.parts of a composite encoder must name at least two condition "
+                    f"parts, got {sorted(self.parts)}"
+                )
+            if any(e.kind == COMPOSITE_KIND for e in self.parts.values()):
+                raise ValueError("EncoderConfig.parts must not hold another composite encoder")
+            self.name = "+".join(self.parts)
+        elif self.parts:
+            raise ValueError(
+                f"EncoderConfig.parts is for kind {COMPOSITE_KIND!r}, not {self.kind!r}"
+            )
         if not self.name:
             raise ValueError("EncoderConfig.name must be set")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = {"kind": self.kind, "name": self.name}
+        if self.parts:  # one-part encoders keep the key set (and checkpoint JSON) they always had
+            data["parts"] = {part: e.to_dict() for part, e in self.parts.items()}
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:

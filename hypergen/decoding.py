@@ -11,8 +11,9 @@ cache rows and its adapter rows are dropped, so short requests do not pay for lo
 into the running cache: continuous batching); ``decode`` runs one fixed batch through it.
 
 The model call is a parameter (``Forward``): ``adapter_forward`` builds the usual one (a causal LM
-with per-row adapters applied through hooks); the service passes its batched-LoRA adapters, the
-evaluation ``hypergen.adapters.lora.LoraWeights``, the serving benchmark PEFT's ``adapter_names``.
+with per-row adapters applied through hooks); the service passes its batched adapters
+(``service.batched``), the evaluation the generator's ``LoraWeights`` or ``BottleneckWeights``, the
+serving benchmark PEFT's ``adapter_names``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from hypergen.adapters.bottleneck import BottleneckWeights
 from hypergen.adapters.lora import LoraWeights
 
 logger = logging.getLogger(__name__)
@@ -97,7 +99,7 @@ class Job:
     """
 
     prompt_ids: list[int]
-    adapter: LoraWeights | None = None
+    adapter: LoraWeights | BottleneckWeights | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
     on_token: Callable[[int], bool] | None = None
 
@@ -244,7 +246,7 @@ def adapter_forward(
         model: a causal LM (not edited: adapters go on through ``hypergen.adapters.apply`` hooks).
         adapters: one adapter per row of the batch, or a single one for every row, or None for
             the bare model; anything ``apply_adapters`` takes that has ``select(rows)``
-            (``LoraWeights``, the service's ``BatchedLora``).
+            (``LoraWeights``, ``BottleneckWeights``, the service's ``service.batched`` stacks).
         autocast_dtype: run the model under ``torch.autocast`` with this dtype (None: off).
     """
     if adapters is None:

@@ -4,6 +4,11 @@
     lora = generator.generate(["Answer questions about dates.", "Translate to French."])
     generator.save_adapter(lora.select(0), "out/dates")  # a PEFT LoRA folder
 
+A checkpoint whose condition has several parts (``generator.condition_parts``, e.g.
+``("description", "language")``) takes one dict per adapter:
+
+    generator.generate([{"description": "Answer riddles.", "language": "sw"}])
+
 A checkpoint of the bottleneck kind returns ``BottleneckWeights``, saved as an AdapterHub folder.
 """
 
@@ -11,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +27,9 @@ from hypergen.adapters.bottleneck import BottleneckWeights
 from hypergen.adapters.export import save_peft
 from hypergen.adapters.lora import LoraWeights
 from hypergen.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from hypergen.conditions.registry import Conditioner, build_conditioner
+from hypergen.conditions.registry import Conditioner, build_conditioner, condition_from_parts
 from hypergen.config import (
+    COMPOSITE_KIND,
     DEFAULT_BASE_MODEL,
     DEFAULT_ENCODER,
     DEFAULT_ENCODER_KIND,
@@ -119,10 +125,34 @@ class AdapterGenerator:
     def targets(self):
         return self.hypernet.targets
 
+    @property
+    def condition_parts(self) -> tuple[str, ...]:
+        """The condition parts this checkpoint takes, e.g. ``("description",)`` or
+        ``("description", "language")``."""
+        return tuple(self.conditioner.parts)
+
+    def condition(self, **parts: Any) -> Any:
+        """The condition made of ``parts`` (``description=..., language=...``), normalised.
+
+        Raises:
+            ValueError: a part this checkpoint does not take, one it takes missing (the message
+                names what it takes), or an invalid value (e.g. an unknown language code).
+        """
+        return self.conditioner.normalize(condition_from_parts(self.condition_parts, parts))
+
     def encode(self, conditions: Sequence[Any]) -> torch.Tensor:
-        """Conditions -> (b, condition_dim) vectors on the hypernetwork's device."""
+        """Conditions -> (b, condition_dim) vectors on the hypernetwork's device.
+
+        A condition is what the conditioner takes (a description string for a one-part text
+        checkpoint, ``{part: value}`` for a composite one); a mapping of parts is accepted by any
+        checkpoint and checked against ``condition_parts``.
+        """
         device = next(self.hypernet.parameters()).device
-        return self.conditioner.encode(list(conditions)).to(device)
+        conditions = [
+            condition_from_parts(self.condition_parts, c) if isinstance(c, Mapping) else c
+            for c in conditions
+        ]
+        return self.conditioner.encode(conditions).to(device)
 
     def generate(
         self, conditions: Sequence[Any], autocast_dtype: torch.dtype | None = None
@@ -130,7 +160,8 @@ class AdapterGenerator:
         """One adapter per condition, in one batched forward pass (no gradients).
 
         Args:
-            conditions: e.g. task descriptions for a text conditioner.
+            conditions: e.g. task descriptions for a text conditioner, ``{"description": ...,
+                "language": ...}`` dicts for a description + language one (see ``encode``).
             autocast_dtype: run encoder and hypernetwork under autocast in this dtype
                 (``torch.bfloat16`` is ~3x faster on CPUs with AMX and on GPUs; adapters then
                 carry bf16 rounding). None keeps float32.
@@ -154,9 +185,11 @@ class AdapterGenerator:
         out_dir: str | Path,
         dtype: torch.dtype = torch.float32,
         overwrite: bool = False,
+        metadata: Mapping[str, str] | None = None,
     ) -> Path:
         """Write one generated adapter as a PEFT LoRA folder for this generator's base model;
-        ``out_dir`` must be new, empty or an earlier adapter folder unless ``overwrite``."""
+        ``out_dir`` must be new, empty or an earlier adapter folder unless ``overwrite``;
+        ``metadata``: extra strings for the safetensors header."""
         if not isinstance(lora, LoraWeights):
             raise TypeError(
                 f"save_peft writes LoRA adapters; this is {lora.kind} (use save_adapter)"
@@ -167,7 +200,7 @@ class AdapterGenerator:
             out_dir,
             base_model_name_or_path=self.base_model_id,
             dtype=dtype,
-            metadata=base_weights_metadata(self.meta.base_model),
+            metadata={**base_weights_metadata(self.meta.base_model), **(metadata or {})},
             overwrite=overwrite,
         )
 
@@ -177,11 +210,15 @@ class AdapterGenerator:
         out_dir: str | Path,
         dtype: torch.dtype = torch.float32,
         overwrite: bool = False,
+        metadata: Mapping[str, str] | None = None,
     ) -> Path:
         """Write one generated adapter in its kind's format: LoRA as a PEFT folder
-        (``save_peft``), bottleneck as an AdapterHub folder (``hypergen.adapters.adapterhub``)."""
+        (``save_peft``), bottleneck as an AdapterHub folder (``hypergen.adapters.adapterhub``);
+        ``metadata``: extra strings for the safetensors header."""
         if isinstance(weights, LoraWeights):
-            return self.save_peft(weights, out_dir, dtype=dtype, overwrite=overwrite)
+            return self.save_peft(
+                weights, out_dir, dtype=dtype, overwrite=overwrite, metadata=metadata
+            )
         spec = self.hypernet.config.bottleneck
         return save_adapterhub(
             weights,
@@ -191,7 +228,7 @@ class AdapterGenerator:
             mlp_module=spec.mlp_module,
             model_name=self.base_model_id,
             dtype=dtype,
-            metadata=base_weights_metadata(self.meta.base_model),
+            metadata={**base_weights_metadata(self.meta.base_model), **(metadata or {})},
             overwrite=overwrite,
         )
 
@@ -213,6 +250,7 @@ def init_checkpoint(
     num_blocks: int = DEFAULT_NUM_BLOCKS,
     seed: int = 0,
     overwrite: bool = False,
+    language_features: str | None = None,
 ) -> Path:
     """Build an untrained generator for ``base_model`` and save it; its adapters are no-ops.
 
@@ -225,9 +263,19 @@ def init_checkpoint(
         hidden_dim, num_blocks: the network's size.
         seed: initialisation seed.
         overwrite: replace ``out`` even if it holds something else.
+        language_features: if set, the condition is a description (``encoder_kind``,
+            ``encoder``) and a language (these URIEL feature sets, ``hypergen.conditions.language``).
     """
     model, _ = load_base_model(base_model)
     encoder_config = EncoderConfig(kind=encoder_kind, name=encoder)
+    if language_features:
+        encoder_config = EncoderConfig(
+            kind=COMPOSITE_KIND,
+            parts={
+                "description": encoder_config,
+                "language": EncoderConfig(kind="language", name=language_features),
+            },
+        )
     conditioner = build_conditioner(encoder_config)
     config = HyperNetConfig(
         hidden_dim=hidden_dim,

@@ -8,11 +8,13 @@ requests and shapes answers.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from hypergen.adapters.bottleneck import BottleneckWeights
 from hypergen.adapters.lora import LoraWeights
 from service.engine import Engine
 from service.metrics import Metrics
@@ -33,7 +35,7 @@ class Adapter:
 
     id: str
     record: dict[str, Any] | None
-    weights: LoraWeights | None = None
+    weights: LoraWeights | BottleneckWeights | None = None
     created: bool = False
     save: Callable[[], tuple[dict[str, Any], bool]] | None = None
 
@@ -51,7 +53,7 @@ class AdapterRegistry:
 
     def get_or_create(
         self,
-        conditions: Sequence[str],
+        conditions: Sequence[Any],
         dtype: str = "float32",
         with_weights: bool = False,
         defer_save: bool = False,
@@ -95,25 +97,31 @@ class AdapterRegistry:
         return [found[i] for i in ids]
 
     def put(
-        self, adapter_id: str, condition: str, weights: LoraWeights, dtype: str
+        self, adapter_id: str, condition: Any, weights: LoraWeights | BottleneckWeights, dtype: str
     ) -> tuple[dict[str, Any], bool]:
-        """Store ``weights`` under ``adapter_id`` with its record; (record, created)."""
+        """Store ``weights`` under ``adapter_id`` with its record; (record, created).
+
+        The record names the kind, its settings under the kind's name (``lora`` or
+        ``bottleneck``) and the folder's format (``peft-lora`` or ``adapterhub``)."""
         engine = self.engine
         info = engine.info()
         record = {
             "object": "adapter",
-            "condition": {"kind": engine.condition_kind, "description": condition},
+            "condition": engine.condition_record(condition),
+            "adapter_kind": engine.adapter_kind,
             "base_model": engine.base_model,
             "base_model_id": engine.base_model_id,
             "checkpoint": {k: info["checkpoint"][k] for k in ("name", "hash", "trained_steps")},
             "untrained": engine.untrained,
-            "lora": engine.adapter_settings(dtype),
-            "format": "peft-lora",
+            engine.adapter_kind: engine.adapter_settings(dtype),
+            "format": engine.adapter_format,
         }
         header = {
             "hypergen_id": adapter_id,
             "hypergen_checkpoint": engine.checkpoint_hash,
-            "hypergen_condition": condition,
+            "hypergen_condition": condition
+            if isinstance(condition, str)
+            else json.dumps(condition, sort_keys=True, ensure_ascii=False),
         }
         record, created = self.store.put(
             adapter_id, record, lambda folder: engine.save_adapter(weights, folder, dtype, header)
@@ -121,7 +129,7 @@ class AdapterRegistry:
         self.store.cache.put(adapter_id, weights)  # rounded to dtype: what the folder holds
         return record, created
 
-    def find(self, adapter_id: str) -> LoraWeights | None:
+    def find(self, adapter_id: str) -> LoraWeights | BottleneckWeights | None:
         """A stored adapter's weights by id, checked against the base model when read from disk.
 
         Raises:

@@ -1,9 +1,9 @@
 """The JSON API under ``/v1``: adapters, and OpenAI-compatible completions that apply them.
 
-    POST   /v1/adapters                  {"description": ...} or {"descriptions": [...]}
+    POST   /v1/adapters                  {"description": ...} or {"descriptions": [...]}, + "language"
     GET    /v1/adapters                  ?limit=&offset=   newest first
     GET    /v1/adapters/<id>             metadata
-    GET    /v1/adapters/<id>/download    zip of the PEFT folder
+    GET    /v1/adapters/<id>/download    zip of the adapter folder (PEFT LoRA or AdapterHub bottleneck)
     DELETE /v1/adapters/<id>
     GET    /v1/models                    the base model and stored adapters (OpenAI shape)
     POST   /v1/completions               OpenAI completions; ``model`` = an adapter id
@@ -11,7 +11,8 @@
 
 An adapter is chosen by ``model`` = its id (the LoRAX convention), or by the extra field
 ``adapter_description`` (generated on the fly and stored); ``model`` = ``base`` or the base
-model's name runs the bare model. Adapters are applied as tensors, never through files.
+model's name runs the bare model. Adapters are applied as tensors, never through files, whatever
+their kind (LoRA or bottleneck, as the checkpoint that made them).
 """
 
 from __future__ import annotations
@@ -42,27 +43,30 @@ from flask import (
     url_for,
 )
 
+from hypergen.adapters.bottleneck import BottleneckWeights
 from hypergen.adapters.lora import LoraWeights
-from hypergen.config import DTYPE_NAMES, unknown_keys
 from hypergen.decoding import Job, SamplingParams
+from service import schemas
 from service.batcher import Overloaded
 from service.errors import APIError, error_body
 from service.logprobs import chat_logprobs, completion_logprobs
+from service.openapi import Reply, operation
 from service.runtime import get_runtime
+from service.schemas import (
+    MAX_JSON_DEPTH,
+    AdapterPage,
+    AdapterRequest,
+    ChatCompletionRequest,
+    CompletionRequest,
+    validate,
+)
 from service.store import valid_id
 from service.streaming import DONE, Deltas, TokenStream, sse
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
-ADAPTER_DTYPES = DTYPE_NAMES
-CHAT_ROLES = ("system", "user", "assistant")
-MAX_STOP = 4
-MAX_STOP_CHARS = 200
-MAX_LOGPROBS = 20  # alternatives per token
-MAX_JSON_DEPTH = 32  # arrays and objects inside each other; no valid request comes close
 _SURROGATE = re.compile("[\ud800-\udfff]")  # only lone ones survive JSON decoding
-_ASCII_DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 # --- request helpers -----------------------------------------------------------------------------
@@ -153,64 +157,19 @@ def _check_unicode(text: str, path: str) -> None:
         )
 
 
-def _reject_unknown(body: dict[str, Any], allowed: set[str]) -> None:
-    unknown = unknown_keys(body, allowed)
-    if unknown:
-        raise APIError(
-            400, f"unknown field(s) {unknown}; expected some of {sorted(allowed)}", param=unknown[0]
-        )
-
-
-def _int(body: dict, key: str, default: int | None, lo: int, hi: int) -> int | None:
-    value = body.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise APIError(400, f"'{key}' must be an integer", param=key)
-    if not lo <= value <= hi:
-        raise APIError(400, f"'{key}' must be between {lo} and {hi}, got {value}", param=key)
-    return value
-
-
-def _float(
-    body: dict, key: str, default: float, lo: float, hi: float, lo_open: bool = False
-) -> float:
-    value = body.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise APIError(400, f"'{key}' must be a number", param=key)
-    if not (lo < value if lo_open else lo <= value) or value > hi:
-        interval = f"{'(' if lo_open else '['}{lo}, {hi}]"
-        raise APIError(400, f"'{key}' must be in {interval}, got {value}", param=key)
-    return float(value)
-
-
-def _query_int(key: str, default: int, lo: int, hi: int) -> int:
-    raw = request.args.get(key)
-    if raw is None:
-        return default
-    # ASCII digits only: str.isdigit() accepts "²", which int() refuses
-    if not _ASCII_DIGITS.fullmatch(raw) or not lo <= int(raw) <= hi:
-        raise APIError(
-            400, f"query parameter '{key}' must be an integer between {lo} and {hi}", param=key
-        )
-    return int(raw)
-
-
-def _description(value: Any, param: str) -> str:
-    """Checks one description and returns its normalised form."""
-    limit = current_app.config["MAX_DESCRIPTION_CHARS"]
-    if not isinstance(value, str):
-        raise APIError(400, f"'{param}' must be a string", param=param)
-    if len(value) > limit:
-        raise APIError(
-            400, f"'{param}' is {len(value)} characters; the limit is {limit}", param=param
-        )
+def _condition(parts: dict[str, Any], params: dict[str, str]) -> Any:
+    """The one place request parts (``description``, ``language``, ...) become a normalised
+    condition for the loaded checkpoint: 400 naming what it takes when a part is extra or
+    missing, or naming the part whose value is invalid. ``params``: part -> request field."""
+    engine = get_runtime().engine
     try:
-        return get_runtime().engine.normalize(value)
-    except ValueError as err:
-        raise APIError(400, f"'{param}': {err}", param=param) from err
+        return engine.condition(parts)
+    except (TypeError, ValueError) as err:
+        takes = engine.condition_parts
+        if len(takes) == 1 and set(parts) == set(takes):  # the one part's value is invalid
+            param = params[takes[0]]
+            raise APIError(400, f"'{param}': {err}", param=param) from err
+        raise APIError(400, str(err)) from err
 
 
 def _adapter_id_arg(adapter_id: str) -> str:
@@ -227,6 +186,9 @@ def _adapter_id_arg(adapter_id: str) -> str:
 def _metadata(record: dict[str, Any]) -> dict[str, Any]:
     """A stored record as the API shows it (with its download URL and the untrained warning)."""
     out = dict(record)
+    out.setdefault(
+        "adapter_kind", "lora"
+    )  # records stored before the key: the service was LoRA-only
     out["download_url"] = url_for("api.download_adapter", adapter_id=record["id"], _external=True)
     if record.get("untrained"):
         out["warning"] = "made by an UNTRAINED hypernetwork: this adapter is a no-op"
@@ -236,35 +198,44 @@ def _metadata(record: dict[str, Any]) -> dict[str, Any]:
 # --- adapters ------------------------------------------------------------------------------------
 
 
+ADAPTERS = (*schemas.ADAPTER_KINDS, schemas.AdapterList)  # the single form (a kind), the batch form
+ADAPTER_ID = {"adapter_id": schemas.AdapterId}
+
+
 @bp.post("/adapters")
+@operation(
+    "Make adapters from descriptions (or return the stored ones)",
+    {
+        201: Reply(
+            "Created (a batch: at least one created). The single form returns an Adapter with a "
+            "Location header; the batch form an AdapterList without paging fields.",
+            ADAPTERS,
+            headers={
+                "Location": {
+                    "description": "The adapter (single form)",
+                    "schema": {"type": "string"},
+                }
+            },
+        ),
+        200: Reply("Already stored: same input, same id", ADAPTERS),
+    },
+    body=AdapterRequest,
+    errors=(400, 413),
+)
 def create_adapters():
-    body = _body()
-    _reject_unknown(body, {"description", "descriptions", "dtype"})
-    if ("description" in body) == ("descriptions" in body):
-        raise APIError(
-            400, "send exactly one of 'description' (a string) or 'descriptions' (a list)"
-        )
-    dtype = body.get("dtype", "float32")
-    if dtype not in ADAPTER_DTYPES:
-        raise APIError(400, f"'dtype' must be one of {list(ADAPTER_DTYPES)}", param="dtype")
-    if "description" in body:
-        normalized = [_description(body["description"], "description")]
-    else:
-        raw, limit = body["descriptions"], current_app.config["MAX_DESCRIPTIONS"]
-        if not isinstance(raw, list) or not raw:
-            raise APIError(
-                400, "'descriptions' must be a non-empty list of strings", param="descriptions"
-            )
-        if len(raw) > limit:
-            raise APIError(
-                400,
-                f"'descriptions' holds {len(raw)} items; the limit is {limit}",
-                param="descriptions",
-            )
-        normalized = [_description(d, f"descriptions[{i}]") for i, d in enumerate(raw)]
-    adapters = get_runtime().adapters.get_or_create(normalized, dtype)
+    wanted = validate(AdapterRequest, _body(), current_app.config)
+    # the other parts (a language...) apply to every description of a batch
+    others = wanted.other_parts()
+    rows = [({"description": text}, param) for param, text in wanted.texts()] or [
+        ({}, "description")
+    ]
+    normalized = [
+        _condition({**parts, **others}, {"description": param, **{p: p for p in others}})
+        for parts, param in rows
+    ]
+    adapters = get_runtime().adapters.get_or_create(normalized, wanted.dtype)
     status = 201 if any(a.created for a in adapters) else 200
-    if "description" in body:
+    if wanted.descriptions is None:
         record = adapters[0].record
         location = url_for("api.get_adapter", adapter_id=record["id"])
         return _metadata(record), status, {"Location": location}
@@ -272,18 +243,24 @@ def create_adapters():
 
 
 @bp.get("/adapters")
+@operation(
+    "List stored adapters, newest first",
+    {200: Reply("A page", schemas.AdapterList)},
+    query=AdapterPage,
+    errors=(400,),
+)
 def list_adapters():
     config = current_app.config
-    limit = _query_int("limit", config["PAGE_SIZE"], 1, config["MAX_PAGE_SIZE"])
-    offset = _query_int("offset", 0, 0, 2**31)
-    records, total = get_runtime().store.list(limit, offset)
+    page = validate(AdapterPage, request.args.to_dict(), config)
+    limit = config["PAGE_SIZE"] if page.limit is None else page.limit
+    records, total = get_runtime().store.list(limit, page.offset)
     return {
         "object": "list",
         "data": [_metadata(r) for r in records],
         "total": total,
         "limit": limit,
-        "offset": offset,
-        "has_more": offset + len(records) < total,
+        "offset": page.offset,
+        "has_more": page.offset + len(records) < total,
     }
 
 
@@ -295,11 +272,29 @@ def _record_or_404(adapter_id: str) -> dict[str, Any]:
 
 
 @bp.get("/adapters/<adapter_id>")
+@operation(
+    "Adapter metadata",
+    {200: Reply("Metadata", schemas.ADAPTER_KINDS)},
+    path=ADAPTER_ID,
+    errors=(400, 404),
+)
 def get_adapter(adapter_id: str):
     return _metadata(_record_or_404(adapter_id))
 
 
 @bp.get("/adapters/<adapter_id>/download")
+@operation(
+    "The adapter folder as a zip, in its format (the metadata's format): peft-lora, "
+    "adapter_config.json + adapter_model.safetensors (PeftModel.from_pretrained); adapterhub, "
+    "adapter_config.json + adapter.safetensors (the adapters library's model.load_adapter)",
+    {
+        200: Reply(
+            "Zip archive", media="application/zip", schema={"type": "string", "format": "binary"}
+        )
+    },
+    path=ADAPTER_ID,
+    errors=(400, 404),
+)
 def download_adapter(adapter_id: str):
     _record_or_404(adapter_id)
     try:
@@ -315,6 +310,12 @@ def download_adapter(adapter_id: str):
 
 
 @bp.delete("/adapters/<adapter_id>")
+@operation(
+    "Delete an adapter",
+    {200: Reply("Deleted", schemas.DeletedAdapter)},
+    path=ADAPTER_ID,
+    errors=(400, 404),
+)
 def delete_adapter(adapter_id: str):
     if not get_runtime().store.delete(_adapter_id_arg(adapter_id)):
         raise APIError(404, f"adapter {adapter_id} not found", param="id", code="adapter_not_found")
@@ -322,6 +323,10 @@ def delete_adapter(adapter_id: str):
 
 
 @bp.get("/models")
+@operation(
+    "The base model and the newest adapters (OpenAI shape)",
+    {200: Reply("Models", schemas.ModelList)},
+)
 def list_models():
     engine = get_runtime().engine
     records, _ = get_runtime().store.list(limit=current_app.config["MAX_PAGE_SIZE"])
@@ -342,18 +347,20 @@ def list_models():
 # --- completions ---------------------------------------------------------------------------------
 
 
-def _resolve_adapter(body: dict[str, Any]) -> tuple[str, LoraWeights | None, Callable | None]:
+def _resolve_adapter(
+    wanted: schemas.CompletionRequest | schemas.ChatCompletionRequest,
+) -> tuple[str, LoraWeights | BottleneckWeights | None, Callable | None]:
     """(the model name to echo, the adapter to apply or None for the bare model, and for a new
     adapter the call that stores it: run it once the jobs are queued, so the disk write overlaps
     the forward pass instead of delaying the first token)."""
     runtime = get_runtime()
     engine = runtime.engine
     base_names = {"base", engine.base_model, engine.base_model_id}
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise APIError(400, "'model' must be a string", param="model")
-    if body.get("adapter_description") is not None:
-        description = _description(body["adapter_description"], "adapter_description")
+    model = wanted.model
+    if wanted.adapter_description is not None:
+        description = _condition(
+            {"description": wanted.adapter_description}, {"description": "adapter_description"}
+        )
         adapter_id = engine.adapter_id(description)
         if model not in (None, adapter_id, *base_names):
             raise APIError(
@@ -386,57 +393,12 @@ def _resolve_adapter(body: dict[str, Any]) -> tuple[str, LoraWeights | None, Cal
     return model, lora, None
 
 
-_UNSUPPORTED = {  # field: (allowed values, what to say)
-    "best_of": ((None, 1), "best_of is not supported (send n for several completions)"),
-    "echo": ((None, False), "echo is not supported"),
-    "suffix": ((None,), "suffix is not supported"),
-    "tools": ((None, []), "tools are not supported"),
-    "functions": ((None, []), "functions are not supported"),
-    "frequency_penalty": ((None, 0), "frequency_penalty is not supported"),
-    "presence_penalty": ((None, 0), "presence_penalty is not supported"),
-}
-
-
-def _logprobs(body: dict[str, Any], chat: bool) -> int | None:
-    """How many alternatives to report per token (None: no logprobs), as each route spells it:
-    completions ``logprobs: k``; chat ``logprobs: true`` and ``top_logprobs: k``."""
-    if not chat:
-        if body.get("top_logprobs") is not None:
-            raise APIError(
-                400,
-                "'top_logprobs' belongs to /v1/chat/completions; here send 'logprobs': an "
-                f"integer 0-{MAX_LOGPROBS} (alternatives per token)",
-                param="top_logprobs",
-            )
-        return _int(body, "logprobs", None, 0, MAX_LOGPROBS)
-    wanted = body.get("logprobs")
-    if wanted is not None and not isinstance(wanted, bool):
-        raise APIError(
-            400,
-            "'logprobs' must be a boolean here (true: each token's log-probability); "
-            f"'top_logprobs' (0-{MAX_LOGPROBS}) adds the most likely alternatives",
-            param="logprobs",
-        )
-    top = _int(body, "top_logprobs", None, 0, MAX_LOGPROBS)
-    if top is not None and not wanted:
-        raise APIError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
-    return (top or 0) if wanted else None
-
-
-def _copies(body: dict[str, Any], prompts: int) -> int:
-    """``n``: completions per prompt; all of a request's rows count against ``MAX_PROMPTS``."""
-    limit = current_app.config["MAX_PROMPTS"]
-    n = _int(body, "n", 1, 1, limit)
-    if prompts * n > limit:
-        raise APIError(
-            400,
-            f"{prompts} prompt(s) x n={n} is {prompts * n} completions; the limit is {limit}",
-            param="n",
-        )
-    return n
-
-
-def _jobs(prompts: list[list[int]], lora: LoraWeights | None, params: SamplingParams, n: int):
+def _jobs(
+    prompts: list[list[int]],
+    lora: LoraWeights | BottleneckWeights | None,
+    params: SamplingParams,
+    n: int,
+):
     """n jobs per prompt, prompt by prompt (choice index = prompt index * n + copy); with a
     seed, copy j samples with seed + j so the copies differ."""
     return [
@@ -451,45 +413,17 @@ def _jobs(prompts: list[list[int]], lora: LoraWeights | None, params: SamplingPa
 
 
 def _sampling(
-    body: dict[str, Any], max_tokens_keys: tuple[str, ...], chat: bool = False
+    wanted: schemas.CompletionRequest | schemas.ChatCompletionRequest, max_tokens: int | None
 ) -> SamplingParams:
-    for key, (allowed, why) in _UNSUPPORTED.items():
-        if key in body and body[key] not in allowed:
-            raise APIError(400, f"'{key}': {why}", param=key)
-    config = current_app.config
-    max_tokens = None
-    for key in max_tokens_keys:
-        max_tokens = _int(body, key, max_tokens, 1, config["MAX_TOKENS"])
-    stop = body.get("stop")
-    if stop is None:
-        stop = []
-    elif isinstance(stop, str):
-        stop = [stop]
-    if (
-        not isinstance(stop, list)
-        or len(stop) > MAX_STOP
-        or not all(isinstance(s, str) and s for s in stop)
-    ):
-        raise APIError(
-            400,
-            f"'stop' must be a non-empty string or a list of up to {MAX_STOP} of them",
-            param="stop",
-        )
-    if any(len(s) > MAX_STOP_CHARS for s in stop):
-        raise APIError(
-            400, f"each 'stop' string must be at most {MAX_STOP_CHARS} characters", param="stop"
-        )
-    ignore_eos = body.get("ignore_eos", False)
-    if not isinstance(ignore_eos, bool):
-        raise APIError(400, "'ignore_eos' must be a boolean", param="ignore_eos")
+    stop = [wanted.stop] if isinstance(wanted.stop, str) else wanted.stop or []
     return SamplingParams(
-        max_tokens=max_tokens or config["DEFAULT_MAX_TOKENS"],
-        temperature=_float(body, "temperature", 0.0, 0.0, 2.0),
-        top_p=_float(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
+        max_tokens=max_tokens or current_app.config["DEFAULT_MAX_TOKENS"],
+        temperature=float(wanted.temperature),
+        top_p=float(wanted.top_p),
         stop=tuple(stop),
-        seed=_int(body, "seed", None, -(2**63), 2**63 - 1),
-        ignore_eos=ignore_eos,
-        logprobs=_logprobs(body, chat),
+        seed=wanted.seed,
+        ignore_eos=wanted.ignore_eos,
+        logprobs=wanted.logprobs_wanted(),
     )
 
 
@@ -697,52 +631,25 @@ def _stream(
     )
 
 
-def _streaming(body: dict[str, Any], params: SamplingParams) -> tuple[bool, bool]:
-    """(stream, include_usage), checked; streamed tokens come without logprobs."""
-    stream, options = body.get("stream"), body.get("stream_options")
-    if stream is not None and not isinstance(stream, bool):
-        raise APIError(400, "'stream' must be a boolean", param="stream")
-    if stream and params.logprobs is not None:
-        raise APIError(400, "logprobs are not supported with 'stream': true", param="logprobs")
-    if options is None:
-        return bool(stream), False
-    if not stream:
-        raise APIError(400, "'stream_options' needs 'stream': true", param="stream_options")
-    if (
-        not isinstance(options, dict)
-        or set(options) - {"include_usage"}
-        or not isinstance(options.get("include_usage", False), bool)
-    ):
-        raise APIError(
-            400,
-            "'stream_options' must be {\"include_usage\": true or false}",
-            param="stream_options",
-        )
-    return True, options.get("include_usage", False)
+COMPLETION_ERRORS = (400, 404, 413, 422, 503, 504)
 
 
 @bp.post("/completions")
+@operation(
+    "OpenAI-compatible completion with an adapter applied",
+    {200: Reply("Completion", schemas.Completion, events=True)},
+    body=CompletionRequest,
+    errors=COMPLETION_ERRORS,
+)
 def completions():
     with _announced():
-        return _completions(_body())
+        return _completions(validate(CompletionRequest, _body(), current_app.config))
 
 
-def _completions(body: dict[str, Any]):
-    params = _sampling(body, ("max_tokens",))
-    prompt = body.get("prompt")
-    prompts = [prompt] if isinstance(prompt, str) else prompt
-    limit = current_app.config["MAX_PROMPTS"]
-    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-        raise APIError(
-            400, "'prompt' must be a string or a non-empty list of strings", param="prompt"
-        )
-    if len(prompts) > limit:
-        raise APIError(
-            400, f"'prompt' holds {len(prompts)} prompts; the limit is {limit}", param="prompt"
-        )
-    n = _copies(body, len(prompts))
-    stream, include_usage = _streaming(body, params)
-    model, lora, store_later = _resolve_adapter(body)
+def _completions(wanted: CompletionRequest):
+    params = _sampling(wanted, wanted.max_tokens)
+    prompts, n, stream = wanted.prompts(), wanted.n, wanted.stream
+    model, lora, store_later = _resolve_adapter(wanted)
     engine = get_runtime().engine
     ids = [_check_prompt(engine.tokenize(p), params, "prompt") for p in prompts]
     jobs = _jobs(ids, lora, params, n)
@@ -762,7 +669,7 @@ def _completions(body: dict[str, Any]):
             choice = {"index": index, "text": text, "logprobs": None}
             return {**head, "choices": [{**choice, "finish_reason": finish_reason}]}
 
-        return _stream(jobs, store_later, n, chunk, include_usage)
+        return _stream(jobs, store_later, n, chunk, wanted.include_usage())
     results, usage = _run(jobs, store_later, n)
     return {
         **head,
@@ -779,47 +686,23 @@ def _completions(body: dict[str, Any]):
     }
 
 
-def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise APIError(
-            400, "'messages' must be a non-empty list of {role, content} objects", param="messages"
-        )
-    out = []
-    for i, message in enumerate(messages):
-        param = f"messages[{i}]"
-        if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
-            raise APIError(
-                400,
-                f"'{param}' must be an object whose 'role' is one of {list(CHAT_ROLES)}",
-                param=param,
-            )
-        content = message.get("content")
-        if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-            if not all(
-                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                for p in content
-            ):
-                raise APIError(400, f"'{param}.content' parts must be text parts", param=param)
-            content = "".join(p["text"] for p in content)
-        if not isinstance(content, str):
-            raise APIError(400, f"'{param}.content' must be a string", param=param)
-        out.append({"role": message["role"], "content": content})
-    return out
-
-
 @bp.post("/chat/completions")
+@operation(
+    "OpenAI-compatible chat completion with an adapter applied (the model's chat template)",
+    {200: Reply("Chat completion", schemas.ChatCompletion, events=True)},
+    body=ChatCompletionRequest,
+    errors=COMPLETION_ERRORS,
+)
 def chat_completions():
     with _announced():
-        return _chat_completions(_body())
+        return _chat_completions(validate(ChatCompletionRequest, _body(), current_app.config))
 
 
-def _chat_completions(body: dict[str, Any]):
-    params = _sampling(body, ("max_tokens", "max_completion_tokens"), chat=True)
-    messages = _messages(body)
-    n = _copies(body, 1)
-    stream, include_usage = _streaming(body, params)
-    model, lora, store_later = _resolve_adapter(body)
+def _chat_completions(wanted: ChatCompletionRequest):
+    params = _sampling(wanted, wanted.max_completion_tokens or wanted.max_tokens)
+    messages = [{"role": m.role, "content": m.text()} for m in wanted.messages]
+    n, stream = wanted.n, wanted.stream
+    model, lora, store_later = _resolve_adapter(wanted)
     engine = get_runtime().engine
     try:
         ids = engine.tokenize_chat(messages)
@@ -840,7 +723,7 @@ def _chat_completions(body: dict[str, Any]):
             choice = {"index": index, "delta": delta, "logprobs": None}
             return {**head, "choices": [{**choice, "finish_reason": finish_reason}]}
 
-        return _stream(jobs, store_later, n, chunk, include_usage)
+        return _stream(jobs, store_later, n, chunk, wanted.include_usage())
     results, usage = _run(jobs, store_later, n)
     return {
         **head,

@@ -6,6 +6,10 @@ different adapter per row (``complete``), or hands out a decode batch that reque
 between steps (``decoder``). It holds no request state: the batchers (``service.batcher``,
 ``service.continuous``) decide what runs together.
 
+The checkpoint may emit either adapter kind (``HyperNetConfig.adapter_kind``): LoRA adapters are
+stored as PEFT folders, bottleneck adapters as AdapterHub folders (``ADAPTER_FORMATS``), and a
+batch may mix both kinds (``service.batched``).
+
 Which checkpoint: the one configured, else the trained default shipped with the package
 (``hypergen.checkpoint.DEFAULT_CHECKPOINT``), else an UNTRAINED one built on first start under
 ``$HYPERGEN_HOME/checkpoints`` (its adapters are exact no-ops; the service labels it everywhere).
@@ -24,7 +28,7 @@ from typing import Any
 
 import torch
 
-from hypergen.adapters.export import save_peft
+from hypergen.adapters.bottleneck import BottleneckWeights
 from hypergen.adapters.lora import LoraWeights
 from hypergen.checkpoint import CONFIG_NAME, checkpoint_hash, meta_dict
 from hypergen.checkpoint import DEFAULT_CHECKPOINT as SHIPPED_CHECKPOINT
@@ -32,14 +36,16 @@ from hypergen.config import DTYPES
 from hypergen.decoding import Completion, Decoder, Job, eos_token_ids, model_forward, new_cache
 from hypergen.generator import AdapterGenerator
 from hypergen.layout import checkpoint_cache_dir
-from hypergen.models import base_weights_metadata, load_base_model
-from hypergen.targets import find_targets
-from service.batched_lora import RowAdapters
+from hypergen.models import load_base_model
+from hypergen.targets import find_block_targets, find_targets
+from service.batched import RowAdapters
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = SHIPPED_CHECKPOINT  # package data: resolves in non-editable installs too
 UNTRAINED_CHECKPOINT = "untrained-smollm2-minilm"
+# adapter kind -> the format of its stored folder and download (adapter metadata ``format``)
+ADAPTER_FORMATS = {"lora": "peft-lora", "bottleneck": "adapterhub"}
 UNTRAINED_WARNING = (
     "UNTRAINED hypernetwork: its adapters are exact no-ops (outputs equal the base model's) "
     "until a trained checkpoint is configured"
@@ -82,9 +88,9 @@ class _AdapterOrder:
     """One ``Engine.make_adapters`` call's conditions, filled by whichever call runs the
     generator next."""
 
-    conditions: list[str]
+    conditions: list[Any]
     dtype: str
-    adapters: list[LoraWeights] | None = None
+    adapters: list[LoraWeights | BottleneckWeights] | None = None
     error: Exception | None = None
 
     @property
@@ -111,12 +117,6 @@ class Engine:
         checkpoint: str | Path,
         device: torch.device | str = "cpu",
     ):
-        kind = generator.hypernet.config.adapter_kind
-        if kind != "lora":
-            # the store, the batched decode path and the downloads are PEFT LoRA only (issue 9 §5)
-            raise ValueError(
-                f"the service serves LoRA checkpoints only; {checkpoint} emits {kind} adapters"
-            )
         self.model, self.tokenizer, self.generator = model, tokenizer, generator
         self.checkpoint = Path(checkpoint)
         self.checkpoint_hash = checkpoint_hash(self.checkpoint)
@@ -164,6 +164,15 @@ class Engine:
     def condition_kind(self) -> str:
         return self.generator.conditioner.kind
 
+    @property
+    def condition_parts(self) -> tuple[str, ...]:
+        """The condition parts the checkpoint takes, e.g. ``("description",)``."""
+        return self.generator.condition_parts
+
+    @property
+    def adapter_kind(self) -> str:
+        return self.generator.hypernet.config.adapter_kind
+
     def info(self) -> dict[str, Any]:
         """What /healthz and adapter metadata say about the served models."""
         meta = meta_dict(self.generator.meta)
@@ -176,30 +185,64 @@ class Engine:
                 "untrained": self.untrained,
                 "trained_steps": meta["trained_steps"],
                 "encoder": meta["encoder"],
+                "condition_parts": list(self.condition_parts),
             },
-            "lora": self.adapter_settings("float32"),
+            "adapter_kind": self.adapter_kind,
+            self.adapter_kind: self.adapter_settings("float32"),  # "lora" or "bottleneck"
         }
         if self.untrained:
             info["warning"] = UNTRAINED_WARNING
         return info
 
+    @property
+    def adapter_format(self) -> str:
+        """How adapters are stored and downloaded: ``peft-lora`` or ``adapterhub``."""
+        return ADAPTER_FORMATS[self.adapter_kind]
+
     def adapter_settings(self, dtype: str) -> dict[str, Any]:
-        spec = self.generator.hypernet.config.lora
+        """The adapters' shape as metadata shows it (and adapter ids hash it): for LoRA rank,
+        alpha and modules; for bottlenecks size, placement, non-linearity and blocks."""
+        config = self.generator.hypernet.config
+        if self.adapter_kind == "lora":
+            spec = config.lora
+            return {
+                "rank": spec.rank,
+                "alpha": spec.alpha,
+                "target_modules": list(spec.target_modules),
+                "dtype": dtype,
+            }
+        spec = config.bottleneck
         return {
-            "rank": spec.rank,
-            "alpha": spec.alpha,
+            "size": spec.size,
+            "placement": spec.placement,
+            "non_linearity": spec.non_linearity,
             "target_modules": list(spec.target_modules),
             "dtype": dtype,
         }
 
     # --- adapters --------------------------------------------------------------------------
 
-    def normalize(self, condition: Any) -> str:
+    def normalize(self, condition: Any) -> Any:
         """The canonical condition (raises ValueError with a message for bad input)."""
         return self.generator.conditioner.normalize(condition)
 
-    def adapter_id(self, normalized: str, dtype: str = "float32") -> str:
-        """Content hash of (checkpoint, normalised condition, adapter settings): 64 hex digits."""
+    def condition(self, parts: dict[str, Any]) -> Any:
+        """The canonical condition made of request ``parts`` (``{"description": ..., "language":
+        ...}``); ValueError naming what the checkpoint takes when a part is extra or missing."""
+        return self.generator.condition(**parts)
+
+    def condition_record(self, normalized: Any) -> dict[str, Any]:
+        """A condition as adapter metadata shows it: ``{"kind": ..., <part>: <value>, ...}``."""
+        parts = (
+            normalized if isinstance(normalized, dict) else {self.condition_parts[0]: normalized}
+        )
+        return {"kind": self.condition_kind, **parts}
+
+    def adapter_id(self, normalized: Any, dtype: str = "float32") -> str:
+        """Content hash of (checkpoint, normalised condition, adapter settings): 64 hex digits.
+
+        The whole condition is hashed: every part of a composite one (a description-only id is
+        what it always was)."""
         payload = {
             "checkpoint": self.checkpoint_hash,
             "condition": {"kind": self.condition_kind, "value": normalized},
@@ -209,7 +252,9 @@ class Engine:
             json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         ).hexdigest()
 
-    def make_adapters(self, normalized: Sequence[str], dtype: str = "float32") -> list[LoraWeights]:
+    def make_adapters(
+        self, normalized: Sequence[Any], dtype: str = "float32"
+    ) -> list[LoraWeights | BottleneckWeights]:
         """One adapter per condition, in one forward pass of the hypernetwork.
 
         Concurrent calls are combined: while the generator runs, other calls queue their
@@ -218,7 +263,7 @@ class Engine:
         costs about half as much per adapter as 16 passes of one). A pass that fails is rerun
         call by call, so a failing call fails alone.
 
-        Factors are rounded to ``dtype`` (the dtype they are stored in), so what is served equals
+        Tensors are rounded to ``dtype`` (the dtype they are stored in), so what is served equals
         what is downloaded.
         """
         order = _AdapterOrder(list(normalized), dtype)
@@ -237,7 +282,7 @@ class Engine:
         """Fill ``orders`` from one pass of the generator (the caller holds it)."""
         conditions = [c for order in orders for c in order.conditions]
         try:
-            lora = self.generator.generate(conditions) if conditions else None
+            weights = self.generator.generate(conditions) if conditions else None
         except Exception as err:  # noqa: BLE001 - raised in the calling request's thread
             if len(orders) == 1:
                 orders[0].error = err
@@ -248,40 +293,43 @@ class Engine:
         start = 0
         for order in orders:
             order.adapters = [
-                lora.select(i).to(dtype=DTYPES[order.dtype]).to(self.device, torch.float32)
+                weights.select(i).to(dtype=DTYPES[order.dtype]).to(self.device, torch.float32)
                 for i in range(start, start + len(order.conditions))
             ]
             start += len(order.conditions)
 
     def save_adapter(
-        self, lora: LoraWeights, folder: Path, dtype: str, metadata: dict[str, str]
+        self,
+        weights: LoraWeights | BottleneckWeights,
+        folder: Path,
+        dtype: str,
+        metadata: dict[str, str],
     ) -> Path:
-        """Write one adapter as a PEFT LoRA folder (atomically); ``folder`` belongs to the store,
+        """Write one adapter in its kind's format (atomically): a PEFT LoRA folder or an
+        AdapterHub folder (``AdapterGenerator.save_adapter``); ``folder`` belongs to the store,
         which replaces any leftover there."""
-        return save_peft(
-            lora,
-            self.generator.targets,
-            folder,
-            base_model_name_or_path=self.base_model_id,
-            dtype=DTYPES[dtype],
-            metadata={**base_weights_metadata(self.base_model), **metadata},
-            overwrite=True,
+        return self.generator.save_adapter(
+            weights, folder, dtype=DTYPES[dtype], overwrite=True, metadata=metadata
         )
 
-    def check_adapter(self, lora: LoraWeights) -> None:
-        """Raise ValueError unless every module of ``lora`` exists in the base model with the
-        adapter's in/out sizes (adapters read from the store may come from other checkpoints)."""
-        kinds = sorted({name.rsplit(".", 1)[-1] for name in lora.module_names})
+    def check_adapter(self, weights: LoraWeights | BottleneckWeights) -> None:
+        """Raise ValueError unless every module (LoRA) or block (bottleneck) of ``weights`` exists
+        in the base model with the adapter's sizes (adapters read from the store may come from
+        other checkpoints, of either kind)."""
+        kinds = sorted({name.rsplit(".", 1)[-1] for name in weights.module_names})
+        bottleneck = isinstance(weights, BottleneckWeights)
         try:
-            shapes = {
-                t.name: (t.in_features, t.out_features) for t in find_targets(self.model, kinds)
-            }
+            found = (find_block_targets if bottleneck else find_targets)(self.model, kinds)
         except ValueError as err:
             raise ValueError(
                 f"the adapter does not fit the served base model {self.base_model}: {err}"
             ) from err
-        for name in lora.module_names:
-            want = (lora.A[name].shape[2], lora.B[name].shape[1])
+        shapes = {t.name: (t.in_features, t.out_features) for t in found}
+        for name in weights.module_names:
+            if bottleneck:  # down (1, m, d), up (1, d, m): d must be the hidden size
+                want = (weights.down[name].shape[2], weights.up[name].shape[1])
+            else:
+                want = (weights.A[name].shape[2], weights.B[name].shape[1])
             if shapes.get(name) != want:
                 raise ValueError(
                     f"adapter module {name} {want} does not fit the served base model "
@@ -334,6 +382,6 @@ class Engine:
         )
 
     def complete(self, jobs: Sequence[Job], on_first_token=None) -> list[Completion]:
-        """Run ``jobs`` as one batch, row k under ``jobs[k].adapter``; a failing forward pass
-        raises (the window batcher then reruns the batch in halves)."""
+        """Run ``jobs`` as one batch, row k under ``jobs[k].adapter`` (any kind, or None); a
+        failing forward pass raises (the window batcher then reruns the batch in halves)."""
         return self.decoder(isolate_failures=False).run(jobs, on_first_token)

@@ -33,7 +33,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: all)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--config", help="JSON or TOML config file (keys as in service.DEFAULTS)")
+    p.add_argument(
+        "--config", help="JSON or TOML config file (keys as in service.settings.DEFAULTS)"
+    )
     p.add_argument(
         "--checkpoint", help="hypernetwork checkpoint folder (default: trained, else untrained)"
     )

@@ -1,9 +1,11 @@
-"""Content-addressed adapter store: PEFT folders on disk, an SQLite index, an LRU of hot tensors.
+"""Content-addressed adapter store: adapter folders on disk, an SQLite index, an LRU of hot tensors.
 
 Layout under ``root``::
 
     index.sqlite3              one row per adapter: id, created, metadata (JSON)
     adapters/<id>/             a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors)
+                               or an AdapterHub bottleneck folder (adapter_config.json +
+                               adapter.safetensors): ``FORMATS``, told apart by the weights file
     adapters/.tmp.<writer>.*   a write or delete in progress (<writer>: host.pid.start-time)
 
 Several processes (replicas behind a load balancer) may share one store. The id is a content hash
@@ -42,13 +44,20 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from hypergen.adapters.export import CONFIG_NAME, WEIGHTS_NAME, load_peft
+from hypergen.adapters import adapterhub, export
+from hypergen.adapters.bottleneck import BottleneckWeights
 from hypergen.adapters.lora import LoraWeights
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_ID = re.compile(r"^[0-9a-f]{64}$")
-ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME)  # what a folder holds, and a download
+Weights = LoraWeights | BottleneckWeights
+# the folder formats, told apart by their weights file: (config, weights) file names (what a
+# folder holds, and a download) and the reader (safetensors only)
+FORMATS: dict[str, tuple[tuple[str, str], Callable[[Path], tuple[Weights, dict]]]] = {
+    "peft-lora": ((export.CONFIG_NAME, export.WEIGHTS_NAME), export.load_peft),
+    "adapterhub": ((adapterhub.CONFIG_NAME, adapterhub.WEIGHTS_NAME), adapterhub.load_adapterhub),
+}
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 30.0  # how long a write waits for another process's write transaction
 SWEEP_INTERVAL_S = 600.0
@@ -105,17 +114,17 @@ class LRUCache:
         if capacity < 0:
             raise ValueError(f"LRUCache.capacity must be >= 0, got {capacity}")
         self.capacity = capacity
-        self._items: OrderedDict[str, LoraWeights] = OrderedDict()
+        self._items: OrderedDict[str, Weights] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> LoraWeights | None:
+    def get(self, key: str) -> Weights | None:
         with self._lock:
             value = self._items.get(key)
             if value is not None:
                 self._items.move_to_end(key)
             return value
 
-    def put(self, key: str, value: LoraWeights) -> None:
+    def put(self, key: str, value: Weights) -> None:
         if self.capacity == 0:
             return
         with self._lock:
@@ -133,7 +142,7 @@ class LRUCache:
 
 
 class AdapterStore:
-    """Adapters by id: metadata, PEFT folders and (hot) tensors; safe to share between processes.
+    """Adapters by id: metadata, adapter folders and (hot) tensors; safe to share between processes.
 
     Args:
         root: the store's folder (created if missing).
@@ -262,7 +271,7 @@ class AdapterStore:
         Args:
             adapter_id: its content hash.
             record: JSON metadata; ``id``, ``created`` and ``size_bytes`` are filled in.
-            write: writes the PEFT folder at the path it is given (a temporary one).
+            write: writes the adapter folder at the path it is given (a temporary one).
 
         Returns:
             (the stored record, whether it was created now).
@@ -320,7 +329,7 @@ class AdapterStore:
         self._maybe_sweep()
         return deleted
 
-    def weights(self, adapter_id: str) -> tuple[LoraWeights | None, str]:
+    def weights(self, adapter_id: str) -> tuple[Weights | None, str]:
         """The adapter's tensors and where they came from: ``memory``, ``disk`` (then kept in
         memory) or ``missing`` (None). The index is asked first, even for tensors in memory, so
         an adapter deleted through another replica is not used here either."""
@@ -331,14 +340,15 @@ class AdapterStore:
         if lora is not None:
             return lora, "memory"
         try:
-            lora, _ = load_peft(self.folder(adapter_id))
+            lora = read_folder(self.folder(adapter_id))
         except FileNotFoundError:  # deleted meanwhile
             return None, "missing"
         self.cache.put(adapter_id, lora)
         return lora, "disk"
 
     def zip_bytes(self, adapter_id: str) -> bytes:
-        """The PEFT folder as a zip (files at the top level: unzip into a folder and load it).
+        """The adapter folder as a zip (files at the top level: unzip into a folder and load it
+        with PEFT or AdapterHub, as its format says).
 
         Raises FileNotFoundError unless every file is there: the files are all opened before any
         is read, and a folder never changes once in place, so the zip holds one complete adapter
@@ -347,8 +357,27 @@ class AdapterStore:
         folder = self.folder(adapter_id)
         buffer = io.BytesIO()
         with ExitStack() as stack:
-            files = [stack.enter_context(open(folder / name, "rb")) for name in ADAPTER_FILES]
+            names, _ = FORMATS[folder_format(folder)]
+            files = [stack.enter_context(open(folder / name, "rb")) for name in names]
             with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-                for name, file in zip(ADAPTER_FILES, files):
+                for name, file in zip(names, files):
                     archive.writestr(name, file.read())
         return buffer.getvalue()
+
+
+def folder_format(folder: Path) -> str:
+    """The format (a key of ``FORMATS``) of an adapter folder, by its weights file.
+
+    Raises:
+        FileNotFoundError: the folder holds neither weights file (it was deleted meanwhile).
+    """
+    for name, ((_, weights), _) in FORMATS.items():
+        if (folder / weights).is_file():
+            return name
+    raise FileNotFoundError(f"{folder} holds no adapter weights")
+
+
+def read_folder(folder: Path) -> Weights:
+    """An adapter folder's tensors, read with its format's loader (safetensors only)."""
+    _, load = FORMATS[folder_format(folder)]
+    return load(folder)[0]

@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from hypergen.conditions.hashing import HashingConditioner
-from hypergen.config import EncoderConfig, HyperNetConfig, LoraSpec
+from hypergen.config import BottleneckSpec, EncoderConfig, HyperNetConfig, LoraSpec
 from hypergen.generator import AdapterGenerator
 from hypergen.layout import hypergen_home
 from hypergen.models import load_base_model
@@ -144,6 +144,29 @@ def make_generator(
     return randomize_(generator)
 
 
+def make_bottleneck_generator(
+    model, model_dir, conditioner, randomize=True, encoder=ENCODER, **spec
+) -> AdapterGenerator:
+    """A bottleneck generator for ``model`` (``spec``: BottleneckSpec fields, width 8 unless
+    given; ``encoder``: the config of ``conditioner``), its up heads randomised unless
+    ``randomize`` is False (then its adapters are identities)."""
+    config = HyperNetConfig(
+        hidden_dim=32,
+        num_blocks=1,
+        adapter_kind="bottleneck",
+        bottleneck=BottleneckSpec(**{"size": 8, **spec}),
+    )
+    generator = AdapterGenerator.create(model, model_dir, conditioner, encoder, config)
+    if randomize:  # the up head starts at zero: give it weights so adapters change outputs
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for head in generator.hypernet.heads.values():
+                head.to_up.weight.normal_(std=0.05)
+                head.to_up_bias.weight.normal_(std=0.05)
+        generator.meta.trained_steps = 1
+    return generator
+
+
 @pytest.fixture
 def llama_generator(llama, llama_dir, conditioner) -> AdapterGenerator:
     return make_generator(llama[0], llama_dir, conditioner, ["q_proj", "v_proj", "down_proj"])
@@ -159,6 +182,13 @@ def checkpoint_dir(tmp_path_factory, llama, llama_dir, conditioner) -> str:
     """A saved checkpoint for the tiny Llama with non-trivial adapters (for CLI and service tests)."""
     generator = make_generator(llama[0], llama_dir, conditioner, ["q_proj", "v_proj"])
     return str(generator.save_pretrained(tmp_path_factory.mktemp("ckpt") / "tiny"))
+
+
+@pytest.fixture(scope="session")
+def bottleneck_checkpoint_dir(tmp_path_factory, llama, llama_dir, conditioner) -> str:
+    """A saved bottleneck checkpoint (Houlsby placement) for the tiny Llama, non-trivial adapters."""
+    generator = make_bottleneck_generator(llama[0], llama_dir, conditioner, placement="houlsby")
+    return str(generator.save_pretrained(tmp_path_factory.mktemp("ckpt") / "bottleneck"))
 
 
 @pytest.fixture(autouse=True, scope="session")

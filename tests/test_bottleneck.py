@@ -4,11 +4,15 @@ zero-init no-op, checkpoint, AdapterHub-format export/reload, and a 2-step meta-
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -24,7 +28,7 @@ from hypergen import (
     load_checkpoint,
 )
 from hypergen.adapters.adapterhub import CONFIG_NAME, WEIGHTS_NAME
-from tests.conftest import ENCODER
+from tests.conftest import make_bottleneck_generator
 from tests.test_training import run_meta_train, toy  # noqa: F401 (toy is a fixture)
 
 DESCRIPTIONS = [
@@ -33,26 +37,6 @@ DESCRIPTIONS = [
     "Classify sentiment.",
 ]
 TEXTS = ("The cat sits on the mat.", "What is 2 plus 3?", "I loved it.")
-
-
-def make_bottleneck_generator(
-    model, model_dir, conditioner, randomize=True, **spec
-) -> AdapterGenerator:
-    config = HyperNetConfig(
-        hidden_dim=32,
-        num_blocks=1,
-        adapter_kind="bottleneck",
-        bottleneck=BottleneckSpec(size=8, **spec),
-    )
-    generator = AdapterGenerator.create(model, model_dir, conditioner, ENCODER, config)
-    if randomize:  # the up head starts at zero: give it weights so adapters change outputs
-        torch.manual_seed(0)
-        with torch.no_grad():
-            for head in generator.hypernet.heads.values():
-                head.to_up.weight.normal_(std=0.05)
-                head.to_up_bias.weight.normal_(std=0.05)
-        generator.meta.trained_steps = 1
-    return generator
 
 
 @pytest.fixture(params=["houlsby", "pfeiffer"])
@@ -325,38 +309,246 @@ def test_bottleneck_reconstruction_is_refused(toy, tmp_path):  # noqa: F811
         run_meta_train(toy, tmp_path / "run", adapter_kind="bottleneck", objective="both")
 
 
-def test_cli_generate_writes_adapterhub_folder(llama, llama_dir, conditioner, tmp_path, capsys):
+def test_cli_generate_writes_adapterhub_folders(llama, llama_dir, conditioner, tmp_path, capsys):
     from hypergen.cli import main
 
     generator = make_bottleneck_generator(llama[0], llama_dir, conditioner)
     checkpoint = generator.save_pretrained(tmp_path / "ckpt")
-    assert (
-        main(
-            [
-                "generate",
-                "--checkpoint",
-                str(checkpoint),
-                DESCRIPTIONS[0],
-                "-o",
-                str(tmp_path / "out"),
-            ]
-        )
-        == 0
-    )
-    weights, config = load_adapterhub(capsys.readouterr().out.split()[0])
+    args = ["generate", "--checkpoint", str(checkpoint)]
+    out = tmp_path / "out"
+    assert main([*args, DESCRIPTIONS[0], "-o", str(out)]) == 0
+    assert capsys.readouterr().out.split() == [str(out)]
+    assert sorted(p.name for p in out.iterdir()) == sorted([CONFIG_NAME, WEIGHTS_NAME])
+    weights, config = load_adapterhub(out)
     assert config["hypergen"]["adapter_kind"] == "bottleneck" and weights.size == 8
     expected = generator.generate(DESCRIPTIONS[:1])
     assert all(torch.equal(weights.up[k], expected.up[k]) for k in expected.module_names)
+    # a rerun replaces its own earlier AdapterHub folder (no --overwrite needed) ...
+    assert main([*args, DESCRIPTIONS[1], "-o", str(out)]) == 0
+    capsys.readouterr()
+    again, _ = load_adapterhub(out)
+    name = expected.module_names[0]
+    assert not torch.equal(again.up[name], weights.up[name])
+    # ... but not a folder holding anything else (a PEFT folder is not this kind's output)
+    (out / "notes.txt").write_text("mine")
+    assert main([*args, DESCRIPTIONS[0], "-o", str(out)]) == 2
+    assert "not an AdapterHub adapter folder" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine"
+    # several descriptions: one AdapterHub folder each, made in one batch
+    assert main([*args, *DESCRIPTIONS, "-o", str(tmp_path / "many")]) == 0
+    folders = capsys.readouterr().out.split()
+    assert len(folders) == 3 and folders[1].endswith("001-translate-english-to-french")
+    batch = generator.generate(DESCRIPTIONS)
+    for k, folder in enumerate(folders):
+        written, _ = load_adapterhub(folder)
+        torch.testing.assert_close(written.down[name][0], batch.down[name][k])
 
 
-def test_service_refuses_bottleneck_checkpoint_clearly(llama, llama_dir, conditioner, tmp_path):
+# --- the service -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bottleneck_engine(bottleneck_checkpoint_dir):
     from service.engine import Engine
 
-    checkpoint = make_bottleneck_generator(llama[0], llama_dir, conditioner).save_pretrained(
-        tmp_path / "ckpt"
+    return Engine.load(bottleneck_checkpoint_dir)
+
+
+def _logits(model, batch, weights=None):
+    with torch.no_grad():
+        if weights is None:
+            return model(**batch).logits
+        with apply_adapters(model, weights):
+            return model(**batch).logits
+
+
+def test_service_round_trip(make_app, bottleneck_engine, bottleneck_checkpoint_dir, tmp_path):
+    """Create (stored as AdapterHub), read, download (loads with the AdapterHub loader, same
+    logits as on the fly), complete with it, delete; the documented shapes hold."""
+    from pydantic import TypeAdapter
+
+    from service import schemas
+
+    engine, model, tokenizer = (
+        bottleneck_engine,
+        bottleneck_engine.model,
+        bottleneck_engine.tokenizer,
     )
-    with pytest.raises(ValueError, match="LoRA checkpoints only.*bottleneck"):
-        Engine.load(str(checkpoint))
+    client = make_app(engine=engine).test_client()
+    health = client.get("/healthz").json
+    assert health["adapter_kind"] == "bottleneck" and "lora" not in health
+    assert health["bottleneck"] == {
+        "size": 8,
+        "placement": "houlsby",
+        "non_linearity": "relu",
+        "target_modules": ["self_attn", "mlp"],
+        "dtype": "float32",
+    }
+    schemas.Health.model_validate(health)
+
+    created = client.post("/v1/adapters", json={"description": DESCRIPTIONS[0]})
+    assert created.status_code == 201, created.json
+    meta = created.json
+    assert (meta["adapter_kind"], meta["format"]) == ("bottleneck", "adapterhub")
+    assert meta["bottleneck"] == health["bottleneck"] and "lora" not in meta
+    assert isinstance(TypeAdapter(schemas.Adapter).validate_python(meta), schemas.BottleneckAdapter)
+    again = client.post("/v1/adapters", json={"description": f"  {DESCRIPTIONS[0]} "})
+    assert again.status_code == 200 and again.json["id"] == meta["id"]
+    assert client.get(f"/v1/adapters/{meta['id']}").json["format"] == "adapterhub"
+    listed = client.get("/v1/adapters").json["data"]
+    assert [a["id"] for a in listed] == [meta["id"]]
+
+    archive = client.get(f"/v1/adapters/{meta['id']}/download")
+    assert archive.status_code == 200 and archive.mimetype == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(archive.data)) as z:
+        assert z.namelist() == [CONFIG_NAME, WEIGHTS_NAME]
+        z.extractall(tmp_path / "download")
+    downloaded, config = load_adapterhub(tmp_path / "download")
+    assert config["hypergen"]["adapter_kind"] == "bottleneck"
+    with safe_open(tmp_path / "download" / WEIGHTS_NAME, "pt") as f:
+        header = f.metadata()
+    assert header["hypergen_id"] == meta["id"] and header["hypergen_condition"] == DESCRIPTIONS[0]
+    expected = AdapterGenerator.from_pretrained(bottleneck_checkpoint_dir).generate(
+        DESCRIPTIONS[:1]
+    )
+    for name in expected.module_names:
+        assert torch.equal(downloaded.up[name], expected.up[name])
+        assert torch.equal(downloaded.down_bias[name], expected.down_bias[name])
+    batch = _inputs(tokenizer, TEXTS[:2])
+    on_the_fly = _logits(model, batch, engine.make_adapters([DESCRIPTIONS[0]])[0])
+    torch.testing.assert_close(_logits(model, batch, downloaded), on_the_fly, rtol=0, atol=1e-6)
+    assert (on_the_fly - _logits(model, batch)).abs().max() > 1e-3, "the adapter must matter"
+
+    # completions apply it: the answer is what greedy decoding with the library's hooks gives
+    prompt = "The cat sits"
+    body = {"model": meta["id"], "prompt": prompt, "max_tokens": 6, "ignore_eos": True}
+    answer = client.post("/v1/completions", json=body)
+    assert answer.status_code == 200 and answer.json["model"] == meta["id"]
+    ids = torch.tensor([engine.tokenize(prompt)])
+    with torch.no_grad(), apply_adapters(model, downloaded):
+        reference = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False
+        )[0, ids.shape[1] :]
+    assert answer.json["choices"][0]["text"] == engine.detokenize(reference.tolist())
+    # the same through adapter_description (made and stored on the fly): the same id and text
+    by_description = {k: v for k, v in body.items() if k != "model"}
+    by_description["adapter_description"] = DESCRIPTIONS[0]
+    same = client.post("/v1/completions", json=by_description).json
+    assert same["model"] == meta["id"] and same["choices"] == answer.json["choices"]
+
+    # bfloat16: stored as bf16, served as downloaded
+    half = client.post("/v1/adapters", json={"description": DESCRIPTIONS[1], "dtype": "bfloat16"})
+    store = client.application.extensions["hypergen"].store
+    saved = load_file(store.folder(half.json["id"]) / WEIGHTS_NAME)
+    assert all(t.dtype == torch.bfloat16 for t in saved.values())
+    body = {"model": half.json["id"], "prompt": prompt, "max_tokens": 6, "ignore_eos": True}
+    hot = client.post("/v1/completions", json=body).json["choices"]
+    store.cache.pop(half.json["id"])  # now read back from the AdapterHub folder
+    assert client.post("/v1/completions", json=body).json["choices"] == hot
+
+    assert client.delete(f"/v1/adapters/{meta['id']}").status_code == 200
+    assert client.get(f"/v1/adapters/{meta['id']}/download").status_code == 404
+
+
+def test_service_mixed_batch_equals_each_row_alone(
+    bottleneck_engine, llama, llama_dir, conditioner, checkpoint_dir
+):
+    """Rows with different bottleneck adapters (another width, placement and non-linearity too),
+    a LoRA, none, different prompt lengths and max_tokens: batched output == each row alone ==
+    HF generate with the library's hooks; base rows are untouched bit for bit."""
+    from hypergen.decoding import Job, SamplingParams
+    from service.batched import stack
+    from service.batched_bottleneck import BatchedBottleneck
+
+    engine = bottleneck_engine
+    model, tokenizer = llama
+    ours = engine.make_adapters([DESCRIPTIONS[0], DESCRIPTIONS[1]])
+    other = make_bottleneck_generator(
+        model, llama_dir, conditioner, size=4, placement="pfeiffer", non_linearity="gelu"
+    ).generate(["x"])
+    lora = AdapterGenerator.from_pretrained(checkpoint_dir).generate(["y"])
+    prompts = ["The cat sits", "What is 2 plus 3? A:", "I loved it. It was a", "Hello", "Q: What"]
+    adapters = [ours[0], ours[1], None, other, lora, ours[0]]
+    prompts.append("Translate: the dog")
+    jobs = [
+        Job(engine.tokenize(p), a, SamplingParams(max_tokens=4 + 2 * i))
+        for i, (p, a) in enumerate(zip(prompts, adapters))
+    ]
+    batched = engine.complete(jobs)
+    for job, got in zip(jobs, batched):
+        assert got.token_ids == engine.complete([job])[0].token_ids
+        ids = torch.tensor([job.prompt_ids])
+        hooks = apply_adapters(model, job.adapter) if job.adapter is not None else nullcontext()
+        with torch.no_grad(), hooks:
+            ref = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=job.params.max_tokens,
+                do_sample=False,
+                eos_token_id=sorted(engine.eos_ids),
+                pad_token_id=tokenizer.pad_token_id,
+            )[0, ids.shape[1] :].tolist()
+        assert got.token_ids == [t for t in ref if t not in engine.eos_ids]
+
+    # one forward pass: each row's logits are its adapter's (library hooks), base rows exact
+    texts = ["The cat sits on the mat.", "What is 2 plus 3?", "I loved it.", "Hello there"]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    rows = [ours[0], None, other, lora]
+    with torch.inference_mode(), apply_adapters(model, stack(rows)):
+        mixed = model(**batch).logits
+    for i, adapter in enumerate(rows):
+        alone = _logits(model, {k: v[i : i + 1] for k, v in batch.items()}, adapter)
+        if adapter is None:
+            assert torch.equal(mixed[i], alone[0]), "a base row is untouched"
+        else:
+            torch.testing.assert_close(mixed[i], alone[0], rtol=1e-5, atol=1e-5)
+    assert BatchedBottleneck.stack([None, None]) is None and stack([None]) is None
+
+
+def test_service_kinds_share_a_store(make_app, bottleneck_engine, engine):
+    """A store written by a bottleneck checkpoint's service serves those adapters to a LoRA
+    checkpoint's service (and the other way round): adapters are tensors of their own kind."""
+    bottleneck = make_app(engine=bottleneck_engine).test_client()
+    lora = make_app(engine=engine).test_client()  # the same store folder
+    made_b = bottleneck.post("/v1/adapters", json={"description": DESCRIPTIONS[0]}).json
+    made_l = lora.post("/v1/adapters", json={"description": DESCRIPTIONS[0]}).json
+    assert (made_b["format"], made_l["format"]) == ("adapterhub", "peft-lora")
+    assert made_b["id"] != made_l["id"], "ids cover the checkpoint"
+    body = {"prompt": ["The cat", "Hello"], "max_tokens": 4, "ignore_eos": True}
+    for client in (bottleneck, lora):
+        listed = {a["id"]: a["adapter_kind"] for a in client.get("/v1/adapters").json["data"]}
+        assert listed == {made_b["id"]: "bottleneck", made_l["id"]: "lora"}
+        answers = [
+            client.post("/v1/completions", json={**body, "model": m["id"]}).json["choices"]
+            for m in (made_b, made_l)
+        ]
+        assert all(len(a) == 2 for a in answers)
+        archive = client.get(f"/v1/adapters/{made_b['id']}/download")
+        with zipfile.ZipFile(io.BytesIO(archive.data)) as z:
+            assert z.namelist() == [CONFIG_NAME, WEIGHTS_NAME]
+    own = bottleneck.post("/v1/completions", json={**body, "model": made_b["id"]}).json
+    other = lora.post("/v1/completions", json={**body, "model": made_b["id"]}).json
+    assert own["choices"] == other["choices"], "the same adapter gives the same answers"
+
+
+def test_incompatible_stored_bottleneck_adapter_is_422(
+    make_app, bottleneck_engine, gpt2, gpt2_dir, conditioner
+):
+    """A bottleneck adapter in the store made for another architecture: a clear 422."""
+    client = make_app(engine=bottleneck_engine).test_client()
+    store = client.application.extensions["hypergen"].store
+    generator = make_bottleneck_generator(gpt2[0], gpt2_dir, conditioner, attention_module="attn")
+    weights = generator.generate(["x"])
+    adapter_id = "cd" * 32
+    store.put(
+        adapter_id,
+        {"object": "adapter", "base_model": "gpt2"},
+        lambda folder: generator.save_adapter(weights, folder),
+    )
+    response = client.post("/v1/completions", json={"model": adapter_id, "prompt": "hi"})
+    assert response.status_code == 422, response.json
+    assert "does not fit" in response.json["error"]["message"]
+    assert response.json["error"]["code"] == "adapter_incompatible"
 
 
 def test_smollm2_bottleneck_config_loads():

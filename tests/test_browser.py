@@ -4,18 +4,21 @@ it side by side; an untrained checkpoint is labelled on the page. Loopback only.
 
 from __future__ import annotations
 
+import io
+import json
 import re
 import shutil
 import tempfile
 import urllib.request
+import zipfile
 
 import pytest
 
-from hypergen import AdapterGenerator
+from hypergen import AdapterGenerator, EncoderConfig, build_conditioner
 from service import create_app
 from service.engine import Engine
 from service.server import BackgroundServer
-from tests.conftest import ENCODER
+from tests.conftest import ENCODER, make_bottleneck_generator
 
 pytestmark = pytest.mark.browser
 
@@ -85,6 +88,8 @@ def test_page_makes_an_adapter_and_compares_outputs(browser, serve, checkpoint_d
     find = lambda element_id: browser.find_element(By.ID, element_id)
     _wait(browser, lambda d: "checkpoint" in find("status").text)
     assert not find("untrained").is_displayed()
+    assert "LoRA rank 4" in find("status").text
+    assert not find("language-field").is_displayed(), "this checkpoint takes no language"
 
     find("description").send_keys("Translate English to French.")
     find("generate").click()
@@ -106,6 +111,48 @@ def test_page_makes_an_adapter_and_compares_outputs(browser, serve, checkpoint_d
     _wait(browser, done)
     assert not find("error").is_displayed()
     assert find("output-base").text != find("output-adapter").text, "the adapter changes the answer"
+    assert find("download").text == "Download the PEFT LoRA adapter (zip)"
+
+
+def test_page_sends_the_language_to_a_bottleneck_checkpoint_that_takes_one(
+    browser, serve, llama, llama_dir, tmp_path
+):
+    """A description + language checkpoint of the bottleneck kind: the page shows the language
+    field, sends it, shows the adapter's kind and language, links the AdapterHub zip."""
+    from selenium.webdriver.common.by import By
+
+    composite = EncoderConfig(
+        kind="composite",
+        parts={"description": ENCODER, "language": EncoderConfig(kind="language", name="geo")},
+    )
+    generator = make_bottleneck_generator(
+        llama[0], llama_dir, build_conditioner(composite), encoder=composite
+    )
+    url = serve(Engine.load(generator.save_pretrained(tmp_path / "bottleneck-language")))
+    browser.get(url + "/")
+    find = lambda element_id: browser.find_element(By.ID, element_id)
+    _wait(browser, lambda d: "checkpoint" in find("status").text)
+    assert "bottleneck adapters of width 8 (pfeiffer, relu) after mlp" in find("status").text
+    assert find("language-field").is_displayed()
+
+    find("description").send_keys("Answer the riddle with one word.")
+    find("generate").click()  # no language yet: the server's 400 names it
+    _wait(browser, lambda d: find("error").is_displayed())
+    assert "language" in find("error").text
+    find("language").send_keys("fr")
+    find("generate").click()
+    _wait(browser, lambda d: re.fullmatch(r"[0-9a-f]{64}", find("adapter-id").text))
+    assert not find("error").is_displayed()
+    meta = find("adapter-meta").text
+    assert "bottleneck m=8" in meta and "language fra" in meta
+    assert find("download").text == "Download the AdapterHub bottleneck adapter (zip)"
+    with urllib.request.urlopen(find("download").get_attribute("href"), timeout=WAIT_S) as r:
+        archive = zipfile.ZipFile(io.BytesIO(r.read()))
+    assert sorted(archive.namelist()) == ["adapter.safetensors", "adapter_config.json"]
+    adapter_url = f"{url}/v1/adapters/{find('adapter-id').text}"
+    with urllib.request.urlopen(adapter_url, timeout=WAIT_S) as r:
+        record = json.load(r)
+    assert record["condition"]["language"] == "fra" and record["adapter_kind"] == "bottleneck"
 
 
 def test_page_labels_an_untrained_checkpoint(

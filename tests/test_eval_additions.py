@@ -41,6 +41,8 @@ from evaluation.systems import (
     random_words,
     task_description,
 )
+from hypergen.adapters import bottleneck_geometry
+from hypergen.adapters.bottleneck import BottleneckWeights, bottleneck_delta
 from hypergen.adapters.lora import LoraWeights
 from hypergen.data.tasks import Task
 from hypergen.decoding import eos_token_ids
@@ -128,6 +130,90 @@ def test_zero_adapter_cosines_are_undefined_and_left_out():
     # every adapter zero: nothing defined
     zero = LoraWeights(lora.A, {m: torch.zeros_like(b) for m, b in lora.B.items()}, 1.0)
     assert specificity(["a", "b", "c"], zero, noise)["mean_pairwise_cosine"] is None
+
+
+def random_bottleneck(n: int, size: int = 3, seed: int = 0, act: str = "relu") -> BottleneckWeights:
+    g = torch.Generator().manual_seed(seed)
+    blocks = {"layers.0.mlp": 6, "layers.1.mlp": 6}  # name: hidden size
+
+    def draw(*shape):
+        return torch.randn(n, *shape, generator=g)
+
+    return BottleneckWeights(
+        {k: draw(size, d) for k, d in blocks.items()},
+        {k: draw(size) for k in blocks},
+        {k: draw(d, size) for k, d in blocks.items()},
+        {k: draw(d) for k, d in blocks.items()},
+        act,
+    )
+
+
+def dense_linearised(x: BottleneckWeights) -> torch.Tensor:
+    """(n, sum of d * (d + 1)) every adapter's [U D | U b_d + b_u], materialised."""
+    parts = []
+    for k in x.module_names:
+        up, down = x.up[k].double(), x.down[k].double()
+        offset = (up @ x.down_bias[k].double()[..., None])[..., 0] + x.up_bias[k].double()
+        parts += [torch.cat([up @ down, offset[..., None]], dim=2).flatten(1)]
+    return torch.cat(parts, dim=1)
+
+
+def test_bottleneck_geometry_matches_dense_linearised_updates():
+    x, y = random_bottleneck(4, size=3, seed=0), random_bottleneck(3, size=5, seed=1)
+    dx, dy = dense_linearised(x), dense_linearised(y)
+    assert torch.allclose(bottleneck_geometry.inner_products(x, y), dx @ dy.T, atol=1e-9)
+    assert torch.allclose(bottleneck_geometry.squared_norms(x), dx.pow(2).sum(1), rtol=1e-10)
+    expected = (dx @ dy.T) / (dx.norm(dim=1)[:, None] * dy.norm(dim=1)[None, :])
+    assert torch.allclose(bottleneck_geometry.cosine_matrix(x, y), expected, atol=1e-10)
+    z = random_bottleneck(4, size=2, seed=2)
+    dz = dense_linearised(z)
+    paired = (dx * dz).sum(1) / (dx.norm(dim=1) * dz.norm(dim=1))
+    assert torch.allclose(bottleneck_geometry.paired_cosines(x, z), paired, atol=1e-10)
+    # the report picks the geometry by kind
+    report = specificity(["a", "b", "c", "d"], x, z)
+    assert report["quantity"] == bottleneck_geometry.QUANTITY
+    assert report["per_task"]["b"]["cosine_to_random"] == pytest.approx(float(paired[1]), abs=1e-6)
+    with pytest.raises(ValueError, match="cannot compare bottleneck adapters with lora"):
+        specificity(["a", "b", "c", "d"], x, random_lora(4))
+
+
+def test_bottleneck_cosines_ignore_unit_permutation_and_scaling_and_zero_is_undefined():
+    """What leaves a (ReLU) bottleneck adapter's function unchanged leaves its cosine at 1;
+    an identity adapter (up and up bias zero, an untrained one) has no defined cosine."""
+    x = random_bottleneck(1, size=4, seed=3)
+    perm, scale = torch.tensor([2, 0, 3, 1]), torch.tensor([0.5, 2.0, 3.0, 0.25])
+    same = BottleneckWeights(
+        {k: v[:, perm] * scale[None, :, None] for k, v in x.down.items()},
+        {k: v[:, perm] * scale for k, v in x.down_bias.items()},
+        {k: v[:, :, perm] / scale for k, v in x.up.items()},
+        x.up_bias,
+        x.non_linearity,
+    )
+    h = torch.randn(1, 5, 6)
+    name = x.module_names[0]
+
+    def fields(w: BottleneckWeights) -> tuple[torch.Tensor, ...]:
+        return w.down[name], w.down_bias[name], w.up[name], w.up_bias[name]
+
+    torch.testing.assert_close(
+        bottleneck_delta(h, *fields(x), "relu"), bottleneck_delta(h, *fields(same), "relu")
+    )
+    assert bottleneck_geometry.paired_cosines(x, same).item() == pytest.approx(1.0)
+    flat_x, flat_same = (torch.cat([t.flatten() for t in fields(w)]) for w in (x, same))
+    assert torch.nn.functional.cosine_similarity(flat_x, flat_same, dim=0) < 0.9, (
+        "the raw parameters moved: the reason they are not what is compared"
+    )
+    identity = BottleneckWeights(
+        x.down,
+        x.down_bias,
+        {k: torch.zeros_like(v) for k, v in x.up.items()},
+        {k: torch.zeros_like(v) for k, v in x.up_bias.items()},
+    )
+    assert math.isnan(bottleneck_geometry.paired_cosines(x, identity).item())
+    report = specificity(["a"], identity, x)
+    assert (
+        report["per_task"]["a"]["cosine_to_random"] is None and report["per_task"]["a"]["norm"] == 0
+    )
 
 
 # ---------------------------------------------------------------- reply metrics

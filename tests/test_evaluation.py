@@ -239,6 +239,32 @@ def test_per_example_adapters_equal_each_example_alone(llama, llama_generator):
         )
 
 
+def test_per_example_bottleneck_adapters_equal_each_example_alone(llama, llama_dir, conditioner):
+    """The scorer and greedy decoding apply bottleneck adapters per row as they do LoRAs."""
+    from tests.conftest import make_bottleneck_generator
+
+    model, tokenizer = llama
+    generator = make_bottleneck_generator(model, llama_dir, conditioner, placement="houlsby")
+    adapters = generator.generate(["Answer questions about dates.", "Translate to French."])
+    index = [1, 0, 1]
+    together = score_options(
+        model, tokenizer, PROMPTS, OPTIONS, adapters, index, ScoringConfig(batch_tokens=4096)
+    )
+    base = score_options(model, tokenizer, PROMPTS, OPTIONS)
+    for e in range(3):
+        [alone] = score_options(
+            model, tokenizer, PROMPTS[e : e + 1], OPTIONS[e : e + 1], adapters.select(index[e])
+        )
+        assert together[e].logliks == pytest.approx(alone.logliks, abs=1e-4)
+        assert together[e].logliks != pytest.approx(base[e].logliks, abs=1e-4)  # adapters do act
+    answers = greedy_answers(
+        model, tokenizer, PROMPTS, 4, adapters, index, ScoringConfig(batch_tokens=4096)
+    )
+    for e in range(3):
+        single = greedy_answers(model, tokenizer, PROMPTS[e : e + 1], 4, adapters.select(index[e]))
+        assert answers[e] == single[0]
+
+
 def test_forced_tiny_llama_picks_forced_option(llama):
     """The real LM code path: a hook on the output head makes one token overwhelmingly likely."""
     model, tokenizer = llama
@@ -355,6 +381,9 @@ def test_end_to_end_outputs_missing_systems_and_resume(
     saved = json.loads((out / "results.json").read_text())
     # results record portable paths, not this machine's cache folder
     assert saved["paths"]["loras_dir"] == "$HYPERGEN_HOME/loras"
+    assert saved["config"]["out"] == saved["config"]["loras_dir"].replace("loras", "out")
+    assert saved["config"]["out"] == "$HYPERGEN_HOME/out"
+    assert "$HYPERGEN_HOME/out" in (out / "results.md").read_text().splitlines()[0]
     oracle_info = saved["results"]["oracle_lora"]["opposites"]["info"]
     assert oracle_info["path"] == "$HYPERGEN_HOME/loras/opposites"
     assert saved["checkpoint"]["hash"] and saved["data"]["version"] and saved["model"]["sha256"]
@@ -399,6 +428,89 @@ def test_end_to_end_outputs_missing_systems_and_resume(
     third = run(config)
     assert third["cache"]["computed"] == 1
     assert third["results"]["oracle_lora"]["capitals"]["status"] == "ok"
+
+
+def _linearised(weights) -> torch.Tensor:
+    """Each bottleneck adapter's [U D | U b_d + b_u] over all blocks, flattened (dense, float64)."""
+    parts = []
+    for name in weights.module_names:
+        up, down = weights.up[name].double(), weights.down[name].double()
+        offset = (up @ weights.down_bias[name].double()[..., None])[..., 0]
+        parts += [(up @ down).flatten(1), offset + weights.up_bias[name].double()]
+    return torch.cat(parts, dim=1)
+
+
+def test_end_to_end_with_a_bottleneck_checkpoint(
+    tmp_path, llama, llama_dir, conditioner, loras, monkeypatch
+):
+    """A checkpoint emitting bottleneck adapters: the generated systems score with them (checked
+    against scoring here), the LoRA baselines run from their own library as before, specificity
+    compares linearised updates, and the generation check applies them."""
+    from evaluation.harness import load_eval_tasks, resolve_paths
+    from evaluation.systems import task_description
+    from tests.conftest import make_bottleneck_generator
+
+    monkeypatch.setenv("HYPERGEN_HOME", str(tmp_path))
+    model, tokenizer = llama
+    generator = make_bottleneck_generator(model, llama_dir, conditioner, placement="houlsby")
+    checkpoint = generator.save_pretrained(tmp_path / "bottleneck")
+    config = _config(tmp_path, llama_dir, checkpoint, loras)
+    results = run(config)
+    out = tmp_path / "out"
+    assert results["checkpoint"]["adapter_kind"] == "bottleneck"
+    r = results["results"]
+    generated = [s for s in ALL_SYSTEMS if s.startswith("generated")]
+    for system in generated:
+        assert all(entry["status"] == "ok" for entry in r[system].values()), system
+    # the baselines read the PEFT library: they do not depend on the checkpoint's kind
+    assert r["multitask_lora"]["opposites"]["status"] == "ok"
+    assert r["oracle_lora"]["opposites"]["status"] == "ok"
+
+    # the generated scores are the bottleneck adapter's, one adapter for the task's examples
+    tasks = load_eval_tasks(config, resolve_paths(config)["suite"])
+    et = next(et for et in tasks if et.multiple_choice)
+    adapter = generator.generate([task_description(et.task)])
+    prompts, options = [ex.prompt for ex in et.test], [ex.options for ex in et.test]
+    scoring = ScoringConfig(batch_tokens=config.batch_tokens, max_length=config.max_length)
+    expected = score_options(model, tokenizer, prompts, options, adapter, config=scoring)
+    base = score_options(model, tokenizer, prompts, options, config=scoring)
+    rows = json.loads(cache_path(out, "generated", et.name).read_text())["examples"]
+    for row, want, bare in zip(rows, expected, base):
+        assert row["ll"] == pytest.approx(want.logliks, abs=1e-3)
+        assert row["ll"] != pytest.approx(bare.logliks, abs=1e-3), "the adapter must act"
+
+    # specificity: cosines of the linearised updates, as a dense computation gives them
+    for group in ("heldout", "train"):
+        spec = results["specificity"][group]
+        assert spec["status"] == "ok" and "bottleneck" in spec["quantity"]
+        names = sorted(spec["per_task"])
+        by_name = {et.name: et for et in tasks}
+        own = _linearised(generator.generate([task_description(by_name[n].task) for n in names]))
+        noise = _linearised(
+            generator.generate([random_words(config.seed, n, config.random_words) for n in names])
+        )
+        cos = (
+            torch.nn.functional.normalize(own, dim=1) @ torch.nn.functional.normalize(own, dim=1).T
+        )
+        pairs = [float(cos[i, j]) for i in range(len(names)) for j in range(i + 1, len(names))]
+        assert spec["mean_pairwise_cosine"] == pytest.approx(np.mean(pairs), abs=1e-6)
+        for k, name in enumerate(names):
+            to_random = torch.nn.functional.cosine_similarity(own[k], noise[k], dim=0)
+            assert spec["per_task"][name]["cosine_to_random"] == pytest.approx(
+                float(to_random), abs=1e-6
+            )
+            assert spec["per_task"][name]["norm"] == pytest.approx(float(own[k].norm()), rel=1e-5)
+    report = (out / "results.md").read_text()
+    assert "cosine between generated linearised bottleneck updates" in report
+
+    # the generation check ran both sides with the bottleneck adapters, and they act
+    chat = results["generation_check"]["sets"]["chat"]
+    assert chat["with"]["status"] == "ok"
+    assert any(reply["with"]["text"] != reply["without"]["text"] for reply in chat["replies"])
+
+    # a rerun reuses everything
+    again = run(config)
+    assert again["cache"]["computed"] == 0 and again["results"]["generated"] == r["generated"]
 
 
 def test_missing_checkpoint_and_loras_are_reported(tmp_path, llama_dir):

@@ -1,7 +1,8 @@
 """A non-editable install: build the wheel from this tree, install it into a fresh virtual
 environment (``--system-site-packages`` for the dependencies, ``--no-deps``, offline), and check
 from outside the repository that the shipped checkpoint resolves inside the installed package,
-for ``hypergen generate`` and for ``hypergen serve``, and that the subcommands are found."""
+for ``hypergen generate`` and for ``hypergen serve``, that the service's page and /openapi.json are
+served, and that the subcommands are found."""
 
 from __future__ import annotations
 
@@ -23,9 +24,13 @@ from pathlib import Path
 import hypergen, hypergen.checkpoint as c
 import hypergen.data.tasks, hypergen.decoding  # subpackages ship too
 from hypergen.checkpoint import checkpoint_hash, load_checkpoint
+from service import create_app
 from service.engine import resolve_checkpoint
 _, meta = load_checkpoint(c.DEFAULT_CHECKPOINT)
+web = create_app({"TESTING": True}).test_client()  # no models load for these two routes
 print(json.dumps({
+    "page": web.get("/").status_code,
+    "openapi_paths": sorted(web.get("/openapi.json").get_json()["paths"]),
     "package": hypergen.__file__,
     "default": str(c.DEFAULT_CHECKPOINT),
     "served": str(resolve_checkpoint()),
@@ -86,6 +91,8 @@ def test_wheel_ships_the_default_checkpoint(tmp_path):
     assert default.is_relative_to(site) and not default.is_symlink()
     assert Path(found["served"]) == default, "hypergen serve uses the same default"
     assert found["hash"] == checkpoint_hash(DEFAULT_CHECKPOINT) and found["trained_steps"] > 0
+    # the page ships as package data; /openapi.json is generated, so it needs no file
+    assert found["page"] == 200 and "/v1/completions" in found["openapi_paths"]
 
     help_text = _run(venv / "bin" / "hypergen", "--help", cwd=elsewhere)
     assert all(

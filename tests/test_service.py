@@ -726,7 +726,7 @@ def test_each_app_has_its_own_metrics_registry(make_app):
     assert _metric(first, line) == 3 and _metric(second, line) == 1
 
 
-def test_page_and_openapi(client, app):
+def test_page_and_openapi(client):
     page = client.get("/")
     assert (
         page.status_code == 200
@@ -734,18 +734,8 @@ def test_page_and_openapi(client, app):
         and b"/static/app.js" in page.data
     )
     assert client.get("/static/app.js").status_code == 200
-    spec = client.get("/openapi.json")
+    spec = client.get("/openapi.json")  # what it holds: tests/test_openapi.py
     assert spec.status_code == 200 and spec.json["openapi"].startswith("3.")
-    paths = spec.json["paths"]
-    for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
-            continue
-        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
-        assert path in paths, f"{rule.rule} is missing from openapi.json"
-        for method in rule.methods - {"HEAD", "OPTIONS"}:
-            assert method.lower() in paths[path], (
-                f"{method} {rule.rule} is missing from openapi.json"
-            )
 
 
 # --- store ---------------------------------------------------------------------------------------

@@ -17,10 +17,11 @@ import torch
 
 from hypergen.decoding import Completion, Job, SamplingParams
 from service import create_app
-from service.batched_lora import BatchedLora, RowAdapters
+from service.batched import RowAdapters
+from service.batched_lora import BatchedLora
 from service.batcher import Batcher
 from service.continuous import ContinuousBatcher
-from tests.conftest import make_generator
+from tests.conftest import make_bottleneck_generator, make_generator
 
 
 def _alone(engine, job: Job):
@@ -42,10 +43,12 @@ def _assert_same(got, alone) -> None:
 
 @pytest.fixture(scope="module")
 def adapters(engine, llama, llama_dir, conditioner):
-    """Two adapters of the engine's generator and one of another (rank 2, other modules)."""
+    """Two LoRAs of the engine's generator, one of another (rank 2, other modules) and a
+    bottleneck adapter (Houlsby placement)."""
     made = engine.make_adapters(["Translate English to French.", "Classify sentiment."])
     other = make_generator(llama[0], llama_dir, conditioner, ["v_proj", "down_proj"], rank=2)
-    return [*made, other.generate(["x"])]
+    blocks = make_bottleneck_generator(llama[0], llama_dir, conditioner, placement="houlsby")
+    return [*made, other.generate(["x"]), blocks.generate(["y"])]
 
 
 def test_rows_joining_mid_decode_get_what_they_get_alone(engine, adapters):
@@ -61,9 +64,10 @@ def test_rows_joining_mid_decode_get_what_they_get_alone(engine, adapters):
         Job(long_prompt, adapters[1], SamplingParams(6, ignore_eos=True, logprobs=3)),  # wider
         Job(engine.tokenize("Hi"), None, SamplingParams(5, ignore_eos=True)),  # narrower
         Job(engine.tokenize("What is 2 plus"), adapters[2], SamplingParams(7)),
+        Job(engine.tokenize("I loved it"), adapters[3], SamplingParams(6, ignore_eos=True)),
     ]
     ids = decoder.add(joining)
-    assert len(decoder) == 4
+    assert len(decoder) == 5
     # the merged cache is as wide as its longest row: the first row's 2 + 4 tokens are shorter
     # than the joining prompt, so the first row is padded on the left, not the newcomers
     assert decoder.mask.shape[1] == len(long_prompt)

@@ -22,7 +22,7 @@ from hypergen import (
 )
 from training.config import LoraTrainConfig, MetaTrainConfig, load_config
 from training.data import MixtureSampler, load_task_data, shard
-from training.objectives import delta_w_loss
+from training.objectives import contrastive_losses, delta_w_loss, other_task_rows
 
 TINY = Path(__file__).resolve().parents[1] / "training" / "configs" / "tiny.yaml"
 WORDS = ["cat", "dog", "sun", "mat", "day", "red", "sea", "hat"]
@@ -252,6 +252,42 @@ def test_resume_continues_the_same_run(toy, tmp_path):
         )
         > 0
     )
+
+
+def test_contrastive_pairs_and_hinge():
+    assert other_task_rows(["a", "a", "b", "c"]) == [2, 2, 3, 0]
+    assert other_task_rows(["a", "a"]) == [None, None]
+    assert other_task_rows(["a", "b", "a"]) == [1, 2, 1]
+    own, other = torch.tensor([1.0, 1.0, 2.0]), torch.tensor([2.0, 1.2, 1.0])
+    # own beats other by 1.0 (past the margin: 0), by 0.2 (0.3 short), loses by 1.0 (1.5)
+    assert torch.allclose(contrastive_losses(own, other, 0.5), torch.tensor([0.0, 0.3, 1.5]))
+    with pytest.raises(ValueError, match="contrastive_weight"):
+        load_config(MetaTrainConfig, TINY, ["contrastive_weight=-1"])
+    with pytest.raises(ValueError, match="objective sft or both"):
+        load_config(MetaTrainConfig, TINY, ["contrastive_weight=1", "objective=reconstruction"])
+
+
+def test_contrastive_term_is_own_vs_other_task_adapter(toy, tmp_path):
+    """The logged term is the hinge of each sample's loss under its own adapter against its loss
+    under the adapter of the sample paired with it, recomputed here by hand."""
+    trainer = run_meta_train(toy, tmp_path / "c", contrastive_weight=2.0, contrastive_margin=5.0)
+    samples = trainer.sampler.batch(0, 4)
+    assert len({s.task for s in samples}) > 1
+    with torch.no_grad():
+        total, parts = trainer.loss(samples)
+        lora = trainer._generated(samples)
+        own = trainer._lm_losses(samples, lora, train=True)
+        pairs = other_task_rows([s.task for s in samples])
+        rows = [i for i, j in enumerate(pairs) if j is not None]
+        other = torch.stack(
+            [trainer._lm_losses([samples[i]], lora.select(pairs[i]), train=True)[0] for i in rows]
+        )
+    expected = torch.relu(5.0 - (other - own[rows])).sum() / len(samples)
+    assert parts["contrastive"].item() == pytest.approx(expected.item(), rel=1e-4)
+    assert parts["contrastive"].item() > 0  # a 5-nat margin is not met by a 2-step hypernetwork
+    assert total.item() == pytest.approx((own.mean() + 2.0 * expected).item(), rel=1e-4)
+    log = [json.loads(line) for line in (tmp_path / "c" / "log.jsonl").read_text().splitlines()]
+    assert all("contrastive" in r for r in log if "loss" in r)
 
 
 @pytest.mark.parametrize("objective", ["reconstruction", "both"])

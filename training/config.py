@@ -33,6 +33,7 @@ from hypergen.config_files import load_config, save_config
 from hypergen.layout import hypergen_home, library_dir, run_dir, suite_dir
 
 OBJECTIVES = ("sft", "reconstruction", "both")
+DEFAULT_TASK_LANGUAGES = "evaluation/splits/bigbench_languages.yaml"
 SCHEDULES = ("cosine", "constant")
 
 
@@ -49,8 +50,13 @@ class MetaTrainConfig:
     Args:
         name: run name; the run folder is ``output_dir`` or ``$HYPERGEN_HOME/runs/<name>``.
         base_model: built-in name, local folder or Hub id of the frozen LM.
-        encoder_kind: conditioner kind (``text`` or ``hashing``).
+        encoder_kind: conditioner kind of the description (``text`` or ``hashing``).
         encoder_name: conditioner model (``all-minilm-l6-v2``, ``hash-64``, a folder...).
+        language_features: null: the condition is the description alone. Set (lang2vec URIEL
+            feature sets joined by ``+``, e.g. ``syntax_knn+phonology_knn+inventory_knn``): the
+            condition is the description and the task's language (a composite conditioner,
+            ``hypergen.conditions.composite``), each task's language read from ``task_languages``.
+        task_languages: the task -> language table (``training/languages.py``).
         data_dir: BIG-bench-format suite; default ``$HYPERGEN_HOME/data/bigbench`` (``make data``).
         split: the committed task split YAML (train_tasks / heldout_tasks).
         max_train_tasks: use only the first N training tasks of the split (0: all).
@@ -64,6 +70,10 @@ class MetaTrainConfig:
         objective: ``sft`` (completion loss through the LM), ``reconstruction`` (regress onto the
             LoRA library) or ``both`` (weighted sum).
         sft_weight, reconstruction_weight: weights of the two losses when ``objective=both``.
+        contrastive_weight, contrastive_margin: an SFT-side term (0: off) asking each example's
+            completion loss under its own task's adapter to beat, by ``contrastive_margin`` nats,
+            its loss under the adapter of another task of the same micro-batch
+            (``training.objectives.contrastive_losses``); costs a second LM forward per step.
         lora_library: folder of per-task PEFT LoRAs (``train_lora.py``); default
             ``$HYPERGEN_HOME/loras``.
         steps: optimizer steps in total (a resumed run continues up to this number).
@@ -110,6 +120,8 @@ class MetaTrainConfig:
     base_model: str = DEFAULT_BASE_MODEL
     encoder_kind: str = DEFAULT_ENCODER_KIND
     encoder_name: str = DEFAULT_ENCODER
+    language_features: str | None = None
+    task_languages: str = DEFAULT_TASK_LANGUAGES
     data_dir: str | None = None
     split: str = "evaluation/splits/bigbench.yaml"
     max_train_tasks: int = 0
@@ -126,6 +138,8 @@ class MetaTrainConfig:
     objective: str = "sft"
     sft_weight: float = 1.0
     reconstruction_weight: float = 1.0
+    contrastive_weight: float = 0.0
+    contrastive_margin: float = 0.5
     lora_library: str | None = None
     steps: int = 300
     batch_size: int = 8
@@ -163,6 +177,14 @@ class MetaTrainConfig:
         if self.adapter_kind not in ADAPTER_KINDS:
             raise ValueError(
                 f"MetaTrainConfig.adapter_kind must be one of {ADAPTER_KINDS}, got {self.adapter_kind!r}"
+            )
+        if self.contrastive_weight < 0 or self.contrastive_margin < 0:
+            raise ValueError(
+                "MetaTrainConfig.contrastive_weight and contrastive_margin must be >= 0"
+            )
+        if self.contrastive_weight > 0 and self.objective == "reconstruction":
+            raise ValueError(
+                "MetaTrainConfig.contrastive_weight needs the LM loss: objective sft or both"
             )
         if self.adapter_kind != "lora" and self.objective != "sft":
             raise ValueError(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -56,6 +56,8 @@ class TaskData:
         train_phrasings: task -> rows of its phrasings from "train" templates.
         unseen_phrasings: task -> rows of its phrasings from "unseen" templates (may be empty).
         eval_phrasing: task -> row of its plain description (the task file's own text).
+        phrasing_tasks: the task of each row of ``phrasings`` (a condition can depend on the
+            task beyond its description, e.g. its language).
     """
 
     train_tasks: list[str]
@@ -66,6 +68,7 @@ class TaskData:
     train_phrasings: dict[str, list[int]]
     unseen_phrasings: dict[str, list[int]]
     eval_phrasing: dict[str, int]
+    phrasing_tasks: list[str] = field(default_factory=list)
 
 
 def _in(name: str, names: Sequence[str]) -> bool:
@@ -98,6 +101,7 @@ def load_task_data(
         for d in describe(tasks[name]):
             rows[d.template] = len(data.phrasings)
             data.phrasings.append(d.text)
+            data.phrasing_tasks.append(name)
             kind = data.train_phrasings if d.split == TRAIN else data.unseen_phrasings
             kind.setdefault(name, []).append(rows[d.template])
         if not rows:

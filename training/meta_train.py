@@ -29,6 +29,7 @@ import logging
 import os
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -49,7 +50,14 @@ from hypergen.adapters.lora_geometry import cosine_matrix
 from hypergen.atomic import atomic_write_text
 from hypergen.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from hypergen.conditions.registry import build_conditioner
-from hypergen.config import DTYPES, BottleneckSpec, EncoderConfig, HyperNetConfig, LoraSpec
+from hypergen.config import (
+    COMPOSITE_KIND,
+    DTYPES,
+    BottleneckSpec,
+    EncoderConfig,
+    HyperNetConfig,
+    LoraSpec,
+)
 from hypergen.generator import AdapterGenerator
 from hypergen.layout import MULTITASK, library_folder
 from hypergen.models import load_base_model
@@ -58,7 +66,13 @@ from training.chat_replies import load_chat_examples
 from training.config import MetaTrainConfig, load_config, save_config
 from training.data import MixtureSampler, Sample, conditions_for, load_task_data, shard
 from training.formats import tokenize_formatted
-from training.objectives import delta_w_loss, example_losses
+from training.languages import TaskLanguages
+from training.objectives import (
+    contrastive_losses,
+    delta_w_loss,
+    example_losses,
+    other_task_rows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -125,14 +139,34 @@ class MetaTrainer:
 
     def _setup_conditions(self):
         """3. Condition vectors of every phrasing, once: the encoder is frozen, so this is exact,
-        and every process holds the same table."""
+        and every process holds the same table. With ``language_features`` a row is the
+        phrasing and its task's language (``training/languages.py``)."""
         cfg = self.config
         encoder = EncoderConfig(kind=cfg.encoder_kind, name=cfg.encoder_name)
+        conditions: list = list(self.data.phrasings)
+        if cfg.language_features:
+            encoder = EncoderConfig(
+                kind=COMPOSITE_KIND,
+                parts={
+                    "description": encoder,
+                    "language": EncoderConfig(kind="language", name=cfg.language_features),
+                },
+            )
+            languages = TaskLanguages.load(cfg.task_languages)
+            conditions = [
+                {"description": text, "language": languages.primary(task)}
+                for text, task in zip(self.data.phrasings, self.data.phrasing_tasks)
+            ]
+            logger.info(
+                "task languages from %s: %s",
+                cfg.task_languages,
+                Counter(
+                    languages.primary(t) for t in self.data.train_tasks + self.data.heldout_tasks
+                ).most_common(),
+            )
         conditioner = build_conditioner(encoder)
         with torch.no_grad():
-            chunks = [
-                self.data.phrasings[i : i + 64] for i in range(0, len(self.data.phrasings), 64)
-            ]
+            chunks = [conditions[i : i + 64] for i in range(0, len(conditions), 64)]
             self.conditions = torch.cat([conditioner.encode(c).cpu() for c in chunks]).to(
                 self.accelerator.device
             )
@@ -329,8 +363,22 @@ class MetaTrainer:
         parts: dict[str, torch.Tensor] = {}
         total = 0.0
         if cfg.objective in ("sft", "both"):
-            parts["sft"] = self._lm_losses(samples, lora, train=True).mean()
+            own = self._lm_losses(samples, lora, train=True)
+            parts["sft"] = own.mean()
             total = total + (cfg.sft_weight if cfg.objective == "both" else 1.0) * parts["sft"]
+            if cfg.contrastive_weight > 0:
+                pairs = other_task_rows([s.task for s in samples])
+                rows = [i for i, j in enumerate(pairs) if j is not None]
+                parts["contrastive"] = own.new_zeros(())  # one task in the micro-batch: no pair
+                if rows:
+                    other = self._lm_losses(
+                        [samples[i] for i in rows], lora.select([pairs[i] for i in rows]), True
+                    )
+                    # a sum over the paired rows / the micro-batch size: a per-sample mean
+                    parts["contrastive"] = contrastive_losses(
+                        own[rows], other, cfg.contrastive_margin
+                    ).sum() / len(samples)
+                    total = total + cfg.contrastive_weight * parts["contrastive"]
         if cfg.objective in ("reconstruction", "both"):
             rows = [i for i, s in enumerate(samples) if s.task in self.library]
             if rows:

@@ -5,6 +5,13 @@ Axes: b example, r rank of the generated LoRA, s rank of the target LoRA, i in, 
 SFT: ``example_losses`` is each example's mean completion cross-entropy; the batch loss is their
 mean, so every example weighs the same whatever its completion length.
 
+Contrastive (optional, SFT side): ``contrastive_losses`` asks each example's loss under its own
+task's adapter to beat its loss under another task's adapter (``other_task_rows``) by a margin.
+SFT alone is satisfied by one adapter that helps every task; this term is only satisfied when
+the adapter depends on the condition, which is what `generated - generated_other_task`
+measures. A hinge, so it stops pushing once own beats other by the margin (it never rewards
+making another task's adapter ever worse).
+
 Reconstruction: ``delta_w_loss`` compares the generated update ``dW = s B A`` with the library
 LoRA's ``dW* = s* B* A*`` per module, as a relative squared Frobenius error summed over modules:
 
@@ -39,6 +46,23 @@ def example_losses(logits: Tensor, labels: Tensor) -> Tensor:
     """
     total, count = completion_logprobs(logits, labels)
     return -total / count.clamp(min=1)
+
+
+def other_task_rows(tasks: list[str]) -> list[int | None]:
+    """For each row, the next row (cyclically) whose task differs; None when every row shares it.
+
+    Deterministic and within the micro-batch, so each process pairs its own rows (DDP-safe).
+    """
+    n = len(tasks)
+    return [
+        next((j % n for j in range(i + 1, i + n) if tasks[j % n] != tasks[i]), None)
+        for i in range(n)
+    ]
+
+
+def contrastive_losses(own: Tensor, other: Tensor, margin: float) -> Tensor:
+    """(b,) hinge ``max(0, margin - (other - own))`` on per-example losses (nats)."""
+    return torch.relu(margin - (other - own))
 
 
 def _gram(A1: Tensor, B1: Tensor, A2: Tensor, B2: Tensor) -> Tensor:

@@ -24,6 +24,8 @@ from torch import Tensor
 
 from hypergen.adapters.lora import LoraWeights
 
+QUANTITY = "delta W = s B A"
+
 
 def _device(x: LoraWeights) -> torch.device:
     return next(iter(x.A.values())).device
@@ -63,7 +65,9 @@ def squared_norms(x: LoraWeights) -> Tensor:
     return (out * x.scaling**2).clamp(min=0)
 
 
-def _cosine(dot: Tensor, norm_x: Tensor, norm_y: Tensor) -> Tensor:
+def cosines(dot: Tensor, norm_x: Tensor, norm_y: Tensor) -> Tensor:
+    """Inner products -> cosines (``norm_x``, ``norm_y`` broadcast against ``dot``); NaN where a
+    norm is zero, clamped to [-1, 1] against rounding."""
     denominator = norm_x * norm_y
     cos = dot / denominator.where(denominator > 0, torch.ones_like(denominator))
     return cos.where(denominator > 0, torch.full_like(cos, math.nan)).clamp(-1, 1)
@@ -73,21 +77,26 @@ def cosine_matrix(x: LoraWeights, y: LoraWeights | None = None) -> Tensor:
     """(len(x), len(y)) cosines between adapters' dW (y defaults to x); NaN where one is zero."""
     y = x if y is None else y
     norm_x, norm_y = squared_norms(x).sqrt(), squared_norms(y).sqrt()
-    return _cosine(inner_products(x, y), norm_x[:, None], norm_y[None, :])
+    return cosines(inner_products(x, y), norm_x[:, None], norm_y[None, :])
 
 
-def paired_cosines(x: LoraWeights, y: LoraWeights) -> Tensor:
-    """(n,) cosine of adapter k of ``x`` with adapter k of ``y``; NaN where one is zero."""
+def paired_inner_products(x: LoraWeights, y: LoraWeights) -> Tensor:
+    """(n,) float64 inner product of adapter k of ``x`` with adapter k of ``y``."""
     if len(x) != len(y):
-        raise ValueError(f"paired_cosines: {len(x)} vs {len(y)} adapters")
+        raise ValueError(f"paired_inner_products: {len(x)} vs {len(y)} adapters")
     dots = torch.zeros(len(x), dtype=torch.float64, device=_device(x))
     if set(x.module_names) != set(y.module_names):
-        raise ValueError("paired_cosines: the adapters cover different modules")
+        raise ValueError("paired_inner_products: the adapters cover different modules")
     for name in x.module_names:
         A1, B1 = x.A[name].double(), x.B[name].double()
         A2, B2 = y.A[name].double(), y.B[name].double()
         left = einsum(B1, B2, "j o r, j o s -> j r s")
         right = einsum(A1, A2, "j r i, j s i -> j r s")
         dots += (left * right).sum(dim=(1, 2))
-    dots *= x.scaling * y.scaling
-    return _cosine(dots, squared_norms(x).sqrt(), squared_norms(y).sqrt())
+    return dots * (x.scaling * y.scaling)
+
+
+def paired_cosines(x: LoraWeights, y: LoraWeights) -> Tensor:
+    """(n,) cosine of adapter k of ``x`` with adapter k of ``y``; NaN where one is zero."""
+    dots = paired_inner_products(x, y)
+    return cosines(dots, squared_norms(x).sqrt(), squared_norms(y).sqrt())

@@ -1,6 +1,9 @@
 """Conditioners: turn a batch of conditions into vectors for the hypernetwork.
 
-registry.py  the ``Conditioner`` interface, ``CONDITIONERS`` and ``build_conditioner``
-text.py      task descriptions -> sentence embeddings (sentence-transformers)
-hashing.py   descriptions -> hashed bag-of-words vectors (tests, CPU smoke runs)
+registry.py   the ``Conditioner`` interface, ``CONDITIONERS``, ``build_conditioner`` and
+              ``condition_from_parts`` (request parts -> the condition a checkpoint takes)
+text.py       task descriptions -> sentence embeddings (sentence-transformers)
+hashing.py    descriptions -> hashed bag-of-words vectors (tests, CPU smoke runs)
+language.py   language codes -> URIEL typology vectors (lang2vec's data)
+composite.py  several parts (description + language) -> their vectors concatenated
 """

@@ -20,6 +20,7 @@ class HashingConditioner:
     """
 
     kind = "hashing"
+    parts = ("description",)
 
     def __init__(
         self, name: str = "hash-64", device: str | torch.device = "cpu", max_chars: int = 2000

@@ -51,6 +51,7 @@ class TextConditioner:
     """
 
     kind = "text"
+    parts = ("description",)
 
     def __init__(
         self,

@@ -5,6 +5,20 @@
 const $ = (id) => document.getElementById(id);
 let adapterId = null;
 let baseModel = "base";
+let conditionParts = ["description"]; // what the loaded checkpoint's condition is made of
+
+// One line about an adapter kind's settings (healthz and adapter metadata carry them under the
+// kind's name: "lora" or "bottleneck").
+function settingsText(kind, s) {
+  if (kind === "bottleneck") {
+    return `bottleneck adapters of width ${s.size} (${s.placement}, ${s.non_linearity}) after ` +
+      s.target_modules.join(" and ");
+  }
+  return `LoRA rank ${s.rank} on ${s.target_modules.join(", ")}`;
+}
+
+// The download's format, as the metadata's "format" says.
+const FORMATS = { "peft-lora": "PEFT LoRA", adapterhub: "AdapterHub bottleneck" };
 
 function headers() {
   const h = { "Content-Type": "application/json" };
@@ -40,7 +54,9 @@ async function loadStatus() {
     $("status").textContent =
       `Base model ${health.base_model_id} \u00b7 checkpoint ${ck.name} ` +
       `(${ck.untrained ? "UNTRAINED" : ck.trained_steps + " training steps"}) \u00b7 ` +
-      `LoRA rank ${health.lora.rank} on ${health.lora.target_modules.join(", ")}`;
+      settingsText(health.adapter_kind, health[health.adapter_kind]);
+    conditionParts = ck.condition_parts || ["description"];
+    $("language-field").hidden = !conditionParts.includes("language");
     if (health.untrained) {
       $("untrained").textContent =
         "This server runs an UNTRAINED hypernetwork: every adapter it makes is a no-op, " +
@@ -54,17 +70,24 @@ async function loadStatus() {
 
 async function makeAdapter() {
   showError("");
-  const description = $("description").value;
+  const body = { description: $("description").value };
+  // sent only to a checkpoint that takes a language (the server answers 400 naming its parts)
+  if (conditionParts.includes("language")) body.language = $("language").value.trim();
   $("generate").disabled = true;
   try {
-    const adapter = await api("POST", "/v1/adapters", { description });
+    const adapter = await api("POST", "/v1/adapters", body);
     adapterId = adapter.id;
     $("adapter-id").textContent = adapter.id;
     $("adapter-source").textContent = adapter.untrained ? "(untrained: a no-op)" : "";
-    const lora = adapter.lora;
+    const s = adapter[adapter.adapter_kind];
+    const shape = adapter.adapter_kind === "bottleneck"
+      ? `bottleneck m=${s.size}, ${s.placement}, ${s.non_linearity}, ${s.target_modules.join("+")}`
+      : `LoRA r=${s.rank}, alpha=${s.alpha}, ${s.target_modules.join("+")}`;
+    const language = adapter.condition.language ? ` \u00b7 language ${adapter.condition.language}` : "";
     $("adapter-meta").textContent =
-      `LoRA r=${lora.rank}, alpha=${lora.alpha}, ${lora.target_modules.join("+")}, ${lora.dtype}, ` +
-      `${(adapter.size_bytes / 1024).toFixed(0)} KiB \u00b7 for ${adapter.base_model_id}`;
+      `${shape}, ${s.dtype}, ${(adapter.size_bytes / 1024).toFixed(0)} KiB \u00b7 ` +
+      `for ${adapter.base_model_id}${language}`;
+    $("download").textContent = `Download the ${FORMATS[adapter.format] || adapter.format} adapter (zip)`;
     $("download").href = adapter.download_url;
     $("download").setAttribute("download", `hypergen-${adapter.id.slice(0, 16)}.zip`);
     $("adapter").hidden = false;
