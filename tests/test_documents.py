@@ -419,3 +419,70 @@ def test_meta_train_rejects_mixed_settings():
         MetaTrainConfig(condition="documents")
     with pytest.raises(ValueError, match="trains with objective=sft"):
         MetaTrainConfig(condition="document", objective="both")
+
+
+# --- evaluation: in-context demonstrations vs the adapter generated from them ---------------------
+
+
+def test_harness_demonstration_systems(
+    tmp_path, llama, llama_dir, examples_dir, checkpoint_dir, monkeypatch
+):
+    from evaluation.harness import load_eval_tasks, resolve_paths, run
+    from evaluation.systems import MissingArtifact, build_systems, task_description
+    from tests.test_evaluation import _config
+
+    monkeypatch.setenv("HYPERGEN_HOME", str(tmp_path))
+    systems = "systems=[base,base+demos,generated_demos,generated]"
+    config = _config(
+        tmp_path, llama_dir, examples_dir, tmp_path / "no-loras", systems, "demonstrations=2"
+    )
+    results = run(config)["results"]
+    tasks = {et.task.name: et for et in load_eval_tasks(config, resolve_paths(config)["suite"])}
+    for name, et in tasks.items():
+        assert results["base+demos"][name]["status"] == "ok"
+        assert results["generated_demos"][name]["status"] == "ok", results["generated_demos"][name]
+        assert results["generated"][name]["status"] == "missing"
+        assert "conditions on a description alone" in results["generated"][name]["reason"]
+
+    # what the systems feed the LM: the same 2 train examples, never a test one
+    name, et = next(iter(tasks.items()))
+    generator = AdapterGenerator.from_pretrained(examples_dir)
+    built, _ = build_systems(
+        ["base+demos", "generated_demos"],
+        llama[0],
+        [et.task],
+        examples_dir,
+        tmp_path,
+        train_examples={name: et.train},
+        demonstrations=2,
+    )
+    icl, adapter = (s.setup(et.task) for s in built)
+    demos = [ex for ex in et.train if f"{ex.prompt}{ex.completion}\n\n" in icl.prompt_prefix]
+    assert len(demos) == 2 and not any(ex.prompt in icl.prompt_prefix for ex in et.test)
+    condition = {
+        "description": task_description(et.task),
+        "examples": [{"input": ex.input, "output": ex.completion.strip()} for ex in demos],
+    }
+    # the adapter is generated from those demonstrations (in the order drawn)
+    assert json.loads(adapter.condition)["description"] == condition["description"]
+    assert sorted(json.loads(adapter.condition)["examples"], key=str) == sorted(
+        condition["examples"], key=str
+    )
+    expected = generator.generate([json.loads(adapter.condition)])
+    module = expected.module_names[0]
+    torch.testing.assert_close(adapter.adapter.B[module], expected.B[module])
+
+    # a description-only checkpoint cannot run generated_demos; too few train examples is missing
+    [demo_system], _ = build_systems(
+        ["generated_demos"],
+        None,
+        [et.task],
+        checkpoint_dir,
+        tmp_path,
+        train_examples={name: et.train},
+    )
+    with pytest.raises(MissingArtifact, match="needs an examples part"):
+        demo_system.setup(et.task)
+    [icl_system], _ = build_systems(["base+demos"], None, [et.task], "", tmp_path, demonstrations=2)
+    with pytest.raises(MissingArtifact, match="needs 2 train examples"):
+        icl_system.setup(et.task)
