@@ -486,3 +486,35 @@ def test_harness_demonstration_systems(
     [icl_system], _ = build_systems(["base+demos"], None, [et.task], "", tmp_path, demonstrations=2)
     with pytest.raises(MissingArtifact, match="needs 2 train examples"):
         icl_system.setup(et.task)
+
+
+def test_document_evaluation_floor_ceiling_and_tokens_saved(document_dir, llama, tmp_path, capsys):
+    from evaluation.documents import SYSTEMS, main
+
+    out = tmp_path / "documents.json"
+    argv = ["--checkpoint", document_dir, "--documents", "6", "--heldout", "2"]
+    assert main([*argv, "--max-new-tokens", "3", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["documents"] == 2 and report["questions"] == 8
+    assert set(report["systems"]) == set(SYSTEMS)
+    for row in report["systems"].values():
+        assert 0 <= row["exact_match"] <= row["contains"] <= 1
+    # the document in the prompt costs its tokens on every question; the adapter costs none
+    _, tokenizer = llama
+    data = document_task_data(6, 2)
+    questions = [ex for t in data.heldout_tasks for ex in data.test_examples[t]]
+    base_tokens = sum(len(tokenizer(ex.prompt).input_ids) for ex in questions) / 8
+    assert report["systems"]["generated"]["prompt_tokens"] == pytest.approx(base_tokens)
+    assert report["systems"]["base"]["prompt_tokens"] == pytest.approx(base_tokens)
+    assert report["tokens_saved"] > 40
+    assert "prompt tokens saved per question" in capsys.readouterr().out
+    assert main(["--checkpoint", str(tmp_path / "none")]) == 2
+
+
+def test_committed_configs_load():
+    from training.config import MetaTrainConfig, load_config
+
+    document = load_config(MetaTrainConfig, "training/configs/document_smollm2.yaml", [])
+    assert document.condition == "document" and document.heldout_documents == 50
+    demos = load_config(MetaTrainConfig, "training/configs/demonstrations_smollm2.yaml", [])
+    assert demos.condition == "demonstrations" and demos.demonstrations == 4
