@@ -160,6 +160,8 @@ def test_fact_corpus_is_deterministic_and_held_out_documents_are_unseen():
             if answer[0].isupper():  # invented names are never reused in training documents
                 assert not set(answer.split()) & training_words - {"Works"}
         assert len(data.test_examples[task]) == 4
+    for document in a[50:]:  # the held-out people's names are in no training document
+        assert not set(document.name.split()) & training_words
     assert all(len(data.train_examples[t]) == 8 for t in data.train_tasks)
 
 
@@ -516,5 +518,7 @@ def test_committed_configs_load():
 
     document = load_config(MetaTrainConfig, "training/configs/document_smollm2.yaml", [])
     assert document.condition == "document" and document.heldout_documents == 50
+    corpus = document_task_data(document.documents, document.heldout_documents, document.seed)
+    assert len(corpus.train_tasks) == 350 and len(set(corpus.phrasings)) == 400
     demos = load_config(MetaTrainConfig, "training/configs/demonstrations_smollm2.yaml", [])
     assert demos.condition == "demonstrations" and demos.demonstrations == 4

@@ -28,6 +28,10 @@ from dataclasses import dataclass
 from hypergen.data.tasks import Example
 from training.data import TaskData
 
+# 48 syllables: 2,304 two-syllable and 110,592 three-syllable names; a document draws one of
+# the first kind (a first name) and five of the second, so 400 documents use a sixth of the
+# two-syllable space (rejection sampling stays fast); ``_Names`` fails loudly if a corpus ever
+# exhausts it.
 SYLLABLES = [
     "ka",
     "ri",
@@ -61,6 +65,22 @@ SYLLABLES = [
     "ul",
     "ta",
     "ro",
+    "bri",
+    "sam",
+    "hel",
+    "tor",
+    "nim",
+    "pra",
+    "cas",
+    "dul",
+    "wen",
+    "jor",
+    "gal",
+    "fi",
+    "ek",
+    "sun",
+    "vo",
+    "lak",
 ]
 PROFESSIONS = [
     "glassblower",
@@ -108,11 +128,12 @@ class _Names:
         self.rng, self.used = rng, set()
 
     def __call__(self, syllables: int) -> str:
-        while True:
+        for _ in range(10_000):
             name = "".join(self.rng.choice(SYLLABLES) for _ in range(syllables)).capitalize()
             if name not in self.used:
                 self.used.add(name)
                 return name
+        raise ValueError(f"no unused {syllables}-syllable name left: the corpus is too large")
 
 
 def fact_documents(documents: int, seed: int = 0) -> list[FactDocument]:
@@ -122,10 +143,10 @@ def fact_documents(documents: int, seed: int = 0) -> list[FactDocument]:
     corpus = []
     for _ in range(documents):
         person = f"{names(2)} {names(3)}"
-        city, river, company = names(3), names(2), f"{names(2)} Works"
+        city, river, company = names(3), names(3), f"{names(3)} Works"
         born, founded = rng.randint(1940, 2000), rng.randint(1850, 1990)
         job, product = rng.choice(PROFESSIONS), rng.choice(PRODUCTS)
-        color, pet, pet_name = rng.choice(COLORS), rng.choice(PETS), names(2)
+        color, pet, pet_name = rng.choice(COLORS), rng.choice(PETS), names(3)
         people = rng.randint(2, 90) * 1000
         text = (
             f"{person} was born in {born} in {city}. {person} works as a {job} at {company}. "
