@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,6 @@ from evaluation.scoring import greedy_answers, stop_token_ids
 from hypergen.generator import AdapterGenerator
 from hypergen.models import load_base_model
 from training.documents import document_task_data
-
-logger = logging.getLogger(__name__)
 
 SYSTEMS = ("base", "base+document", "generated")
 
