@@ -19,6 +19,8 @@ from hypergen.config_files import read_config
 
 # Every system the harness knows, in report order: the registry's (see evaluation.systems).
 ALL_SYSTEMS = tuple(SYSTEMS)
+# What a config that names no systems runs: all but those needing a demonstrations checkpoint.
+DEFAULT_SYSTEMS = tuple(name for name, spec in SYSTEMS.items() if spec.default)
 TASK_GROUPS = ("heldout", "train", "all")
 
 
@@ -40,7 +42,7 @@ class EvalConfig:
         tasks: "heldout", "train", "all", or a list of task names.
         max_train_tasks: with a split, evaluate at most this many of its training tasks, a
             seeded sample (0: all); held-out tasks are always all evaluated.
-        systems: which systems to compare (see ``ALL_SYSTEMS``).
+        systems: which systems to compare (see ``ALL_SYSTEMS``; default ``DEFAULT_SYSTEMS``).
         max_examples: test examples sampled per task (seeded; all when the test part is smaller;
             0 or None: all).
         seed: seed for example sampling, random strings and the bootstrap.
@@ -54,6 +56,7 @@ class EvalConfig:
         device: torch device of the LM and hypernetwork.
         bootstrap_samples: bootstrap draws for the 95% intervals.
         random_words: words in the random-string condition.
+        demonstrations: k, the train examples shown to ``base+demos`` and ``generated_demos``.
         generation_check: run the generation check (``evaluation.generation_check``): chat
             prompts and the evaluated generative tasks, greedy replies without and with the
             generated adapter.
@@ -71,7 +74,7 @@ class EvalConfig:
     split: str = ""
     tasks: str | list[str] = "heldout"
     max_train_tasks: int = 0
-    systems: list[str] = field(default_factory=lambda: list(ALL_SYSTEMS))
+    systems: list[str] = field(default_factory=lambda: list(DEFAULT_SYSTEMS))
     max_examples: int | None = 100
     seed: int = 0
     test_fraction: float = 0.2
@@ -84,6 +87,7 @@ class EvalConfig:
     device: str = "cpu"
     bootstrap_samples: int = 1000
     random_words: int = 12
+    demonstrations: int = 4
     generation_check: bool = True
     chat_prompts: str = ""
     check_max_new_tokens: int = 48

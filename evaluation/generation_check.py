@@ -274,6 +274,11 @@ def _with_adapters(check_set: CheckSet, source: GeneratorSource):
     if not all(check_set.descriptions):
         raise MissingArtifact(f"task {check_set.name} has no description")
     generator = source.get()
+    if generator.condition_parts != ("description",):
+        raise MissingArtifact(
+            f"the checkpoint takes {' and '.join(generator.condition_parts)}; the check "
+            "generates from descriptions alone"
+        )
     conditions = sorted(set(check_set.descriptions))
     return generator, conditions, [conditions.index(d) for d in check_set.descriptions]
 

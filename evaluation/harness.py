@@ -493,6 +493,9 @@ def adapter_specificity(
         generator = source.get()
     except MissingArtifact as err:
         return {"status": "missing", "reason": str(err)}
+    if generator.condition_parts != ("description",):
+        parts = " and ".join(generator.condition_parts)
+        return {"status": "missing", "reason": f"the checkpoint takes {parts}, not a description"}
     names, own, skipped = [], [], []
     for et in tasks:
         try:
@@ -604,6 +607,8 @@ def setup_run(config: EvalConfig, model=None, tokenizer=None) -> RunSetup:
         seed=config.seed,
         num_random_words=config.random_words,
         device=config.device,
+        train_examples={et.task.name: et.train for et in tasks},
+        demonstrations=config.demonstrations,
     )
     scoring_key = {
         "harness": HARNESS_VERSION,

@@ -16,6 +16,13 @@
     generated_paraphrase  adapter generated from an unseen phrasing of the description
     generated_random      adapter generated from a fixed-seed random word string
     generated_other_task  adapter generated from another evaluated task's description
+    base+demos            the frozen LM, k demonstrations of the task before the input
+                          (in-context learning; k training examples, never test ones)
+    generated_demos       adapter generated from those same k demonstrations (a checkpoint with
+                          an ``examples`` part; with ``description+examples``, also the description)
+
+The last two are not in the default list (``EvalConfig.systems``): they need a checkpoint
+conditioned on demonstrations for the adapter, and name them to run them.
 
 "The task's description" is ``describe(task, "train")[0]`` (the file's description as a
 sentence, template "plain"); the paraphrase is ``describe(task, "unseen")[0]``, a template the
@@ -30,7 +37,7 @@ import logging
 import random
 import re
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -302,8 +309,10 @@ class SystemContext:
         tasks: every evaluated task; ``generated_other_task`` gives task i (sorted by name) the
             description of task i+1, cyclically.
         loras_dir: folder of per-task LoRAs and the multi-task one (``hypergen.layout``).
-        seed: seed of the random-string conditions.
+        seed: seed of the random-string conditions and of the demonstrations drawn.
         num_random_words: words per random string.
+        train_examples: task name -> its train examples (where demonstrations come from).
+        demonstrations: k, the demonstrations per task of ``base+demos`` and ``generated_demos``.
     """
 
     source: GeneratorSource
@@ -312,6 +321,8 @@ class SystemContext:
     loras_dir: Path
     seed: int = 0
     num_random_words: int = 12
+    train_examples: Mapping[str, Sequence[Example]] = field(default_factory=dict)
+    demonstrations: int = 4
 
     def __post_init__(self):
         self.by_name = {t.name: t for t in self.tasks}
@@ -326,18 +337,20 @@ class SystemSpec:
     summary: str
     setup: Callable[[SystemContext, Task], TaskSetup]
     uses_model: bool = True
+    default: bool = True
 
 
 SYSTEMS: dict[str, SystemSpec] = {}  # name -> spec, in report order
 
 
-def register(name: str, summary: str, uses_model: bool = True):
-    """Add the decorated ``setup(context, task)`` to ``SYSTEMS`` as ``name``."""
+def register(name: str, summary: str, uses_model: bool = True, default: bool = True):
+    """Add the decorated ``setup(context, task)`` to ``SYSTEMS`` as ``name`` (``default``: in
+    the systems a config runs when it names none)."""
 
     def add(setup: Callable[[SystemContext, Task], TaskSetup]):
         if name in SYSTEMS:
             raise ValueError(f"system {name!r} is registered twice")
-        SYSTEMS[name] = SystemSpec(name, summary, setup, uses_model)
+        SYSTEMS[name] = SystemSpec(name, summary, setup, uses_model, default)
         return setup
 
     return add
@@ -352,6 +365,8 @@ def build_systems(
     seed: int = 0,
     num_random_words: int = 12,
     device: str = "cpu",
+    train_examples: Mapping[str, Sequence[Example]] | None = None,
+    demonstrations: int = 4,
 ) -> tuple[list[System], GeneratorSource]:
     """The systems called ``names``, and the (lazily loaded) checkpoint the generated ones use.
 
@@ -359,17 +374,27 @@ def build_systems(
         names: system ids (keys of ``SYSTEMS``), in report order.
         checkpoint: hypernetwork checkpoint folder ("" for none).
         device: where the hypernetwork runs.
-        model, tasks, loras_dir, seed, num_random_words: see ``SystemContext``.
+        model, tasks, loras_dir, seed, num_random_words, train_examples, demonstrations: see
+            ``SystemContext``.
     """
     unknown = [n for n in names if n not in SYSTEMS]
     if unknown:
         raise ValueError(f"unknown systems {unknown}; known: {list(SYSTEMS)}")
     source = GeneratorSource(checkpoint, model, device)
-    context = SystemContext(source, model, tasks, Path(loras_dir), seed, num_random_words)
+    context = SystemContext(
+        source,
+        model,
+        tasks,
+        Path(loras_dir),
+        seed,
+        num_random_words,
+        dict(train_examples or {}),
+        demonstrations,
+    )
     systems = [
         System(
             spec.name,
-            spec.summary.format(num_random_words=num_random_words),
+            spec.summary.format(num_random_words=num_random_words, demonstrations=demonstrations),
             partial(spec.setup, context),
             spec.uses_model,
         )
@@ -449,6 +474,11 @@ def _generated(condition, with_desc: bool = False):
 
     def setup(context: SystemContext, task: Task) -> TaskSetup:
         generator = context.source.get()
+        if generator.condition_parts != ("description",):
+            raise MissingArtifact(
+                f"the checkpoint takes {' and '.join(generator.condition_parts)}; this system "
+                "conditions on a description alone"
+            )
         text, info = condition(context, task)
         prefix = describe_prefix(task_description(task)) if with_desc else ""
         lora = generator.generate([text])
@@ -477,3 +507,52 @@ register("generated_random", "generated from {num_random_words} random words")(
 register("generated_other_task", "generated from another evaluated task's description")(
     _generated(_borrowed)
 )
+
+
+# Demonstrations: k of the task's train examples, the same for in-context learning and the adapter.
+
+
+def task_demonstrations(context: SystemContext, task: Task) -> list[Example]:
+    """``context.demonstrations`` of the task's train examples, drawn by ``(seed, task)``."""
+    train = list(context.train_examples.get(task.name, ()))
+    k = context.demonstrations
+    if len(train) < k:
+        raise MissingArtifact(
+            f"needs {k} train examples for demonstrations, the task has {len(train)}"
+        )
+    return random.Random(f"{context.seed}:demonstrations:{task.name}").sample(train, k)
+
+
+def demonstrations_prefix(demos: Sequence[Example]) -> str:
+    """The prompt prefix of ``base+demos``: each demonstration as a solved prompt."""
+    return "".join(f"{ex.prompt}{ex.completion}\n\n" for ex in demos)
+
+
+@register("base+demos", "frozen LM, {demonstrations} demonstrations + input (ICL)", default=False)
+def _base_demos(context: SystemContext, task: Task) -> TaskSetup:
+    prefix = demonstrations_prefix(task_demonstrations(context, task))
+    return TaskSetup(prompt_prefix=prefix, fingerprint={"prefix": prefix})
+
+
+@register(
+    "generated_demos",
+    "adapter generated from the same {demonstrations} demonstrations",
+    default=False,
+)
+def _generated_demos(context: SystemContext, task: Task) -> TaskSetup:
+    generator = context.source.get()
+    parts = generator.condition_parts
+    if "examples" not in parts or not set(parts) <= {"description", "examples"}:
+        raise MissingArtifact(
+            f"the checkpoint takes {' and '.join(parts)}; this system needs an examples part"
+        )
+    examples = [
+        {"input": ex.input, "output": ex.completion.strip()}
+        for ex in task_demonstrations(context, task)
+    ]
+    condition = {"examples": examples}
+    if "description" in parts:
+        condition["description"] = task_description(task)
+    adapter = generator.generate([condition])
+    fingerprint = {"checkpoint": context.source.meta["hash"], "condition": condition}
+    return TaskSetup(adapter=adapter, condition=json.dumps(condition), fingerprint=fingerprint)

@@ -3,6 +3,8 @@
     hypergen generate "a task description" -o OUT         # OUT: one adapter folder (PEFT LoRA,
                                                            # or AdapterHub for a bottleneck checkpoint)
     hypergen generate "a task" --language sw -o OUT        # a description + language checkpoint
+    hypergen generate --document doc.txt -o OUT            # a document checkpoint
+    hypergen generate --examples demos.jsonl -o OUT        # a demonstrations checkpoint
     hypergen generate "one" "two" -o OUT                   # OUT/000-one, OUT/001-two
     hypergen generate --checkpoint DIR "a task" -o OUT     # another hypernetwork checkpoint
     hypergen init-checkpoint -o checkpoints/untrained      # an untrained (no-op) generator
@@ -53,7 +55,7 @@ def _slug(text: str, limit: int = 40) -> str:
 
 def adapter_folders(descriptions: list[str], out: str | Path) -> list[Path]:
     """Where ``write_adapters`` writes: ``out`` for one description, ``out/<index>-<slug>`` for several."""
-    if len(descriptions) == 1:
+    if len(descriptions) <= 1:  # none: one adapter for a document or demonstrations
         return [Path(out)]
     return [Path(out) / f"{i:03d}-{_slug(d)}" for i, d in enumerate(descriptions)]
 
@@ -66,6 +68,8 @@ def write_adapters(
     bf16: bool = False,
     overwrite: bool = False,
     language: str | None = None,
+    document: str | None = None,
+    examples: list[dict[str, str]] | None = None,
 ) -> list[Path]:
     """Write one adapter folder per description (the adapters made in one batch): what
     ``hypergen generate`` does. The folder is in the format of the checkpoint's adapter kind
@@ -75,7 +79,8 @@ def write_adapters(
     Args:
         checkpoint: hypernetwork checkpoint folder; None: the one shipped with the package
             (``hypergen.checkpoint.DEFAULT_CHECKPOINT``).
-        descriptions: one adapter each.
+        descriptions: one adapter each; none: one adapter for the other parts alone (a
+            checkpoint conditioned on a document or on demonstrations).
         out: for one description, the adapter folder; for several, a folder that receives one
             ``<index>-<slug>`` subfolder each (it is created if needed and nothing else in it is
             touched).
@@ -85,6 +90,9 @@ def write_adapters(
             adapter (never the working directory, home, or a folder above them).
         language: the language code every adapter is for (ISO 639-1 or 639-3), for a checkpoint
             whose condition is a description and a language.
+        document: the context document every adapter is for (a checkpoint with a document part).
+        examples: the input/output demonstrations every adapter is for (``{"input", "output"}``
+            dicts; a checkpoint with an examples part).
 
     Every destination is checked before anything is loaded or written: a non-empty folder that
     is not an earlier adapter of the checkpoint's kind is an error unless ``overwrite``; an
@@ -125,13 +133,44 @@ def write_adapters(
     from hypergen.generator import AdapterGenerator
 
     generator = AdapterGenerator.from_pretrained(checkpoint)
-    extra = {} if language is None else {"language": language}
+    given = {"language": language, "document": document, "examples": examples}
+    extra = {part: value for part, value in given.items() if value is not None}
     # checked against what the checkpoint takes (a ValueError naming its parts) before generating
-    conditions = [generator.condition(description=d, **extra) for d in descriptions]
+    conditions = [generator.condition(description=d, **extra) for d in descriptions] or [
+        generator.condition(**extra)
+    ]
     weights = generator.generate(conditions, autocast_dtype=torch.bfloat16 if bf16 else None)
     for i, folder in enumerate(folders):
         generator.save_adapter(weights.select(i), folder, dtype=DTYPES[dtype], overwrite=overwrite)
     return folders
+
+
+def read_document(path: str) -> str:
+    """The text of a document file (``-``: standard input); FileNotFoundError/ValueError."""
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--document {path}: not UTF-8 text ({err.reason})") from err
+    except IsADirectoryError as err:
+        raise ValueError(f"--document {path} is a folder, not a text file") from err
+
+
+def read_examples(path: str) -> list:
+    """Demonstrations from a JSON list or a JSON Lines file (one object a line); the values are
+    checked by the checkpoint's conditioner."""
+    import json
+
+    text = read_document(path).strip()
+    try:
+        if text.startswith("["):
+            return json.loads(text)
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"--examples {path}: not a JSON list or JSON Lines of objects ({err})"
+        ) from err
 
 
 def _parser(command: str, description: str) -> argparse.ArgumentParser:
@@ -155,7 +194,12 @@ def _run(command: str, args: argparse.Namespace, action: Callable[[], None]) -> 
 def generate_main(argv: list[str]) -> int:
     """Write adapters for task descriptions (one batch): PEFT LoRA or AdapterHub folders."""
     p = _parser("generate", generate_main.__doc__)
-    p.add_argument("descriptions", nargs="+", help="one or more task descriptions")
+    p.add_argument(
+        "descriptions",
+        nargs="*",
+        help="one or more task descriptions (none for a checkpoint conditioned only on a "
+        "--document or --examples)",
+    )
     p.add_argument(
         "-o",
         "--out",
@@ -175,6 +219,18 @@ def generate_main(argv: list[str]) -> int:
         help="language of every adapter (ISO 639-1 or 639-3 code, e.g. sw or swa), for a "
         "checkpoint conditioned on a description and a language",
     )
+    p.add_argument(
+        "--document",
+        metavar="FILE",
+        help="a UTF-8 text file: the context document of every adapter, for a checkpoint "
+        "conditioned on a document ('-' reads standard input)",
+    )
+    p.add_argument(
+        "--examples",
+        metavar="FILE",
+        help="demonstrations of the task, for a checkpoint conditioned on examples: a JSON list "
+        'of {"input": ..., "output": ...} objects, or JSON Lines (.jsonl) of them',
+    )
     p.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="dtype of saved tensors")
     p.add_argument("--bf16", action="store_true", help="generate under bfloat16 autocast")
     p.add_argument(
@@ -184,8 +240,12 @@ def generate_main(argv: list[str]) -> int:
         "is always replaced; other subfolders of a collection folder are never touched)",
     )
     args = p.parse_args(argv)
+    if not (args.descriptions or args.document or args.examples):
+        p.error("give a task description, --document or --examples")
 
     def action() -> None:
+        document = None if args.document is None else read_document(args.document)
+        examples = None if args.examples is None else read_examples(args.examples)
         # AdapterGenerator.from_pretrained warns (stderr) when the checkpoint is untrained.
         folders = write_adapters(
             args.checkpoint,
@@ -195,6 +255,8 @@ def generate_main(argv: list[str]) -> int:
             args.bf16,
             args.overwrite,
             language=args.language,
+            document=document,
+            examples=examples,
         )
         for folder in folders:
             print(folder)
@@ -225,6 +287,13 @@ def init_checkpoint_main(argv: list[str]) -> int:
         help="also condition on a language: these lang2vec URIEL feature sets joined by '+' "
         f"(e.g. {DEFAULT_LANGUAGE_FEATURES})",
     )
+    p.add_argument(
+        "--condition",
+        default="description",
+        help="condition parts joined by '+': description, document (a context document, "
+        "chunked and pooled by --encoder), examples (input/output demonstrations, likewise); "
+        "e.g. document or description+examples",
+    )
     p.add_argument("--hidden-dim", type=int, default=DEFAULT_HIDDEN_DIM)
     p.add_argument("--num-blocks", type=int, default=DEFAULT_NUM_BLOCKS)
     p.add_argument("--seed", type=int, default=0)
@@ -254,6 +323,7 @@ def init_checkpoint_main(argv: list[str]) -> int:
             seed=args.seed,
             overwrite=args.overwrite,
             language_features=args.language_features,
+            condition=tuple(args.condition.split("+")),
         )
         print(f"wrote UNTRAINED checkpoint {out} (its adapters are no-ops until trained)")
 

@@ -164,9 +164,10 @@ class EncoderConfig:
 
     Args:
         kind: conditioner kind, a key of ``hypergen.conditions.registry.CONDITIONERS`` (``"text"``,
-            ``"hashing"``, ``"language"``, ``"composite"``).
+            ``"hashing"``, ``"language"``, ``"document"``, ``"demonstrations"``, ``"composite"``).
         name: built-in name, local folder or Hub id of the encoder model (for ``language``: the
-            URIEL feature sets, e.g. ``syntax_knn+phonology_knn+inventory_knn``). For
+            URIEL feature sets, e.g. ``syntax_knn+phonology_knn+inventory_knn``; for ``document`` and
+            ``demonstrations``: the wrapped sentence encoder, ``hash-<n>`` for the hashing one). For
             ``composite`` it is derived: the part names joined by ``+``.
         parts: for ``composite`` only: condition part (``description``, ``language``) -> the
             encoder of that part, in the order their vectors are concatenated. Checkpoints of

@@ -251,6 +251,7 @@ def init_checkpoint(
     seed: int = 0,
     overwrite: bool = False,
     language_features: str | None = None,
+    condition: Sequence[str] = ("description",),
 ) -> Path:
     """Build an untrained generator for ``base_model`` and save it; its adapters are no-ops.
 
@@ -265,17 +266,28 @@ def init_checkpoint(
         overwrite: replace ``out`` even if it holds something else.
         language_features: if set, the condition is a description (``encoder_kind``,
             ``encoder``) and a language (these URIEL feature sets, ``hypergen.conditions.language``).
+        condition: the parts besides a language, in order: ``description`` (``encoder_kind``),
+            ``document`` and ``examples`` (chunked documents and rendered demonstrations,
+            ``hypergen.conditions.document``, wrapping the sentence encoder ``encoder``).
     """
-    model, _ = load_base_model(base_model)
-    encoder_config = EncoderConfig(kind=encoder_kind, name=encoder)
-    if language_features:
-        encoder_config = EncoderConfig(
-            kind=COMPOSITE_KIND,
-            parts={
-                "description": encoder_config,
-                "language": EncoderConfig(kind="language", name=language_features),
-            },
+    encoders = {
+        "description": EncoderConfig(kind=encoder_kind, name=encoder),
+        "document": EncoderConfig(kind="document", name=encoder),
+        "examples": EncoderConfig(kind="demonstrations", name=encoder),
+    }
+    unknown = [p for p in condition if p not in encoders]
+    if unknown or not condition or len(set(condition)) != len(condition):
+        raise ValueError(
+            f"condition must be distinct parts from {list(encoders)}, got {list(condition)}"
         )
+    parts = {p: encoders[p] for p in condition}
+    if language_features:
+        parts["language"] = EncoderConfig(kind="language", name=language_features)
+    model, _ = load_base_model(base_model)
+    if len(parts) == 1:
+        [encoder_config] = parts.values()
+    else:
+        encoder_config = EncoderConfig(kind=COMPOSITE_KIND, parts=parts)
     conditioner = build_conditioner(encoder_config)
     config = HyperNetConfig(
         hidden_dim=hidden_dim,

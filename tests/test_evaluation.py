@@ -15,7 +15,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from torch import nn
 from transformers import LlamaConfig, PreTrainedTokenizerFast
 
-from evaluation.config import ALL_SYSTEMS, load_config
+from evaluation.config import ALL_SYSTEMS, DEFAULT_SYSTEMS, load_config
 from evaluation.harness import cache_path, headline_metric, run
 from evaluation.metrics import accuracy, bootstrap_ci, exact_match, normalize_text, rouge_l
 from evaluation.scoring import OptionScores, ScoringConfig, greedy_answers, score_options
@@ -387,7 +387,7 @@ def test_end_to_end_outputs_missing_systems_and_resume(
     oracle_info = saved["results"]["oracle_lora"]["opposites"]["info"]
     assert oracle_info["path"] == "$HYPERGEN_HOME/loras/opposites"
     assert saved["checkpoint"]["hash"] and saved["data"]["version"] and saved["model"]["sha256"]
-    assert set(saved["results"]) == set(ALL_SYSTEMS)
+    assert set(saved["results"]) == set(DEFAULT_SYSTEMS)
     assert (
         saved["tasks"]["opposites"]["group"] == "heldout"
         and saved["tasks"]["colours"]["group"] == "train"
@@ -396,7 +396,7 @@ def test_end_to_end_outputs_missing_systems_and_resume(
     # same examples for every system; 4 sampled per task (tiny config), at most the test part
     for task, info in saved["tasks"].items():
         assert info["n_sampled"] == min(4, info["n_test"])
-        for system in ALL_SYSTEMS:
+        for system in DEFAULT_SYSTEMS:
             r = saved["results"][system][task]
             if r["status"] == "ok":
                 assert r["n"] == info["n_sampled"]
@@ -459,7 +459,7 @@ def test_end_to_end_with_a_bottleneck_checkpoint(
     out = tmp_path / "out"
     assert results["checkpoint"]["adapter_kind"] == "bottleneck"
     r = results["results"]
-    generated = [s for s in ALL_SYSTEMS if s.startswith("generated")]
+    generated = [s for s in DEFAULT_SYSTEMS if s.startswith("generated")]
     for system in generated:
         assert all(entry["status"] == "ok" for entry in r[system].values()), system
     # the baselines read the PEFT library: they do not depend on the checkpoint's kind
@@ -518,7 +518,7 @@ def test_missing_checkpoint_and_loras_are_reported(tmp_path, llama_dir):
         tmp_path, llama_dir, tmp_path / "no-checkpoint", tmp_path / "no-loras", "tasks=heldout"
     )
     results = run(config)
-    for system in ALL_SYSTEMS:
+    for system in DEFAULT_SYSTEMS:
         entry = results["summary"]["heldout"][system]
         if system.startswith("generated") or system.endswith("_lora"):
             assert entry["tasks_ok"] == 0, system

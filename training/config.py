@@ -33,6 +33,7 @@ from hypergen.config_files import load_config, save_config
 from hypergen.layout import hypergen_home, library_dir, run_dir, suite_dir
 
 OBJECTIVES = ("sft", "reconstruction", "both")
+CONDITIONS = ("description", "document", "demonstrations")
 DEFAULT_TASK_LANGUAGES = "evaluation/splits/bigbench_languages.yaml"
 SCHEDULES = ("cosine", "constant")
 
@@ -57,6 +58,15 @@ class MetaTrainConfig:
             condition is the description and the task's language (a composite conditioner,
             ``hypergen.conditions.composite``), each task's language read from ``task_languages``.
         task_languages: the task -> language table (``training/languages.py``).
+        condition: what the hypernetwork is conditioned on: ``description`` (the task's
+            description phrasings), ``document`` (a synthetic fact document; the tasks are its
+            questions, ``training/documents.py``; ``data_dir`` and ``split`` are not read) or
+            ``demonstrations`` (``demonstrations`` of the task's own training examples, never
+            the one being predicted). The last two wrap the sentence encoder ``encoder_name``.
+        documents, heldout_documents: ``condition: document``: corpus size and how
+            many of its last documents are held out (``training/documents.py``).
+        demonstrations, demonstration_sets: ``condition: demonstrations``: examples per
+            condition (k) and how many such sets are drawn per task.
         data_dir: BIG-bench-format suite; default ``$HYPERGEN_HOME/data/bigbench`` (``make data``).
         split: the committed task split YAML (train_tasks / heldout_tasks).
         max_train_tasks: use only the first N training tasks of the split (0: all).
@@ -122,6 +132,11 @@ class MetaTrainConfig:
     encoder_name: str = DEFAULT_ENCODER
     language_features: str | None = None
     task_languages: str = DEFAULT_TASK_LANGUAGES
+    condition: str = "description"
+    documents: int = 400
+    heldout_documents: int = 50
+    demonstrations: int = 4
+    demonstration_sets: int = 4
     data_dir: str | None = None
     split: str = "evaluation/splits/bigbench.yaml"
     max_train_tasks: int = 0
@@ -170,6 +185,18 @@ class MetaTrainConfig:
     export_dtype: str = "float16"
 
     def __post_init__(self):
+        if self.condition not in CONDITIONS:
+            raise ValueError(
+                f"MetaTrainConfig.condition must be one of {CONDITIONS}, got {self.condition!r}"
+            )
+        if self.condition != "description" and (self.language_features or self.objective != "sft"):
+            raise ValueError(
+                f"MetaTrainConfig.condition={self.condition} trains with objective=sft and no "
+                "language_features (the LoRA library and language table are per described task)"
+            )
+        _check_positive(
+            self, "documents", "heldout_documents", "demonstrations", "demonstration_sets"
+        )
         if self.objective not in OBJECTIVES:
             raise ValueError(
                 f"MetaTrainConfig.objective must be one of {OBJECTIVES}, got {self.objective!r}"

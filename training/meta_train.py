@@ -64,7 +64,15 @@ from hypergen.models import load_base_model
 from hypergen.targets import AdapterTarget
 from training.chat_replies import load_chat_examples
 from training.config import MetaTrainConfig, load_config, save_config
-from training.data import MixtureSampler, Sample, conditions_for, load_task_data, shard
+from training.data import (
+    MixtureSampler,
+    Sample,
+    TaskData,
+    conditions_for,
+    load_task_data,
+    shard,
+)
+from training.documents import document_task_data, with_demonstrations
 from training.formats import tokenize_formatted
 from training.languages import TaskLanguages
 from training.objectives import (
@@ -93,11 +101,11 @@ class MetaTrainer:
 
     def setup(self) -> None:
         """Build everything in dependency order; each step is a method below."""
-        cfg = self.config
         self._setup_accelerator()
         self._setup_model()
-        # 2. Tasks, examples, description phrasings.
-        self.data = load_task_data(cfg.split, cfg.suite_dir, cfg.max_train_tasks)
+        # 2. Tasks, examples and their condition rows (description phrasings, or documents, or
+        # demonstration sets: training/documents.py).
+        self.data = self._load_data()
         conditioner, encoder = self._setup_conditions()
         hypernet = self._setup_hypernet(conditioner, encoder)
         del conditioner  # the condition table is built; the encoder's memory can go
@@ -137,12 +145,26 @@ class MetaTrainer:
             "the base LM must be frozen"
         )
 
+    def _load_data(self) -> TaskData:
+        cfg = self.config
+        if cfg.condition == "document":
+            return document_task_data(cfg.documents, cfg.heldout_documents, seed=cfg.seed)
+        data = load_task_data(cfg.split, cfg.suite_dir, cfg.max_train_tasks)
+        if cfg.condition == "demonstrations":
+            data = with_demonstrations(
+                data, cfg.demonstrations, cfg.demonstration_sets, seed=cfg.seed
+            )
+        return data
+
     def _setup_conditions(self):
         """3. Condition vectors of every phrasing, once: the encoder is frozen, so this is exact,
         and every process holds the same table. With ``language_features`` a row is the
         phrasing and its task's language (``training/languages.py``)."""
         cfg = self.config
         encoder = EncoderConfig(kind=cfg.encoder_kind, name=cfg.encoder_name)
+        if cfg.condition != "description":  # the sentence encoder behind the document path
+            kind = {"document": "document", "demonstrations": "demonstrations"}[cfg.condition]
+            encoder = EncoderConfig(kind=kind, name=cfg.encoder_name)
         conditions: list = list(self.data.phrasings)
         if cfg.language_features:
             encoder = EncoderConfig(

@@ -5,5 +5,7 @@ registry.py   the ``Conditioner`` interface, ``CONDITIONERS``, ``build_condition
 text.py       task descriptions -> sentence embeddings (sentence-transformers)
 hashing.py    descriptions -> hashed bag-of-words vectors (tests, CPU smoke runs)
 language.py   language codes -> URIEL typology vectors (lang2vec's data)
+document.py   context documents -> chunked, embedded, mean-pooled sentence vectors
+demonstrations.py  input/output examples -> one rendered text -> the document path
 composite.py  several parts (description + language) -> their vectors concatenated
 """

@@ -1,7 +1,7 @@
 """The conditioner interface and registry: ``EncoderConfig.kind`` -> conditioner class.
 
 A conditioner has a ``kind``, the condition ``parts`` it takes (``("description",)`` for text,
-``("language",)``, or several for a composite), an output size ``dim``, ``normalize`` (the
+``("language",)``, ``("document",)``, ``("examples",)``, or several for a composite), an output size ``dim``, ``normalize`` (the
 canonical form of one condition, used for content hashes: a string for one part, a dict for
 several) and ``encode`` (a batch of conditions -> (b, dim) float32). New condition types are new
 modules registered in ``CONDITIONERS``; the hypernetwork only sees vectors and never changes.
@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 
 from hypergen.conditions.composite import CompositeConditioner, check_parts
+from hypergen.conditions.demonstrations import DemonstrationsConditioner
+from hypergen.conditions.document import DocumentConditioner
 from hypergen.conditions.hashing import HashingConditioner
 from hypergen.conditions.language import LanguageConditioner
 from hypergen.conditions.text import TextConditioner
@@ -36,6 +38,8 @@ CONDITIONERS: dict[str, type] = {
     "text": TextConditioner,
     "hashing": HashingConditioner,
     "language": LanguageConditioner,
+    "document": DocumentConditioner,
+    "demonstrations": DemonstrationsConditioner,
     COMPOSITE_KIND: CompositeConditioner,
 }
 
