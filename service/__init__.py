@@ -19,7 +19,7 @@ from typing import Any
 from flask import Flask, g, request
 
 from hypergen.config import check_dtype
-from service.settings import DEFAULTS
+from service.settings import BATCHING_MODES, DEFAULTS
 
 _POSITIVE_INTS = (
     "LRU_SIZE",
@@ -112,6 +112,10 @@ def _check_config(config) -> None:
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"{key} must be a number >= 0, got {value!r}")
+    if config["BATCHING"] not in BATCHING_MODES:
+        raise ValueError(
+            f"BATCHING must be one of {', '.join(BATCHING_MODES)}, got {config['BATCHING']!r}"
+        )
     wait = config["MAX_QUEUE_WAIT_S"]
     if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait > 0:
         raise ValueError(f"MAX_QUEUE_WAIT_S must be a number > 0, got {wait!r}")

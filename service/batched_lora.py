@@ -85,6 +85,36 @@ class BatchedLora:
             Bt[name] = rearrange(B, "b o r -> b r o").contiguous()
         return cls(At, Bt)
 
+    @classmethod
+    def cat(cls, parts: Sequence[tuple[BatchedLora | None, int]]) -> BatchedLora | None:
+        """The rows of ``parts`` (each a batch, or None for that many rows without adapters)
+        one after another, ranks zero-padded to the largest and missing modules zero-filled,
+        as ``stack`` does (None when no part has an adapter)."""
+        present = [part for part, _ in parts if part is not None]
+        if not present:
+            return None
+        rank = max(part.rank for part in present)
+        names = list(dict.fromkeys(name for part in present for name in part.At))
+        At, Bt = {}, {}
+        for name in names:
+            ref = next(part for part in present if name in part.At)
+            i, o = ref.At[name].shape[1], ref.Bt[name].shape[2]
+            a_rows, b_rows = [], []
+            for part, rows in parts:
+                if part is None or name not in part.At:
+                    a_rows.append(ref.At[name].new_zeros(rows, i, rank))
+                    b_rows.append(ref.Bt[name].new_zeros(rows, rank, o))
+                    continue
+                pad = rank - part.rank  # zero rank columns add nothing
+                a_rows.append(F.pad(part.At[name], (0, pad)) if pad else part.At[name])
+                b_rows.append(F.pad(part.Bt[name], (0, 0, 0, pad)) if pad else part.Bt[name])
+            At[name], Bt[name] = torch.cat(a_rows), torch.cat(b_rows)  # (b i r), (b r o)
+        return cls(At, Bt)
+
+    @property
+    def rank(self) -> int:
+        return next(iter(self.At.values())).shape[2]
+
     @property
     def module_names(self) -> list[str]:
         return list(self.At)
@@ -94,8 +124,10 @@ class BatchedLora:
 
     def select(self, rows: Tensor | Sequence[int]) -> BatchedLora:
         """The rows still decoding (finished rows leave the batch)."""
+        index = torch.as_tensor(rows, device=next(iter(self.At.values())).device)
         return BatchedLora(
-            {k: v[rows] for k, v in self.At.items()}, {k: v[rows] for k, v in self.Bt.items()}
+            {k: v.index_select(0, index) for k, v in self.At.items()},
+            {k: v.index_select(0, index) for k, v in self.Bt.items()},
         )
 
     def forward_hook(self, name: str):

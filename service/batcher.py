@@ -1,10 +1,14 @@
 """Dynamic batching: concurrent requests, each with its own adapter, share one forward pass.
 
-Request threads ``submit`` jobs and wait on futures. One worker thread takes the first waiting
-job, keeps collecting for a short window (or until ``max_batch`` jobs), runs them as one batch
-(``Engine.complete``) and resolves the futures. Jobs that arrive while a batch runs wait for the
-next one, so under load batches fill up by themselves and an idle server adds at most the window
-to a request's latency.
+``JobQueue`` is what both batchers share: request threads ``submit`` jobs (all of a request's, or
+none when the wait would be too long) and wait on futures; one worker thread runs them. This
+module's ``Batcher`` runs fixed batches (``BATCHING=window``); ``service.continuous`` lets jobs
+join and leave a running batch between decode steps (``BATCHING=continuous``, the default).
+
+``Batcher``: the worker takes the first waiting job, keeps collecting for a short window (or
+until ``max_batch`` jobs), runs them as one batch (``Engine.complete``) and resolves the futures.
+Jobs that arrive while a batch runs wait for the next one, so under load batches fill up by
+themselves and an idle server adds at most the window to a request's latency.
 
 A request thread may ``announce`` its jobs when it starts preparing them (parsing, making an
 adapter, tokenizing; all under the GIL, so a burst of requests reaches ``submit`` one after
@@ -48,39 +52,42 @@ class Overloaded(RuntimeError):
         self.retry_after = retry_after
 
 
-class Batcher:
-    """Collects jobs from many threads into batches run by one worker thread.
+class JobQueue:
+    """Jobs submitted by many threads, run by one worker thread (``_loop``, in subclasses).
 
     Args:
-        run: runs one batch, e.g. ``engine.complete``; returns one completion per job.
-        max_batch: the most jobs in one batch.
-        window_s: how long the worker waits for more jobs after the first one.
+        max_batch: the most jobs running together.
+        window_s: how long the worker, idle, waits for more jobs after the first one.
         max_wait_s: how long it may keep waiting for announced jobs.
         max_queue: the most jobs waiting; ``submit`` raises ``Overloaded`` beyond it.
         max_queue_wait_s: ``submit`` raises ``Overloaded`` for jobs estimated to wait longer
-            than this before their batch starts (None: no limit).
-        on_batch: called with (batch size, seconds) after each batch (metrics).
+            than this before they start (None: no limit).
+        on_batch: called with (rows, seconds) after each batch (window) or decode step
+            (continuous), for metrics.
+        on_prefill: called with the number of jobs of each prefill (a batch's start, or jobs
+            joining a running batch), for metrics.
     """
+
+    thread_name = "hypergen-batcher"
 
     def __init__(
         self,
-        run: Callable[[Sequence[Job]], list[Completion]],
         max_batch: int = 16,
         window_s: float = 0.01,
         max_wait_s: float = 0.1,
         max_queue: int = 256,
         max_queue_wait_s: float | None = None,
         on_batch: Callable[[int, float], None] | None = None,
+        on_prefill: Callable[[int], None] | None = None,
     ):
         if max_batch < 1:
-            raise ValueError(f"Batcher.max_batch must be >= 1, got {max_batch}")
+            raise ValueError(f"{type(self).__name__}.max_batch must be >= 1, got {max_batch}")
         if window_s < 0:
-            raise ValueError(f"Batcher.window_s must be >= 0, got {window_s}")
-        self.run, self.max_batch, self.on_batch = run, max_batch, on_batch
+            raise ValueError(f"{type(self).__name__}.window_s must be >= 0, got {window_s}")
+        self.max_batch, self.on_batch, self.on_prefill = max_batch, on_batch, on_prefill
         self.window_s, self.max_wait_s = window_s, max(window_s, max_wait_s)
         self.max_queue_wait_s = max_queue_wait_s
-        self.batch_seconds = 0.0  # exponential average of recent batches' durations
-        self._running = False
+        self.running = 0  # jobs running now
         self._announced = 0
         self._queue: queue.Queue[tuple[Job, Future]] = queue.Queue(maxsize=max_queue)
         self._lock = threading.Lock()
@@ -98,10 +105,8 @@ class Batcher:
             self._announced -= 1
 
     def estimated_wait(self, ahead: int) -> float:
-        """Seconds until a job with ``ahead`` jobs queued before it starts: the running batch
-        plus the full batches ahead, each as long as recent batches (0 before the first)."""
-        batches = int(self._running) + ahead // self.max_batch
-        return batches * self.batch_seconds
+        """Seconds until a job with ``ahead`` jobs queued before it starts."""
+        raise NotImplementedError
 
     def submit(
         self, jobs: Sequence[Job], announced: bool = False, waited_s: float = 0.0
@@ -144,7 +149,7 @@ class Batcher:
         return self._queue.qsize()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the worker after its current batch; jobs still queued fail."""
+        """Stop the worker after its current batch (or step); jobs still queued fail."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -161,19 +166,22 @@ class Batcher:
                 raise RuntimeError("the batcher is closed")
             if self._thread is None:
                 self._thread = threading.Thread(
-                    target=self._loop, name="hypergen-batcher", daemon=True
+                    target=self._loop, name=self.thread_name, daemon=True
                 )
                 self._thread.start()
 
-    def _collect(self) -> list[tuple[Job, Future]]:
-        """The next batch: block for a first job, then gather for ``window_s``, and longer (up to
-        ``max_wait_s``) while announced jobs are still on their way."""
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def _collect(self, limit: int) -> list[tuple[Job, Future]]:
+        """Up to ``limit`` jobs: block for a first one, then gather for ``window_s``, and longer
+        (up to ``max_wait_s``) while announced jobs are still on their way."""
         try:
             batch = [self._queue.get(timeout=0.1)]
         except queue.Empty:
             return []
         start = time.monotonic()
-        while len(batch) < self.max_batch:
+        while len(batch) < limit:
             elapsed = time.monotonic() - start
             if elapsed < self.window_s:
                 timeout = self.window_s - elapsed
@@ -190,21 +198,43 @@ class Batcher:
                     break
         return batch
 
+
+class Batcher(JobQueue):
+    """Fixed batches: the worker collects jobs for a window, runs them as one batch to the end,
+    and only then takes the next (``BATCHING=window``).
+
+    Args:
+        run: runs one batch, e.g. ``engine.complete``; returns one completion per job.
+        max_batch, window_s, max_wait_s, max_queue, max_queue_wait_s, on_batch, on_prefill: as
+            ``JobQueue`` (``window_s``: how long the worker waits for more jobs after the first).
+    """
+
+    def __init__(self, run: Callable[[Sequence[Job]], list[Completion]], **settings):
+        super().__init__(**settings)
+        self.run = run
+        self.batch_seconds = 0.0  # exponential average of recent batches' durations
+
+    def estimated_wait(self, ahead: int) -> float:
+        """Seconds until a job with ``ahead`` jobs queued before it starts: the running batch
+        plus the full batches ahead, each as long as recent batches (0 before the first)."""
+        batches = int(self.running > 0) + ahead // self.max_batch
+        return batches * self.batch_seconds
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             batch = [
                 (job, future)
-                for job, future in self._collect()
+                for job, future in self._collect(self.max_batch)
                 if future.set_running_or_notify_cancel()
             ]
             if not batch:
                 continue
-            self._running = True
+            self.running = len(batch)
             start = time.perf_counter()
             try:
                 self._run_isolated(batch)
             finally:
-                self._running = False
+                self.running = 0
             seconds = time.perf_counter() - start
             self.batch_seconds = (
                 seconds if self.batch_seconds == 0 else 0.8 * self.batch_seconds + 0.2 * seconds
@@ -233,6 +263,8 @@ class Batcher:
             self._run_isolated(batch[:half])
             self._run_isolated(batch[half:])
             return
+        if self.on_prefill is not None:
+            self.on_prefill(len(batch))
         if self.on_batch is not None:
             self.on_batch(len(batch), time.perf_counter() - start)
         for (_, future), result in zip(batch, results):

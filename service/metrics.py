@@ -65,7 +65,9 @@ class Metrics:
 
 
 def service_metrics(
-    queue_depth: Callable[[], float], cached_adapters: Callable[[], float]
+    queue_depth: Callable[[], float],
+    cached_adapters: Callable[[], float],
+    running_jobs: Callable[[], float] = lambda: 0,
 ) -> Metrics:
     """The service's metrics (names are part of the API: see the README)."""
     m = Metrics()
@@ -80,11 +82,21 @@ def service_metrics(
         LATENCY_BUCKETS,
         ("route",),
     )
-    m.histogram("hypergen_batch_size", "Jobs (prompts) per batched forward pass.", BATCH_BUCKETS)
+    m.histogram(
+        "hypergen_batch_size",
+        "Jobs (prompts) per batch (window batching) or per decode step (continuous batching).",
+        BATCH_BUCKETS,
+    )
     m.histogram(
         "hypergen_batch_duration_seconds",
-        "Time to run one batch, prefill to last token.",
+        "Time to run one batch, prefill to last token (window batching), or one decode step "
+        "with the prefill of the jobs joining at it (continuous batching).",
         LATENCY_BUCKETS,
+    )
+    m.histogram(
+        "hypergen_prefill_size",
+        "Jobs per prefill: a batch's start, or jobs joining a running batch.",
+        BATCH_BUCKETS,
     )
     m.counter(
         "hypergen_adapter_lookups_total",
@@ -95,6 +107,7 @@ def service_metrics(
         "hypergen_tokens_total", "Tokens processed, by kind (prompt or completion).", ("kind",)
     )
     m.gauge("hypergen_queue_jobs", "Jobs waiting for a batch.", queue_depth)
+    m.gauge("hypergen_running_jobs", "Jobs decoding now.", running_jobs)
     m.gauge(
         "hypergen_adapter_cache_entries", "Adapters held in the in-memory LRU.", cached_adapters
     )

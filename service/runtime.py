@@ -13,7 +13,8 @@ from flask import Flask, current_app
 
 from hypergen.layout import store_dir
 from service.adapters import AdapterRegistry
-from service.batcher import Batcher
+from service.batcher import Batcher, JobQueue
+from service.continuous import ContinuousBatcher
 from service.engine import Engine
 from service.errors import EngineUnavailable
 from service.metrics import Metrics, service_metrics
@@ -37,6 +38,7 @@ class Runtime:
         self._lock = threading.RLock()
         self.metrics: Metrics = service_metrics(
             queue_depth=lambda: self._batcher.waiting if self._batcher else 0,
+            running_jobs=lambda: self._batcher.running if self._batcher else 0,
             cached_adapters=lambda: len(self._store.cache) if self._store else 0,
         )
 
@@ -83,19 +85,26 @@ class Runtime:
             return self._adapters
 
     @property
-    def batcher(self) -> Batcher:
+    def batcher(self) -> JobQueue:
+        """The ``BATCHING`` config's batcher: ``continuous`` (jobs join and leave a running
+        batch between decode steps) or ``window`` (fixed batches)."""
         with self._lock:
             if self._batcher is None:
                 engine = self.engine
-                self._batcher = Batcher(
-                    lambda jobs: engine.complete(jobs),  # looked up per batch (tests patch it)
-                    max_batch=int(self.config["MAX_BATCH"]),
-                    window_s=float(self.config["BATCH_WINDOW_MS"]) / 1000,
-                    max_wait_s=float(self.config["BATCH_MAX_WAIT_MS"]) / 1000,
-                    max_queue=int(self.config["MAX_QUEUE"]),
-                    max_queue_wait_s=float(self.config["MAX_QUEUE_WAIT_S"]),
-                    on_batch=self._record_batch,
-                )
+                settings = {
+                    "max_batch": int(self.config["MAX_BATCH"]),
+                    "window_s": float(self.config["BATCH_WINDOW_MS"]) / 1000,
+                    "max_wait_s": float(self.config["BATCH_MAX_WAIT_MS"]) / 1000,
+                    "max_queue": int(self.config["MAX_QUEUE"]),
+                    "max_queue_wait_s": float(self.config["MAX_QUEUE_WAIT_S"]),
+                    "on_batch": self._record_batch,
+                    "on_prefill": lambda jobs: self.metrics.observe("hypergen_prefill_size", jobs),
+                }
+                # engine methods are looked up per batch or decoder (tests patch them)
+                if self.config["BATCHING"] == "window":
+                    self._batcher = Batcher(lambda jobs: engine.complete(jobs), **settings)
+                else:
+                    self._batcher = ContinuousBatcher(lambda: engine.decoder(), **settings)
             return self._batcher
 
     def _record_batch(self, size: int, seconds: float) -> None:

@@ -59,6 +59,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="seconds after which an idle or half-sent connection is closed (default 30)",
     )
     p.add_argument("--torch-threads", type=int, help="torch intra-op threads (default: torch's)")
+    p.add_argument(
+        "--batching",
+        choices=("continuous", "window"),
+        help="continuous: requests join and leave a running batch between decode steps "
+        "(default); window: fixed batches",
+    )
     p.add_argument("--max-batch", type=int, help="most prompts per batched forward pass")
     p.add_argument("--batch-window-ms", type=float, help="how long to wait for a batch to fill")
     p.add_argument("--device", help="cpu, cuda, mps ...")
@@ -75,6 +81,7 @@ def overrides_from(args: argparse.Namespace) -> dict:
         "STORE": args.store,
         "API_KEYS": args.api_keys,
         "TORCH_THREADS": args.torch_threads,
+        "BATCHING": args.batching,
         "MAX_BATCH": args.max_batch,
         "BATCH_WINDOW_MS": args.batch_window_ms,
         "DEVICE": args.device,

@@ -18,6 +18,7 @@ DEFAULTS: dict[str, Any] = {
     "LRU_SIZE": 64,  # adapters whose tensors stay in memory
     "STORE_SWEEP_S": 600,  # least seconds between sweeps of dead writers' temporary folders
     # batching
+    "BATCHING": "continuous",  # or "window": fixed batches, newcomers wait for the next one
     "MAX_BATCH": 16,
     "BATCH_WINDOW_MS": 10,  # wait this long for a batch to fill ...
     "BATCH_MAX_WAIT_MS": 100,  # ... or this long while requests being prepared will join it
@@ -44,3 +45,5 @@ DEFAULTS: dict[str, Any] = {
     "CLEANUP_INTERVAL_S": 5,  # how often idle connections are looked for
     "BACKLOG": 1024,  # connections the OS queues before they are accepted
 }
+
+BATCHING_MODES = ("continuous", "window")

@@ -239,3 +239,20 @@ def make_app(engine, tmp_path):
     yield make
     for app in apps:
         app.extensions["hypergen"].close()
+
+
+def patch_decoders(monkeypatch, engine, forward=None, step=None) -> None:
+    """Every decoder ``engine`` makes from now on gets ``forward(its forward)`` as its model call
+    and ``step(its step)`` as its step; both batching modes run through ``Engine.decoder`` (the
+    window batcher by way of ``Engine.complete``), so a test sees the same seam in either."""
+    original = engine.decoder
+
+    def decoder(*args, **kwargs):
+        made = original(*args, **kwargs)
+        if forward is not None:
+            made.forward = forward(made.forward)
+        if step is not None:
+            made.step = step(made.step)
+        return made
+
+    monkeypatch.setattr(engine, "decoder", decoder)

@@ -22,7 +22,7 @@ from service.batched_lora import BatchedLora
 from service.batcher import Batcher
 from service.engine import Engine, resolve_checkpoint
 from service.store import AdapterStore, LRUCache
-from tests.conftest import ENCODER, make_generator
+from tests.conftest import ENCODER, make_generator, patch_decoders
 
 DESCRIPTION = "Translate English to French."
 
@@ -556,28 +556,35 @@ def test_api_keys(make_app):
     assert client.get("/healthz").json["auth_required"] is True
 
 
-def test_overload_timeout_and_failure(make_app, engine, monkeypatch):
-    busy = make_app(MAX_QUEUE=1).test_client()
+@pytest.mark.parametrize("batching", ["continuous", "window"])
+def test_overload_timeout_and_failure(make_app, engine, monkeypatch, batching):
+    busy = make_app(MAX_QUEUE=1, BATCHING=batching).test_client()
     body = {"model": "base", "prompt": ["a", "b"], "max_tokens": 2}
     error = _error(busy.post("/v1/completions", json=body), 503, "busy")
     assert busy.post("/v1/completions", json=body).headers["Retry-After"] == "1"
     assert error["type"] == "overloaded_error"
 
-    original = engine.complete
-    monkeypatch.setattr(engine, "complete", lambda jobs: time.sleep(0.3) or original(jobs))
-    slow = make_app(REQUEST_TIMEOUT_S=0.05).test_client()
-    _error(slow.post("/v1/completions", json={**body, "prompt": "a"}), 504, "longer than")
+    def slow(forward):
+        return lambda *args: time.sleep(0.3) or forward(*args)
 
-    def boom(jobs):
-        raise RuntimeError("kaput")
+    patch_decoders(monkeypatch, engine, forward=slow)
+    slow_app = make_app(REQUEST_TIMEOUT_S=0.05, BATCHING=batching).test_client()
+    _error(slow_app.post("/v1/completions", json={**body, "prompt": "a"}), 504, "longer than")
 
-    monkeypatch.setattr(engine, "complete", boom)
-    broken = make_app().test_client()
+    def boom(forward):
+        def failing(*args):
+            raise RuntimeError("kaput")
+
+        return failing
+
+    monkeypatch.undo()
+    patch_decoders(monkeypatch, engine, forward=boom)
+    broken = make_app(BATCHING=batching).test_client()
     error = _error(
         broken.post("/v1/completions", json={**body, "prompt": "a"}), 500, "RuntimeError"
     )
     assert error["type"] == "server_error"
-    monkeypatch.setattr(engine, "complete", original)
+    monkeypatch.undo()
     assert broken.post("/v1/completions", json={**body, "prompt": "a"}).status_code == 200, (
         "the worker survives"
     )
@@ -685,6 +692,8 @@ def test_metrics_prometheus_text(client):
         "hypergen_adapter_lookups_total",
         "hypergen_tokens_total",
         "hypergen_queue_jobs",
+        "hypergen_prefill_size",
+        "hypergen_running_jobs",
     ):
         assert f"# TYPE {name} " in text
     # prometheus_client writes labels in name order
@@ -694,8 +703,12 @@ def test_metrics_prometheus_text(client):
         in text
     )
     assert 'hypergen_tokens_total{kind="completion"} 3.0' in text
-    assert 'hypergen_batch_size_bucket{le="1.0"} 1.0' in text
-    assert "hypergen_batch_size_count 1.0" in text
+    assert 'hypergen_prefill_size_bucket{le="1.0"} 1.0' in text
+    assert "hypergen_prefill_size_count 1.0" in text
+    # continuous batching: one observation per decode step (3 tokens: 3 steps) of 1 row
+    assert 'hypergen_batch_size_bucket{le="1.0"} 3.0' in text
+    assert "hypergen_batch_size_count 3.0" in text
+    assert "hypergen_running_jobs 0.0" in text
     assert 'hypergen_adapter_lookups_total{source="generated"} 1.0' in text
     assert "hypergen_adapter_cache_entries 1.0" in text
     for line in text.splitlines():  # every sample line parses: name{labels} value
@@ -815,8 +828,15 @@ def test_server_main(tmp_path, capsys):
             "k2",
             "--max-batch",
             "8",
+            "--batching",
+            "window",
         ]
     )
-    assert overrides_from(args) == {"CHECKPOINT": "ck", "API_KEYS": ["k1", "k2"], "MAX_BATCH": 8}
+    assert overrides_from(args) == {
+        "CHECKPOINT": "ck",
+        "API_KEYS": ["k1", "k2"],
+        "MAX_BATCH": 8,
+        "BATCHING": "window",
+    }
     assert main(["--checkpoint", str(tmp_path / "missing"), "--store", str(tmp_path / "s")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -109,18 +109,20 @@ def test_openai_client(serve, engine):
         stranger.completions.create(model=meta["id"], prompt="hi", max_tokens=2)
 
 
-def _batch_histogram(url: str) -> tuple[float, float]:
-    """(batches of exactly one job, all batches) from /metrics."""
+def _prefill_histogram(url: str) -> tuple[float, float]:
+    """(prefills of exactly one job, all prefills) from /metrics: a prefill is a batch's start,
+    or jobs joining a running batch."""
     text = urllib.request.urlopen(f"{url}/metrics", timeout=30).read().decode()
-    ones = re.search(r'^hypergen_batch_size_bucket\{le="1.0"\} (\S+)$', text, re.MULTILINE)
-    count = re.search(r"^hypergen_batch_size_count (\S+)$", text, re.MULTILINE)
+    ones = re.search(r'^hypergen_prefill_size_bucket\{le="1.0"\} (\S+)$', text, re.MULTILINE)
+    count = re.search(r"^hypergen_prefill_size_count (\S+)$", text, re.MULTILINE)
     return float(ones.group(1)) if ones else 0.0, float(count.group(1)) if count else 0.0
 
 
-def test_concurrent_requests_are_batched_and_each_equals_alone(serve):
+@pytest.mark.parametrize("batching", ["continuous", "window"])
+def test_concurrent_requests_are_batched_and_each_equals_alone(serve, batching):
     """Many threads, different adapters, prompts and lengths: the batched answers equal the same
     requests served one at a time, and batching really happened."""
-    _, url = serve(BATCH_WINDOW_MS=150, MAX_BATCH=16)
+    _, url = serve(BATCH_WINDOW_MS=150, MAX_BATCH=16, BATCHING=batching)
     n = 12
     descriptions = [
         f"Task {i}: answer in the style number {i}, about topic {i * 7 % 5}." for i in range(n)
@@ -165,16 +167,16 @@ def test_concurrent_requests_are_batched_and_each_equals_alone(serve):
     for t in threads:
         t.join(timeout=120)
     assert not any(t.is_alive() for t in threads), "a client hung"
-    ones, batches = _batch_histogram(url)
-    assert batches < len(bodies) and ones < batches, (
-        f"no batching: {batches} batches, {ones} of size 1"
+    ones, prefills = _prefill_histogram(url)
+    assert prefills < len(bodies) and ones < prefills, (
+        f"no batching: {prefills} prefills, {ones} of one job"
     )
 
     for (path, body), (status, answer) in zip(bodies, together):
         assert status == 200, answer
         status, alone = _request("POST", url + path, body)
         assert status == 200 and alone["choices"] == answer["choices"], (body, alone, answer)
-    assert _batch_histogram(url)[0] == ones + len(bodies), "served alone: batches of one"
+    assert _prefill_histogram(url)[0] == ones + len(bodies), "served alone: prefills of one"
 
 
 def test_errors_over_http_are_json(serve):

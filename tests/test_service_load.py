@@ -18,20 +18,24 @@ import pytest
 from hypergen.decoding import Completion, Job, SamplingParams
 from service.batcher import Batcher, Overloaded
 from service.server import BackgroundServer, LaneDispatcher
+from tests.conftest import patch_decoders
 
 
 @pytest.fixture
 def blocked(engine, monkeypatch):
-    """The engine's batches wait for ``release``; ``started`` is set when the first one begins."""
+    """The engine's forward passes wait for ``release``; ``started`` is set when the first one
+    begins (in either batching mode)."""
     started, release = threading.Event(), threading.Event()
-    original = engine.complete
 
-    def complete(jobs, on_first_token=None):
-        started.set()
-        assert release.wait(60), "the test never released the engine"
-        return original(jobs)
+    def wait_for_release(forward):
+        def blocked_forward(*args):
+            started.set()
+            assert release.wait(60), "the test never released the engine"
+            return forward(*args)
 
-    monkeypatch.setattr(engine, "complete", complete)
+        return blocked_forward
+
+    patch_decoders(monkeypatch, engine, forward=wait_for_release)
     yield started, release
     release.set()
 
@@ -46,9 +50,10 @@ def _get(url: str, body: dict | None = None, timeout: float = 60) -> tuple[int, 
         return err.code, err.read(), dict(err.headers)
 
 
-def test_cheap_routes_do_not_queue_behind_completions(make_app, engine, blocked):
+@pytest.mark.parametrize("batching", ["continuous", "window"])
+def test_cheap_routes_do_not_queue_behind_completions(make_app, engine, blocked, batching):
     started, release = blocked
-    app = make_app(THREADS=6, RESERVED_THREADS=2, MAX_BATCH=1)
+    app = make_app(THREADS=6, RESERVED_THREADS=2, MAX_BATCH=1, BATCHING=batching)
     server = BackgroundServer(app)
     try:
         status, body, _ = _get(f"{server.url}/v1/adapters", {"description": "cheap routes"})
@@ -83,9 +88,12 @@ def test_cheap_routes_do_not_queue_behind_completions(make_app, engine, blocked)
         server.stop()
 
 
-def test_a_completion_waiting_past_the_limit_is_503_with_retry_after(make_app, blocked):
+@pytest.mark.parametrize("batching", ["continuous", "window"])
+def test_a_completion_waiting_past_the_limit_is_503_with_retry_after(make_app, blocked, batching):
     started, release = blocked
-    client = make_app(MAX_BATCH=1, MAX_QUEUE_WAIT_S=0.3, REQUEST_TIMEOUT_S=30).test_client()
+    client = make_app(
+        MAX_BATCH=1, MAX_QUEUE_WAIT_S=0.3, REQUEST_TIMEOUT_S=30, BATCHING=batching
+    ).test_client()
     body = {"model": "base", "prompt": "hi", "max_tokens": 2}
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(client.post, "/v1/completions", json=body)

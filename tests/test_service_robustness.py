@@ -20,6 +20,7 @@ from hypergen import decoding
 from hypergen.decoding import Completion, Job, SamplingParams
 from service.batcher import Batcher
 from service.server import BackgroundServer
+from tests.conftest import patch_decoders
 
 ROUTES = ("/v1/adapters", "/v1/completions", "/v1/chat/completions")
 
@@ -125,7 +126,8 @@ def test_a_failing_batch_is_rerun_in_halves():
     assert batches[0] == 8 and len(batches) <= 8, batches  # 8, then 4 + 4, 2 + 2, 1 + 1
 
 
-def test_one_bad_request_among_eight_concurrent(make_app, engine, monkeypatch):
+@pytest.mark.parametrize("batching", ["continuous", "window"])
+def test_one_bad_request_among_eight_concurrent(make_app, engine, monkeypatch, batching):
     """Eight concurrent requests batched together: a tiny temperature is served; a request whose
     row fails gets a JSON 500 alone, the other seven their answers."""
     real = decoding._sample
@@ -137,9 +139,12 @@ def test_one_bad_request_among_eight_concurrent(make_app, engine, monkeypatch):
 
     monkeypatch.setattr(decoding, "_sample", poisoned)
     sizes = []
-    complete = engine.complete
-    monkeypatch.setattr(engine, "complete", lambda jobs: sizes.append(len(jobs)) or complete(jobs))
-    app = make_app(BATCH_WINDOW_MS=300, BATCH_MAX_WAIT_MS=600)
+
+    def count(forward):
+        return lambda rows, *args: sizes.append(len(rows)) or forward(rows, *args)
+
+    patch_decoders(monkeypatch, engine, forward=count)
+    app = make_app(BATCH_WINDOW_MS=300, BATCH_MAX_WAIT_MS=600, BATCHING=batching)
     body = {"model": "base", "prompt": "hi", "max_tokens": 3}
     bodies = [{**body, "temperature": t} for t in (1e-300, 1e-45, 5e-324, 0, 0.5, 1.0, 0.0)]
     bodies.insert(2, {**body, "temperature": 0.7, "seed": 13})

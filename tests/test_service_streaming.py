@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from service.server import BackgroundServer
+from tests.conftest import patch_decoders
 
 PROMPT = {"model": "base", "prompt": "The cat sits on", "max_tokens": 12, "ignore_eos": True}
 CHAT = {
@@ -126,19 +127,23 @@ def test_openai_client_streams(make_app):
         server.stop()
 
 
-def test_a_client_that_disconnects_frees_its_slot(make_app, engine, monkeypatch):
+@pytest.mark.parametrize("batching", ["continuous", "window"])
+def test_a_client_that_disconnects_frees_its_slot(make_app, engine, monkeypatch, batching):
     finished = []
     done = threading.Event()
-    original = engine.complete
 
-    def complete(jobs, on_first_token=None):
-        results = original(jobs)
-        finished.extend((r.finish_reason, r.completion_tokens) for r in results)
-        done.set()
-        return results
+    def spy(step):
+        def spied():
+            results = step()
+            finished.extend((c.finish_reason, c.completion_tokens) for _, c in results)
+            if results:
+                done.set()
+            return results
 
-    monkeypatch.setattr(engine, "complete", complete)
-    server = BackgroundServer(make_app(), threads=4)
+        return spied
+
+    patch_decoders(monkeypatch, engine, step=spy)
+    server = BackgroundServer(make_app(BATCHING=batching), threads=4)
     try:
         url = urlparse(server.url)
         payload = json.dumps({**PROMPT, "max_tokens": 240, "stream": True}).encode()
