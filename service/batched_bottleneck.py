@@ -29,6 +29,7 @@ from einops import rearrange
 from torch import Tensor
 
 from hypergen.adapters.bottleneck import ACTIVATIONS, BottleneckWeights
+from service.stacking import present_rows
 
 
 class BatchedBottleneck:
@@ -71,11 +72,9 @@ class BatchedBottleneck:
 
         Returns None when no row has an adapter (the batch runs on the bare model).
         """
-        present = [a for a in adapters if a is not None]
+        present = present_rows(adapters)
         if not present:
             return None
-        for a in present:
-            assert len(a) == 1, f"stack takes one adapter per row, got a batch of {len(a)}"
         m = max(a.size for a in present)
         names = list(dict.fromkeys(name for a in present for name in a.module_names))
         acts = list(dict.fromkeys(a.non_linearity for a in present))

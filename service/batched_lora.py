@@ -28,6 +28,7 @@ from einops import rearrange
 from torch import Tensor
 
 from hypergen.adapters.lora import LoraWeights
+from service.stacking import present_rows
 
 
 class BatchedLora:
@@ -57,11 +58,9 @@ class BatchedLora:
 
         Returns None when no row has an adapter (the batch runs on the bare model).
         """
-        present = [a for a in adapters if a is not None]
+        present = present_rows(adapters)
         if not present:
             return None
-        for a in present:
-            assert len(a) == 1, f"stack takes one adapter per row, got a batch of {len(a)}"
         rank = max(a.rank for a in present)
         names = list(dict.fromkeys(name for a in present for name in a.module_names))
         scales = torch.tensor([a.scaling if a is not None else 0.0 for a in adapters], dtype=dtype)

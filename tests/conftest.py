@@ -256,3 +256,24 @@ def patch_decoders(monkeypatch, engine, forward=None, step=None) -> None:
         return made
 
     monkeypatch.setattr(engine, "decoder", decoder)
+
+
+def hf_greedy(engine, model, tokenizer, job) -> list[int]:
+    """The reference for one job: Hugging Face ``generate`` (greedy) on the bare model with the
+    library's hooks applying the job's adapter, end tokens dropped."""
+    from contextlib import nullcontext
+
+    from hypergen.adapters.apply import apply_adapters
+
+    ids = torch.tensor([job.prompt_ids])
+    hooks = apply_adapters(model, job.adapter) if job.adapter is not None else nullcontext()
+    with torch.no_grad(), hooks:
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=job.params.max_tokens,
+            do_sample=False,
+            eos_token_id=sorted(engine.eos_ids),
+            pad_token_id=tokenizer.pad_token_id,
+        )[0, ids.shape[1] :].tolist()
+    return [t for t in out if t not in engine.eos_ids]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ from hypergen import (
     load_checkpoint,
 )
 from hypergen.adapters.adapterhub import CONFIG_NAME, WEIGHTS_NAME
-from tests.conftest import make_bottleneck_generator
+from tests.conftest import hf_greedy, make_bottleneck_generator
 from tests.test_training import run_meta_train, toy  # noqa: F401 (toy is a fixture)
 
 DESCRIPTIONS = [
@@ -477,18 +476,7 @@ def test_service_mixed_batch_equals_each_row_alone(
     batched = engine.complete(jobs)
     for job, got in zip(jobs, batched):
         assert got.token_ids == engine.complete([job])[0].token_ids
-        ids = torch.tensor([job.prompt_ids])
-        hooks = apply_adapters(model, job.adapter) if job.adapter is not None else nullcontext()
-        with torch.no_grad(), hooks:
-            ref = model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=job.params.max_tokens,
-                do_sample=False,
-                eos_token_id=sorted(engine.eos_ids),
-                pad_token_id=tokenizer.pad_token_id,
-            )[0, ids.shape[1] :].tolist()
-        assert got.token_ids == [t for t in ref if t not in engine.eos_ids]
+        assert got.token_ids == hf_greedy(engine, model, tokenizer, job)
 
     # one forward pass: each row's logits are its adapter's (library hooks), base rows exact
     texts = ["The cat sits on the mat.", "What is 2 plus 3?", "I loved it.", "Hello there"]

@@ -22,7 +22,7 @@ from service.batched_lora import BatchedLora
 from service.batcher import Batcher
 from service.engine import Engine, resolve_checkpoint
 from service.store import AdapterStore, LRUCache
-from tests.conftest import ENCODER, make_generator, patch_decoders
+from tests.conftest import ENCODER, hf_greedy, make_generator, patch_decoders
 
 DESCRIPTION = "Translate English to French."
 
@@ -348,20 +348,7 @@ def test_mixed_batch_equals_each_row_alone(engine, llama, llama_dir, conditioner
     batched = engine.complete(jobs)
     for job, got in zip(jobs, batched):
         assert got.token_ids == engine.complete([job])[0].token_ids
-        ids = torch.tensor([job.prompt_ids])
-        with (
-            torch.no_grad(),
-            apply_adapters(model, job.adapter) if job.adapter is not None else torch.no_grad(),
-        ):
-            ref = model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=job.params.max_tokens,
-                do_sample=False,
-                eos_token_id=sorted(engine.eos_ids),
-                pad_token_id=tokenizer.pad_token_id,
-            )[0, ids.shape[1] :].tolist()
-        assert got.token_ids == [t for t in ref if t not in engine.eos_ids]
+        assert got.token_ids == hf_greedy(engine, model, tokenizer, job)
         assert got.finish_reason == (
             "length" if len(got.token_ids) == job.params.max_tokens else "stop"
         )
