@@ -42,6 +42,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError, core_schema
 
+from hypergen.conditions.demonstrations import MAX_EXAMPLES
+from hypergen.conditions.document import MAX_DOCUMENT_CHARS
 from hypergen.config import DTYPE_NAMES
 from service.errors import APIError
 from service.settings import DEFAULTS
@@ -255,8 +257,6 @@ AdapterId = Annotated[str, Field(pattern=ADAPTER_ID.pattern, description="64 low
 
 
 MAX_LANGUAGE_CHARS = 16  # an ISO 639 code; the checkpoint's conditioner says which it knows
-MAX_DOCUMENT_CHARS = 100_000
-MAX_EXAMPLES = 32
 
 
 class Demonstration(BaseModel):

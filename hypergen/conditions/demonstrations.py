@@ -19,7 +19,7 @@ from torch import Tensor
 
 from hypergen.conditions.document import MAX_DOCUMENT_CHARS, DocumentConditioner
 
-MAX_EXAMPLES = 32  # as the service's request limit (service.schemas)
+MAX_EXAMPLES = 32  # also the service's request limit (service.schemas reads it)
 MAX_FIELD_CHARS = 2000  # one input or output, as a description
 
 

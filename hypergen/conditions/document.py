@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-MAX_DOCUMENT_CHARS = 100_000  # as the service's request limit (service.schemas)
+MAX_DOCUMENT_CHARS = 100_000  # also the service's request limit (service.schemas reads it)
 DEFAULT_CHUNK_TOKENS = 128
 DEFAULT_OVERLAP = 32
 ENCODE_BATCH = 64  # windows per forward pass of the wrapped encoder
