@@ -14,7 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.systems import SYSTEMS
-from hypergen.config import DEFAULT_BASE_MODEL, HALF_DTYPE_NAMES, check_dtype
+from hypergen.config import (
+    DEFAULT_BASE_MODEL,
+    DEFAULT_TASK_LANGUAGES,
+    HALF_DTYPE_NAMES,
+    check_dtype,
+)
 from hypergen.config_files import read_config
 
 # Every system the harness knows, in report order: the registry's (see evaluation.systems).
@@ -57,6 +62,8 @@ class EvalConfig:
         bootstrap_samples: bootstrap draws for the 95% intervals.
         random_words: words in the random-string condition.
         demonstrations: k, the train examples shown to ``base+demos`` and ``generated_demos``.
+        task_languages: the task -> language table (``hypergen.data.task_languages``) that a
+            description + language checkpoint's generated systems read.
         generation_check: run the generation check (``evaluation.generation_check``): chat
             prompts and the evaluated generative tasks, greedy replies without and with the
             generated adapter.
@@ -88,6 +95,7 @@ class EvalConfig:
     bootstrap_samples: int = 1000
     random_words: int = 12
     demonstrations: int = 4
+    task_languages: str = DEFAULT_TASK_LANGUAGES
     generation_check: bool = True
     chat_prompts: str = ""
     check_max_new_tokens: int = 48

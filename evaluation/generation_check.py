@@ -270,17 +270,16 @@ def set_summary(
 
 
 def _with_adapters(check_set: CheckSet, source: GeneratorSource):
-    """The generator, the distinct descriptions to generate from, and each item's adapter index."""
+    """The generator, the distinct conditions to generate from (with a description + language
+    checkpoint, each with the task's language; chat prompts: the table's default), and each
+    item's adapter index."""
     if not all(check_set.descriptions):
         raise MissingArtifact(f"task {check_set.name} has no description")
     generator = source.get()
-    if generator.condition_parts != ("description",):
-        raise MissingArtifact(
-            f"the checkpoint takes {' and '.join(generator.condition_parts)}; the check "
-            "generates from descriptions alone"
-        )
-    conditions = sorted(set(check_set.descriptions))
-    return generator, conditions, [conditions.index(d) for d in check_set.descriptions]
+    task = check_set.name if check_set.kind == "task" else None
+    distinct = sorted(set(check_set.descriptions))
+    conditions = [source.condition(d, task) for d in distinct]
+    return generator, conditions, [distinct.index(d) for d in check_set.descriptions]
 
 
 def run_check(
@@ -360,6 +359,8 @@ def run_check(
                     counts["missing"] += 1
                     continue
                 key_data.update(checkpoint=source.meta["hash"], descriptions=check_set.descriptions)
+                if not all(isinstance(c, str) for c in conditions):  # with their languages
+                    key_data["conditions"] = conditions
             key = sha256_json(key_data)
             path = cache_path(out, f"generation_check/{side}", name)
             record = load_cached(path, key)

@@ -481,7 +481,8 @@ def adapter_specificity(
     source: GeneratorSource, tasks: list[EvalTask], seed: int, num_random_words: int
 ) -> dict[str, Any]:
     """``evaluation.specificity`` of the adapters generated for ``tasks``: from each task's own
-    description (the ``generated`` condition) and from its random string (``generated_random``).
+    description (the ``generated`` condition) and from its random string (``generated_random``),
+    each with the task's language for a description + language checkpoint.
 
     Returns:
         The specificity report, or ``{"status": "missing", "reason": ...}`` without a checkpoint.
@@ -491,23 +492,22 @@ def adapter_specificity(
 
     try:
         generator = source.get()
+        source.condition("")  # does the checkpoint take a description (+ a language)?
     except MissingArtifact as err:
         return {"status": "missing", "reason": str(err)}
-    if generator.condition_parts != ("description",):
-        parts = " and ".join(generator.condition_parts)
-        return {"status": "missing", "reason": f"the checkpoint takes {parts}, not a description"}
-    names, own, skipped = [], [], []
+    names, own, noise, skipped = [], [], [], []
     for et in tasks:
         try:
-            own.append(task_description(et.task))
-            names.append(et.name)
+            own.append(source.condition(task_description(et.task), et.name))
         except MissingArtifact:
             skipped.append(et.name)
+            continue
+        names.append(et.name)
+        noise.append(source.condition(random_words(seed, et.name, num_random_words), et.name))
     if not names:
         return {"status": "missing", "reason": "no evaluated task has a description"}
-    noise = [random_words(seed, name, num_random_words) for name in names]
 
-    def generate(conditions: list[str], chunk: int = 32):  # bounded memory
+    def generate(conditions: list, chunk: int = 32):  # bounded memory
         parts = [
             generator.generate(conditions[k : k + chunk]) for k in range(0, len(conditions), chunk)
         ]
@@ -609,6 +609,7 @@ def setup_run(config: EvalConfig, model=None, tokenizer=None) -> RunSetup:
         device=config.device,
         train_examples={et.task.name: et.train for et in tasks},
         demonstrations=config.demonstrations,
+        task_languages=config.task_languages,
     )
     scoring_key = {
         "harness": HARNESS_VERSION,

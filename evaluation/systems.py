@@ -16,13 +16,18 @@
     generated_paraphrase  adapter generated from an unseen phrasing of the description
     generated_random      adapter generated from a fixed-seed random word string
     generated_other_task  adapter generated from another evaluated task's description
+    generated_english     adapter generated from the task's description with the language part
+                          set to English (a description + language checkpoint: the language's
+                          effect on tasks in other languages)
     base+demos            the frozen LM, k demonstrations of the task before the input
                           (in-context learning; k training examples, never test ones)
     generated_demos       adapter generated from those same k demonstrations (a checkpoint with
                           an ``examples`` part; with ``description+examples``, also the description)
 
-The last two are not in the default list (``EvalConfig.systems``): they need a checkpoint
-conditioned on demonstrations for the adapter, and name them to run them.
+The last three are not in the default list (``EvalConfig.systems``): they need a checkpoint
+conditioned on a language or on demonstrations; name them to run them. With a description +
+language checkpoint every generated system also passes the task's language (from the
+``task_languages`` table; ``GeneratorSource.condition``).
 
 "The task's description" is ``describe(task, "train")[0]`` (the file's description as a
 sentence, template "plain"); the paraphrase is ``describe(task, "unseen")[0]``, a template the
@@ -46,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from evaluation.cache import record_path
+from hypergen.config import DEFAULT_TASK_LANGUAGES
 from hypergen.data.descriptions import TRAIN, UNSEEN, describe
 from hypergen.data.tasks import Example, Task
 from hypergen.digests import file_sha256
@@ -213,11 +219,56 @@ def nearest_answer_pick(neighbour: Example, example: Example) -> int:
 class GeneratorSource:
     """Loads the hypernetwork checkpoint once, on first use, and remembers why it could not."""
 
-    def __init__(self, checkpoint: str, model: nn.Module, device: str):
+    def __init__(
+        self,
+        checkpoint: str,
+        model: nn.Module,
+        device: str,
+        task_languages: str | Path = DEFAULT_TASK_LANGUAGES,
+    ):
         self.checkpoint, self.model, self.device = checkpoint, model, device
+        self.task_languages = task_languages
+        self._languages = None
         self._generator = None
         self._error: str | None = None
         self.meta: dict[str, Any] = {}
+
+    def condition(
+        self, text: str, task: str | None = None, language: str | None = None
+    ) -> str | dict[str, str]:
+        """What the checkpoint generates from for the description ``text`` on ``task``.
+
+        A description-only checkpoint takes the text itself; a description + language one (Hyper-X)
+        also takes the task's language from the ``task_languages`` table (``task`` None: the
+        table's default, for prompts of no task), unless ``language`` names one.
+
+        Raises:
+            MissingArtifact: the checkpoint cannot be loaded, or takes other parts (a document,
+                examples), or ``language`` is given and it takes none.
+        """
+        parts = self.get().condition_parts
+        if parts == ("description",) and language is None:
+            return text
+        if parts == ("description", "language"):
+            if language is None:
+                languages = self.languages()
+                language = languages.primary(task) if task else languages.default
+            return {"description": text, "language": language}
+        needs = "a description and a language" if language else "a description (+ a language)"
+        raise MissingArtifact(
+            f"the checkpoint takes {' and '.join(parts)}; this conditions on {needs}"
+        )
+
+    def languages(self):
+        """The task -> language table (``hypergen.data.task_languages``), read once."""
+        from hypergen.data.task_languages import TaskLanguages
+
+        if self._languages is None:
+            try:
+                self._languages = TaskLanguages.load(self.task_languages)
+            except (OSError, ValueError) as err:
+                raise MissingArtifact(f"task languages {self.task_languages}: {err}") from err
+        return self._languages
 
     def get(self):
         """The generator; raises ``MissingArtifact`` with the reason when it cannot be loaded."""
@@ -367,6 +418,7 @@ def build_systems(
     device: str = "cpu",
     train_examples: Mapping[str, Sequence[Example]] | None = None,
     demonstrations: int = 4,
+    task_languages: str | Path = DEFAULT_TASK_LANGUAGES,
 ) -> tuple[list[System], GeneratorSource]:
     """The systems called ``names``, and the (lazily loaded) checkpoint the generated ones use.
 
@@ -376,11 +428,12 @@ def build_systems(
         device: where the hypernetwork runs.
         model, tasks, loras_dir, seed, num_random_words, train_examples, demonstrations: see
             ``SystemContext``.
+        task_languages: the task -> language table a description + language checkpoint reads.
     """
     unknown = [n for n in names if n not in SYSTEMS]
     if unknown:
         raise ValueError(f"unknown systems {unknown}; known: {list(SYSTEMS)}")
-    source = GeneratorSource(checkpoint, model, device)
+    source = GeneratorSource(checkpoint, model, device, task_languages)
     context = SystemContext(
         source,
         model,
@@ -468,27 +521,28 @@ def _borrowed(context: SystemContext, task: Task) -> tuple[str, dict]:
     return task_description(context.by_name[other]), {"from_task": other}
 
 
-def _generated(condition, with_desc: bool = False):
-    """A generated system's setup: the adapter made from ``condition``'s text, and the task's
-    description before the input when ``with_desc``."""
+def _generated(condition, with_desc: bool = False, language: str | None = None):
+    """A generated system's setup: the adapter made from ``condition``'s text (with a description
+    + language checkpoint, and the task's language, or ``language``), and the task's description
+    before the input when ``with_desc``."""
 
     def setup(context: SystemContext, task: Task) -> TaskSetup:
-        generator = context.source.get()
-        if generator.condition_parts != ("description",):
-            raise MissingArtifact(
-                f"the checkpoint takes {' and '.join(generator.condition_parts)}; this system "
-                "conditions on a description alone"
-            )
         text, info = condition(context, task)
+        made_from = context.source.condition(text, task.name, language)
         prefix = describe_prefix(task_description(task)) if with_desc else ""
-        lora = generator.generate([text])
+        adapter = context.source.get().generate([made_from])
         fingerprint = {
             "checkpoint": context.source.meta["hash"],
-            "condition": text,
+            "condition": made_from,
             "prefix": prefix,
         }
+        shown = made_from if isinstance(made_from, str) else json.dumps(made_from)
         return TaskSetup(
-            prompt_prefix=prefix, adapter=lora, condition=text, fingerprint=fingerprint, info=info
+            prompt_prefix=prefix,
+            adapter=adapter,
+            condition=shown,
+            fingerprint=fingerprint,
+            info=info,
         )
 
     return setup
@@ -507,6 +561,11 @@ register("generated_random", "generated from {num_random_words} random words")(
 register("generated_other_task", "generated from another evaluated task's description")(
     _generated(_borrowed)
 )
+register(
+    "generated_english",
+    "generated from the task description with the language set to English",
+    default=False,
+)(_generated(_own, language="eng"))  # a description + language checkpoint's language effect
 
 
 # Demonstrations: k of the task's train examples, the same for in-context learning and the adapter.

@@ -13,6 +13,8 @@ DEFAULT_ENCODER_KIND = "text"
 COMPOSITE_KIND = "composite"
 # the URIEL feature sets of the language conditioner (lang2vec names joined by "+")
 DEFAULT_LANGUAGE_FEATURES = "syntax_knn+phonology_knn+inventory_knn"
+# the reviewed task -> language table of the BIG-bench split (``hypergen.data.task_languages``)
+DEFAULT_TASK_LANGUAGES = "evaluation/splits/bigbench_languages.yaml"
 # the LoRA the hypernetwork emits and the network's size, unless a config says otherwise
 DEFAULT_LORA_RANK = 8
 DEFAULT_LORA_ALPHA = 16.0

@@ -444,7 +444,7 @@ def test_harness_demonstration_systems(
         assert results["base+demos"][name]["status"] == "ok"
         assert results["generated_demos"][name]["status"] == "ok", results["generated_demos"][name]
         assert results["generated"][name]["status"] == "missing"
-        assert "conditions on a description alone" in results["generated"][name]["reason"]
+        assert "conditions on a description (+ a language)" in results["generated"][name]["reason"]
 
     # what the systems feed the LM: the same 2 train examples, never a test one
     name, et = next(iter(tasks.items()))

@@ -20,9 +20,9 @@ from hypergen.conditions.hashing import HashingConditioner
 from hypergen.conditions.language import LanguageConditioner, iso639_3
 from hypergen.conditions.registry import build_conditioner, condition_from_parts, condition_parts
 from hypergen.config import EncoderConfig, HyperNetConfig, LoraSpec
+from hypergen.data.task_languages import TaskLanguages
 from hypergen.data.tasks import Task
 from tests.conftest import ENCODER, randomize_
-from training.languages import TaskLanguages
 
 DESCRIPTION = "Answer the riddle with one word."
 COMPOSITE = EncoderConfig(
@@ -401,3 +401,67 @@ def test_meta_train_with_language_condition(llama_dir, tmp_path):
     generator = AdapterGenerator.from_pretrained(tmp_path / "run" / "final")
     assert generator.condition_parts == ("description", "language")
     assert generator.meta.trained_steps == 2
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+
+def test_harness_scores_a_description_and_language_checkpoint(
+    composite_dir, checkpoint_dir, llama, llama_dir, tmp_path, monkeypatch
+):
+    """Every generated system passes the task's language from the table; ``generated_english``
+    swaps it for English; specificity and the generation check run on the composite adapters."""
+    from evaluation.config import load_config
+    from evaluation.harness import cache_path, load_eval_tasks, resolve_paths, run
+    from evaluation.scoring import ScoringConfig, score_options
+    from evaluation.systems import task_description
+
+    monkeypatch.setenv("HYPERGEN_HOME", str(tmp_path))
+    table = tmp_path / "languages.yaml"
+    table.write_text("tasks:\n  opposites: [fr]\n")
+    systems = "systems=[generated,generated_random,generated_english]"
+
+    def config(checkpoint, out):
+        overrides = [f"base_model={llama_dir}", f"checkpoint={checkpoint}", f"out={out}", systems]
+        return load_config("evaluation/configs/tiny.yaml", [*overrides, f"task_languages={table}"])
+
+    cfg = config(composite_dir, tmp_path / "out")
+    results = run(cfg)
+    r = results["results"]
+    for system in ("generated", "generated_random", "generated_english"):
+        assert all(entry["status"] == "ok" for entry in r[system].values()), system
+
+    model, tokenizer = llama
+    generator = AdapterGenerator.from_pretrained(composite_dir, base_model=model)
+    tasks = {et.name: et for et in load_eval_tasks(cfg, resolve_paths(cfg)["suite"])}
+    scoring = ScoringConfig(batch_tokens=cfg.batch_tokens, max_length=cfg.max_length)
+
+    def logliks(system, task):
+        rows = json.loads(cache_path(tmp_path / "out", system, task).read_text())["examples"]
+        return [row["ll"] for row in rows]
+
+    et = tasks["opposites"]
+    prompts, options = [ex.prompt for ex in et.test], [ex.options for ex in et.test]
+    for language, system in (("fra", "generated"), ("eng", "generated_english")):
+        adapter = generator.generate(
+            [{"description": task_description(et.task), "language": language}]
+        )
+        want = score_options(model, tokenizer, prompts, options, adapter, config=scoring)
+        for got, expected in zip(logliks(system, "opposites"), want):
+            assert got == pytest.approx(expected.logliks, abs=1e-3)
+    assert logliks("generated", "opposites") != logliks("generated_english", "opposites")
+    # an English task (the table's default) gets the same adapter either way
+    assert logliks("generated", "colours") == logliks("generated_english", "colours")
+
+    spec = results["specificity"]["heldout"]
+    assert spec["status"] == "ok" and set(spec["per_task"]) == {"opposites", "capitals"}
+    assert results["generation_check"]["sets"]["chat"]["with"]["status"] == "ok"
+
+    # a description-only checkpoint has no language to swap
+    plain = run(config(checkpoint_dir, tmp_path / "plain"))["results"]
+    assert plain["generated"]["opposites"]["status"] == "ok"
+    english = plain["generated_english"]["opposites"]
+    assert (
+        english["status"] == "missing"
+        and "conditions on a description and a language" in english["reason"]
+    )

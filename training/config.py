@@ -27,6 +27,7 @@ from hypergen.config import (
     DEFAULT_NUM_BLOCKS,
     DEFAULT_PLACEMENT,
     DEFAULT_TARGET_MODULES,
+    DEFAULT_TASK_LANGUAGES,
     check_dtype,
 )
 from hypergen.config_files import load_config, save_config
@@ -34,7 +35,6 @@ from hypergen.layout import hypergen_home, library_dir, run_dir, suite_dir
 
 OBJECTIVES = ("sft", "reconstruction", "both")
 CONDITIONS = ("description", "document", "demonstrations")
-DEFAULT_TASK_LANGUAGES = "evaluation/splits/bigbench_languages.yaml"
 SCHEDULES = ("cosine", "constant")
 
 
@@ -57,7 +57,7 @@ class MetaTrainConfig:
             feature sets joined by ``+``, e.g. ``syntax_knn+phonology_knn+inventory_knn``): the
             condition is the description and the task's language (a composite conditioner,
             ``hypergen.conditions.composite``), each task's language read from ``task_languages``.
-        task_languages: the task -> language table (``training/languages.py``).
+        task_languages: the task -> language table (````hypergen.data.task_languages``).
         condition: what the hypernetwork is conditioned on: ``description`` (the task's
             description phrasings), ``document`` (a synthetic fact document; the tasks are its
             questions, ``training/documents.py``; ``data_dir`` and ``split`` are not read) or

@@ -58,6 +58,7 @@ from hypergen.config import (
     HyperNetConfig,
     LoraSpec,
 )
+from hypergen.data.task_languages import TaskLanguages
 from hypergen.generator import AdapterGenerator
 from hypergen.layout import MULTITASK, library_folder
 from hypergen.models import load_base_model
@@ -74,7 +75,6 @@ from training.data import (
 )
 from training.documents import document_task_data, with_demonstrations
 from training.formats import tokenize_formatted
-from training.languages import TaskLanguages
 from training.objectives import (
     contrastive_losses,
     delta_w_loss,
