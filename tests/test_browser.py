@@ -168,3 +168,54 @@ def test_page_labels_an_untrained_checkpoint(
     banner = browser.find_element(By.ID, "untrained")
     _wait(browser, lambda d: banner.is_displayed())
     assert "UNTRAINED" in banner.text and "UNTRAINED" in browser.find_element(By.ID, "status").text
+
+
+@pytest.mark.parametrize("condition", ["document", "description+examples"])
+def test_page_offers_the_condition_the_checkpoint_takes(
+    browser, serve, llama, llama_dir, tmp_path, condition
+):
+    """A document checkpoint gets a document field and no description; a description + examples
+    one gets both, examples typed as "input => output" lines; the adapter made is the one the
+    API makes for that condition."""
+    from selenium.webdriver.common.by import By
+
+    from tests.test_documents import DESCRIBED_DEMOS, DOCUMENT, _generator
+
+    encoder = DOCUMENT if condition == "document" else DESCRIBED_DEMOS
+    url = serve(Engine.load(_generator(llama, llama_dir, encoder).save_pretrained(tmp_path / "c")))
+    browser.get(url + "/")
+    find = lambda element_id: browser.find_element(By.ID, element_id)
+    _wait(browser, lambda d: "checkpoint" in find("status").text)
+    shown = {f: find(f"{f}-field").is_displayed() for f in ("description", "document", "examples")}
+    assert shown == {
+        "description": condition != "document",
+        "document": condition == "document",
+        "examples": condition != "document",
+    }
+    assert not find("language-field").is_displayed()
+
+    if condition == "document":
+        find("document").send_keys("Rifen Kelquonim was born in Helbrisel in 1931.")
+        expected = {"document": "Rifen Kelquonim was born in Helbrisel in 1931."}
+        assert find("condition-heading").text == "1. Give a document"
+    else:
+        find("description").send_keys("Add the numbers.")
+        find("examples").send_keys("2 + 3")
+        find("generate").click()  # a line without "=>": the page says so, nothing is sent
+        _wait(browser, lambda d: find("error").is_displayed())
+        assert 'example line 1 has no "=>"' in find("error").text
+        find("examples").send_keys(" => 5\n10 + 4 => 14\n")
+        expected = {
+            "description": "Add the numbers.",
+            "examples": [{"input": "2 + 3", "output": "5"}, {"input": "10 + 4", "output": "14"}],
+        }
+    find("generate").click()
+    _wait(browser, lambda d: re.fullmatch(r"[0-9a-f]{64}", find("adapter-id").text))
+    assert not find("error").is_displayed()
+    request = urllib.request.Request(
+        f"{url}/v1/adapters", data=json.dumps(expected).encode(), method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=WAIT_S) as r:  # the same condition via the API
+        assert json.load(r)["id"] == find("adapter-id").text
+    made = "document of 46 characters" if condition == "document" else "from 2 examples"
+    assert made in find("adapter-meta").text

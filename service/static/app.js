@@ -17,6 +17,15 @@ function settingsText(kind, s) {
   return `LoRA rank ${s.rank} on ${s.target_modules.join(", ")}`;
 }
 
+// Step 1's heading for what the checkpoint takes.
+const HEADINGS = {
+  description: "Describe the task",
+  "description+language": "Describe the task and give its language",
+  document: "Give a document",
+  examples: "Show the task by examples",
+  "description+examples": "Describe the task and show it by examples",
+};
+
 // The download's format, as the metadata's "format" says.
 const FORMATS = { "peft-lora": "PEFT LoRA", adapterhub: "AdapterHub bottleneck" };
 
@@ -56,7 +65,10 @@ async function loadStatus() {
       `(${ck.untrained ? "UNTRAINED" : ck.trained_steps + " training steps"}) \u00b7 ` +
       settingsText(health.adapter_kind, health[health.adapter_kind]);
     conditionParts = ck.condition_parts || ["description"];
-    $("language-field").hidden = !conditionParts.includes("language");
+    for (const part of ["description", "language", "document", "examples"]) {
+      $(`${part}-field`).hidden = !conditionParts.includes(part);
+    }
+    $("condition-heading").textContent = "1. " + (HEADINGS[conditionParts.join("+")] || "Give the condition");
     if (health.untrained) {
       $("untrained").textContent =
         "This server runs an UNTRAINED hypernetwork: every adapter it makes is a no-op, " +
@@ -68,11 +80,35 @@ async function loadStatus() {
   }
 }
 
+// "input => output" lines -> [{input, output}]; the split is at the last " => " of a line.
+function parseExamples(text) {
+  const lines = text.split("\n").filter((line) => line.trim());
+  return lines.map((line, k) => {
+    const at = line.lastIndexOf("=>");
+    if (at < 0) throw new Error(`example line ${k + 1} has no "=>" between input and output`);
+    return { input: line.slice(0, at).trim(), output: line.slice(at + 2).trim() };
+  });
+}
+
+// The request's condition: only the parts the checkpoint takes (the server answers a 400 naming
+// its parts otherwise).
+function conditionBody() {
+  const body = {};
+  if (conditionParts.includes("description")) body.description = $("description").value;
+  if (conditionParts.includes("language")) body.language = $("language").value.trim();
+  if (conditionParts.includes("document")) body.document = $("document").value;
+  if (conditionParts.includes("examples")) body.examples = parseExamples($("examples").value);
+  return body;
+}
+
 async function makeAdapter() {
   showError("");
-  const body = { description: $("description").value };
-  // sent only to a checkpoint that takes a language (the server answers 400 naming its parts)
-  if (conditionParts.includes("language")) body.language = $("language").value.trim();
+  let body;
+  try {
+    body = conditionBody();
+  } catch (err) {
+    return showError(err.message);
+  }
   $("generate").disabled = true;
   try {
     const adapter = await api("POST", "/v1/adapters", body);
@@ -83,10 +119,13 @@ async function makeAdapter() {
     const shape = adapter.adapter_kind === "bottleneck"
       ? `bottleneck m=${s.size}, ${s.placement}, ${s.non_linearity}, ${s.target_modules.join("+")}`
       : `LoRA r=${s.rank}, alpha=${s.alpha}, ${s.target_modules.join("+")}`;
-    const language = adapter.condition.language ? ` \u00b7 language ${adapter.condition.language}` : "";
+    const c = adapter.condition;
+    const language = c.language ? ` \u00b7 language ${c.language}` : "";
+    const made = c.document ? ` \u00b7 from a document of ${c.document.length} characters`
+      : c.examples ? ` \u00b7 from ${c.examples.length} examples` : "";
     $("adapter-meta").textContent =
       `${shape}, ${s.dtype}, ${(adapter.size_bytes / 1024).toFixed(0)} KiB \u00b7 ` +
-      `for ${adapter.base_model_id}${language}`;
+      `for ${adapter.base_model_id}${language}${made}`;
     $("download").textContent = `Download the ${FORMATS[adapter.format] || adapter.format} adapter (zip)`;
     $("download").href = adapter.download_url;
     $("download").setAttribute("download", `hypergen-${adapter.id.slice(0, 16)}.zip`);
