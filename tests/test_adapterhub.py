@@ -25,7 +25,7 @@ from hypergen.config import BottleneckSpec, HyperNetConfig
 from hypergen.generator import AdapterGenerator
 from tests.conftest import ENCODER, build_llama
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # builds a venv: pip installs
 ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENTS = (("torch==2.13.0",), ("adapters==1.3.0",))  # torch first: the CPU wheel
 
