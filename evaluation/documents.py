@@ -1,7 +1,7 @@
-"""Document-conditioned adapters on the held-out synthetic fact documents (``training/documents.py``).
+"""Document-conditioned adapters on the synthetic fact documents (``hypergen.data.fact_documents``).
 
     python -m evaluation.documents --checkpoint DIR [--documents 400 --heldout 50 --seed 0] \\
-        [--out results/documents.json]
+        [--group heldout|train] [--out results/documents.json]
 
 Three systems answer each held-out document's test questions (greedy, one line):
 
@@ -13,7 +13,9 @@ Reported: exact match and contains-reference accuracy per system, and prompt tok
 ``tokens_saved`` is what ``generated`` saves against ``base+document`` per question (the document
 is encoded once into an adapter instead of sitting in every prompt). ``--documents``, ``--heldout``
 and ``--seed`` must be those of the training run (``training/configs/document_smollm2.yaml``),
-so the held-out documents are the ones it never saw.
+so the held-out documents are the ones it never saw. ``--group train`` asks the same questions
+(the last ``test_questions`` of each) of training documents instead: questions meta-training saw,
+so it measures how well the adapters fit what they were trained on, not generalisation.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from typing import Any
 
 import torch
 
-from evaluation.metrics import contains_reference, exact_match
 from evaluation.scoring import greedy_answers, stop_token_ids
+from hypergen.data.fact_documents import fact_corpus, question_examples
 from hypergen.generator import AdapterGenerator
+from hypergen.metrics import contains_reference, exact_match
 from hypergen.models import load_base_model
-from training.documents import document_task_data
 
 SYSTEMS = ("base", "base+document", "generated")
+GROUPS = ("heldout", "train")
 
 
 def document_prefix(document: str) -> str:
@@ -48,8 +51,11 @@ def evaluate_documents(
     max_documents: int = 0,
     max_new_tokens: int = 8,
     base_model: str | None = None,
+    group: str = "heldout",
 ) -> dict[str, Any]:
-    """Score the three systems on the held-out documents' test questions (module docstring)."""
+    """Score the three systems on the ``group`` documents' test questions (module docstring)."""
+    if group not in GROUPS:
+        raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
     generator = AdapterGenerator.from_pretrained(checkpoint)
     if generator.condition_parts != ("document",):
         raise ValueError(
@@ -57,10 +63,12 @@ def evaluate_documents(
             "needs a checkpoint conditioned on a document alone"
         )
     model, tokenizer = load_base_model(base_model or generator.meta.base_model)
-    data = document_task_data(documents, heldout, seed=seed)
-    names = data.heldout_tasks[:max_documents] if max_documents else data.heldout_tasks
-    texts = [data.phrasings[data.eval_phrasing[n]] for n in names]
-    questions = [(i, ex) for i, n in enumerate(names) for ex in data.test_examples[n]]
+    corpus = fact_corpus(documents, heldout, seed=seed)
+    names = corpus.heldout_names if group == "heldout" else corpus.train_names
+    names = names[:max_documents] if max_documents else names
+    texts = [corpus.document(n).text for n in names]
+    asked = [question_examples(corpus.document(n))[-corpus.test_questions :] for n in names]
+    questions = [(i, ex) for i, examples in enumerate(asked) for ex in examples]
     adapters = generator.generate(texts)  # one adapter per document, in one batch
     prompts = {
         "base": [ex.prompt for _, ex in questions],
@@ -71,6 +79,7 @@ def evaluate_documents(
     report: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "corpus": {"documents": documents, "heldout": heldout, "seed": seed},
+        "group": group,
         "documents": len(names),
         "questions": len(questions),
         "systems": {},
@@ -110,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heldout", type=int, default=50, help="held-out documents of the training run")
     p.add_argument("--seed", type=int, default=0, help="corpus seed of the training run")
     p.add_argument("--max-documents", type=int, default=0, help="score only the first N (0: all)")
+    p.add_argument(
+        "--group",
+        choices=GROUPS,
+        default="heldout",
+        help="held-out documents, or training ones (questions meta-training saw)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--base-model", help="override the checkpoint's base model (a local folder)")
     p.add_argument("--out", help="also write the report here (JSON)")
@@ -123,11 +138,13 @@ def main(argv: list[str] | None = None) -> int:
             args.max_documents,
             args.max_new_tokens,
             args.base_model,
+            args.group,
         )
     except (ValueError, FileNotFoundError) as err:
         print(f"evaluation.documents: error: {err}", file=sys.stderr)
         return 2
-    print(f"{report['questions']} questions on {report['documents']} held-out documents")
+    group = "held-out" if args.group == "heldout" else "training"
+    print(f"{report['questions']} questions on {report['documents']} {group} documents")
     print("| system | exact match | contains | prompt tokens |\n|---|---|---|---|")
     for system, row in report["systems"].items():
         print(

@@ -35,12 +35,12 @@ import numpy as np
 import yaml
 
 from evaluation.cache import cache_path, load_cached, record_path, write_json
-from evaluation.metrics import contains_reference, distinct_bigram_ratio, exact_match
 from evaluation.scoring import ScoringConfig, greedy_generations
 from evaluation.systems import GeneratorSource, MissingArtifact, task_description
 from hypergen.config import check_keys
 from hypergen.decoding import eos_token_ids
 from hypergen.digests import sha256_json
+from hypergen.metrics import contains_reference, distinct_bigram_ratio, exact_match
 
 if TYPE_CHECKING:  # the harness imports this module
     from evaluation.harness import EvalTask

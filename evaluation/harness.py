@@ -9,7 +9,7 @@ scoring settings); a rerun reuses matching results and computes only what change
 (e.g. a checkpoint that appeared or was retrained). Missing systems are never cached, so they
 run as soon as their artifact exists.
 
-Scores (see ``evaluation.metrics``): multiple choice by accuracy of the raw (summed
+Scores (see ``hypergen.metrics``): multiple choice by accuracy of the raw (summed
 log-likelihood) pick, ``acc``, and of the length-normalised (per-token) pick, ``acc_norm``;
 generative tasks by exact match ``em`` and ROUGE-L ``rougeL`` of the greedy answer. Each task's
 headline metric is ``acc`` for multiple choice and, for generative tasks, ``em`` unless the task
@@ -48,7 +48,6 @@ import torch
 
 from evaluation.cache import cache_path, load_cached, record_path, write_json
 from evaluation.config import EvalConfig
-from evaluation.metrics import bootstrap_ci, exact_match, rouge_l
 from evaluation.scoring import ScoringConfig, greedy_answers, score_options, stop_token_ids
 from evaluation.systems import (
     GeneratorSource,
@@ -71,6 +70,7 @@ from hypergen.data.tasks import (
     split_examples,
 )
 from hypergen.digests import file_sha256, sha256_json
+from hypergen.metrics import bootstrap_ci, exact_match, rouge_l
 
 logger = logging.getLogger(__name__)
 

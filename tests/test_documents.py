@@ -20,8 +20,9 @@ from hypergen.conditions.demonstrations import (
 from hypergen.conditions.document import DocumentConditioner, chunk_spans
 from hypergen.conditions.registry import build_conditioner, condition_parts
 from hypergen.config import EncoderConfig, HyperNetConfig, LoraSpec
+from hypergen.data.fact_documents import fact_documents
 from tests.conftest import randomize_
-from training.documents import document_task_data, fact_documents, with_demonstrations
+from training.documents import document_task_data, with_demonstrations
 
 DOCUMENT = EncoderConfig(kind="document", name="hash-64")
 DEMOS = EncoderConfig(kind="demonstrations", name="hash-64")
@@ -511,6 +512,17 @@ def test_document_evaluation_floor_ceiling_and_tokens_saved(document_dir, llama,
     assert report["tokens_saved"] > 40
     assert "prompt tokens saved per question" in capsys.readouterr().out
     assert main(["--checkpoint", str(tmp_path / "none")]) == 2
+
+    # the training group asks the same question slots of the documents meta-training saw
+    assert main([*argv, "--group", "train", "--max-new-tokens", "3", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["group"] == "train" and report["documents"] == 4
+    asked = [ex.prompt for t in data.train_tasks for ex in data.train_examples[t][-4:]]
+    assert report["questions"] == len(asked) == 16
+    assert report["systems"]["base"]["prompt_tokens"] == pytest.approx(
+        sum(len(tokenizer(p).input_ids) for p in asked) / 16
+    )
+    assert "16 questions on 4 training documents" in capsys.readouterr().out
 
 
 def test_committed_configs_load():

@@ -24,7 +24,6 @@ from evaluation.generation_check import (
     side_summary,
 )
 from evaluation.harness import EvalTask, paired_delta, run
-from evaluation.metrics import contains_reference, distinct_bigram_ratio
 from evaluation.scoring import ScoringConfig, greedy_answers, greedy_generations
 from evaluation.specificity import (
     cosine_matrix,
@@ -47,6 +46,7 @@ from hypergen.adapters.lora import LoraWeights
 from hypergen.data.tasks import Task
 from hypergen.decoding import eos_token_ids
 from hypergen.generator import AdapterGenerator
+from hypergen.metrics import contains_reference, distinct_bigram_ratio
 from tests.conftest import make_generator, randomize_
 
 TINY_CONFIG = Path(__file__).parents[1] / "evaluation" / "configs" / "tiny.yaml"

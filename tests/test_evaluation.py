@@ -17,11 +17,11 @@ from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 from evaluation.config import ALL_SYSTEMS, DEFAULT_SYSTEMS, load_config
 from evaluation.harness import cache_path, headline_metric, run
-from evaluation.metrics import accuracy, bootstrap_ci, exact_match, normalize_text, rouge_l
 from evaluation.scoring import OptionScores, ScoringConfig, greedy_answers, score_options
 from evaluation.systems import nearest_answer_pick, nearest_neighbours, random_words
 from hypergen.data.tasks import Example, Task
 from hypergen.data.text_batches import completion_logprobs, tokenize_pairs
+from hypergen.metrics import accuracy, bootstrap_ci, exact_match, normalize_text, rouge_l
 
 DATA = Path(__file__).parent / "data" / "eval_tasks"
 TINY_CONFIG = Path(__file__).parents[1] / "evaluation" / "configs" / "tiny.yaml"

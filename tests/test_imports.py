@@ -165,6 +165,18 @@ def test_hypergen_never_imports_its_users():
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
+def test_training_evaluation_and_service_share_only_the_library():
+    """The three ways in are siblings over hypergen/: what two of them share lives there."""
+    graph = import_graph()
+    users = ("training", "evaluation", "service")
+    crossing = {
+        name: sorted(t for t in targets if t.split(".")[0] in users and t.split(".")[0] != top)
+        for name, targets in graph.items()
+        if (top := name.split(".")[0]) in users
+    }
+    assert {k: v for k, v in crossing.items() if v} == {}
+
+
 def test_no_import_cycles():
     found = cycles(import_graph())
     assert found == [], f"import cycles among the project's modules: {found}"

@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from evaluation.metrics import contains_reference, distinct_bigram_ratio, normalize_text
 from hypergen.data.tasks import Example
+from hypergen.metrics import contains_reference, distinct_bigram_ratio, normalize_text
 from hypergen.models import load_base_model
 from training.config import ChatRepliesConfig, load_config
 from training.data import load_task_data

@@ -3,14 +3,10 @@ demonstration-conditioned hypernetworks, in the ``TaskData`` form ``meta_train.p
 
     python training/documents.py --documents 3        # print the first documents and questions
 
-Documents (``condition: document``). Each document describes one fictional person, their home
-city and their employer in three short paragraphs; every name is made of random syllables, so the
-base model cannot know the facts and must read them (from its prompt, or from the adapter). Each
-document has eight question/answer pairs about it. A document is a "task" named ``doc/<index>``:
-its condition row is the document, its examples the questions (prompt ``Q: <question>\\nA:``,
-completion `` <answer>``). The last ``heldout`` documents are held out; every name is drawn once
-across the whole corpus, so no held-out fact appears in a training document. The corpus is a
-function of ``(documents, seed)`` alone.
+Documents (``condition: document``): the corpus of ``hypergen.data.fact_documents``. A document is
+a "task" named ``doc/<index>``: its condition row is the document, its examples the questions
+(prompt ``Q: <question>\nA:``, completion `` <answer>``); the last ``heldout`` documents are held
+out.
 
 Demonstrations (``condition: demonstrations``). The condition of a task is ``k`` of its training
 examples; ``with_demonstrations`` splits each task's training examples into a demonstration pool
@@ -23,179 +19,21 @@ from __future__ import annotations
 
 import argparse
 import random
-from dataclasses import dataclass
 
+from hypergen.data.fact_documents import fact_corpus, fact_documents
 from hypergen.data.tasks import Example
 from training.data import TaskData
-
-# 48 syllables: 2,304 two-syllable and 110,592 three-syllable names; a document draws one of
-# the first kind (a first name) and five of the second, so 400 documents use a sixth of the
-# two-syllable space (rejection sampling stays fast); ``_Names`` fails loudly if a corpus ever
-# exhausts it.
-SYLLABLES = [
-    "ka",
-    "ri",
-    "to",
-    "mel",
-    "an",
-    "sor",
-    "vek",
-    "li",
-    "da",
-    "nor",
-    "bel",
-    "tis",
-    "ren",
-    "ya",
-    "gor",
-    "pha",
-    "lun",
-    "ves",
-    "ori",
-    "tam",
-    "sel",
-    "quo",
-    "ber",
-    "din",
-    "zar",
-    "mo",
-    "kel",
-    "fen",
-    "ish",
-    "ul",
-    "ta",
-    "ro",
-    "bri",
-    "sam",
-    "hel",
-    "tor",
-    "nim",
-    "pra",
-    "cas",
-    "dul",
-    "wen",
-    "jor",
-    "gal",
-    "fi",
-    "ek",
-    "sun",
-    "vo",
-    "lak",
-]
-PROFESSIONS = [
-    "glassblower",
-    "beekeeper",
-    "cartographer",
-    "violinist",
-    "pharmacist",
-    "carpenter",
-    "astronomer",
-    "baker",
-    "surveyor",
-    "translator",
-    "blacksmith",
-    "librarian",
-]
-PRODUCTS = [
-    "umbrellas",
-    "bicycles",
-    "lanterns",
-    "clocks",
-    "kites",
-    "telescopes",
-    "pianos",
-    "boots",
-    "maps",
-    "soap",
-]
-COLORS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
-PETS = ["cat", "dog", "parrot", "tortoise", "rabbit", "goat"]
-
-
-@dataclass(frozen=True)
-class FactDocument:
-    """One synthetic document and the question/answer pairs it answers."""
-
-    name: str
-    text: str
-    questions: tuple[tuple[str, str], ...]
-
-
-class _Names:
-    """Random syllable names, each drawn at most once across a corpus."""
-
-    def __init__(self, rng: random.Random):
-        self.rng, self.used = rng, set()
-
-    def __call__(self, syllables: int) -> str:
-        for _ in range(10_000):
-            name = "".join(self.rng.choice(SYLLABLES) for _ in range(syllables)).capitalize()
-            if name not in self.used:
-                self.used.add(name)
-                return name
-        raise ValueError(f"no unused {syllables}-syllable name left: the corpus is too large")
-
-
-def fact_documents(documents: int, seed: int = 0) -> list[FactDocument]:
-    """``documents`` synthetic documents, a function of ``(documents, seed)`` only."""
-    rng = random.Random(f"fact-documents:{seed}")
-    names = _Names(rng)
-    corpus = []
-    for _ in range(documents):
-        person = f"{names(2)} {names(3)}"
-        city, river, company = names(3), names(3), f"{names(3)} Works"
-        born, founded = rng.randint(1940, 2000), rng.randint(1850, 1990)
-        job, product = rng.choice(PROFESSIONS), rng.choice(PRODUCTS)
-        color, pet, pet_name = rng.choice(COLORS), rng.choice(PETS), names(3)
-        people = rng.randint(2, 90) * 1000
-        text = (
-            f"{person} was born in {born} in {city}. {person} works as a {job} at {company}. "
-            f"Their favourite colour is {color}, and they keep a {pet} called {pet_name}.\n\n"
-            f"{city} is a town of about {people} people on the river {river}. It is known for "
-            f"its markets and its old stone bridge.\n\n"
-            f"{company} was founded in {founded} and makes {product}. Most of its workshops are "
-            f"in {city}."
-        )
-        questions = (
-            (f"In which town was {person} born?", city),
-            (f"In which year was {person} born?", str(born)),
-            (f"What is {person}'s job?", job),
-            (f"Which company does {person} work for?", company),
-            (f"What is {person}'s favourite colour?", color),
-            (f"What is the name of {person}'s {pet}?", pet_name),
-            (f"Which river flows through {city}?", river),
-            (f"What does {company} make?", product),
-        )
-        corpus.append(FactDocument(person, text, questions))
-    return corpus
-
-
-def _example(question: str, answer: str) -> Example:
-    return Example(question, f"Q: {question}\nA:", f" {answer}", references=(answer,))
 
 
 def document_task_data(
     documents: int, heldout: int, seed: int = 0, test_questions: int = 4
 ) -> TaskData:
-    """The corpus as ``TaskData``: one task per document, its condition row the document text.
-
-    Training documents train on all their questions; held-out documents are scored on their
-    last ``test_questions`` (their first ones are their ``train_examples``, for baselines that
-    train per document; meta-training never samples held-out documents).
-    """
-    if not 0 < heldout < documents:
-        raise ValueError(f"heldout must be in [1, documents), got {heldout} of {documents}")
-    corpus = fact_documents(documents, seed)
-    names = [f"doc/{i:05d}" for i in range(documents)]
-    train, held = names[: documents - heldout], names[documents - heldout :]
-    data = TaskData(train, held, {}, {}, [], {}, {}, {})
-    for name, document in zip(names, corpus):
-        examples = [_example(q, a) for q, a in document.questions]
-        if name in held:
-            cut = len(examples) - test_questions
-            data.train_examples[name], data.test_examples[name] = examples[:cut], examples[cut:]
-        else:
-            data.train_examples[name], data.test_examples[name] = examples, []
+    """The corpus (``hypergen.data.fact_documents.FactCorpus``) as ``TaskData``: one task per
+    document, its condition row the document text."""
+    corpus = fact_corpus(documents, heldout, seed, test_questions)
+    data = TaskData(corpus.train_names, corpus.heldout_names, {}, {}, [], {}, {}, {})
+    for name, document in zip(corpus.names, corpus.documents):
+        data.train_examples[name], data.test_examples[name] = corpus.split(name)
         row = len(data.phrasings)
         data.phrasings.append(document.text)
         data.phrasing_tasks.append(name)
