@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install install-python install-browser bench-serving test test-slow check-adapterhub lint format serve bench data library loras recon chat-replies pipeline device-bundle train eval
+.PHONY: install install-python install-browser bench-serving test test-slow check-adapterhub lint format serve bench data library loras recon chat-replies pipeline device-bundle train train-language train-document train-demonstrations eval
 
 install: install-python install-browser
 
@@ -88,6 +88,20 @@ device-bundle:
 LAUNCH ?= $(PYTHON) -m accelerate.commands.launch
 train:
 	$(LAUNCH) training/meta_train.py --config training/configs/smollm2.yaml $(ARGS)
+
+# The other conditions' checkpoints (README "Language condition", "Document and demonstration
+# conditions"); each writes checkpoints/smollm2-<condition> (fp16). Needs `make data` (and for the
+# language: `make library` and `make chat-replies`).
+train-language:
+	$(LAUNCH) training/meta_train.py --config training/configs/recon_smollm2.yaml \
+		name=smollm2-language-recon language_features=syntax_knn+phonology_knn+inventory_knn $(ARGS)
+	$(LAUNCH) training/meta_train.py --config training/configs/language_smollm2.yaml $(ARGS)
+
+train-document:
+	$(LAUNCH) training/meta_train.py --config training/configs/document_smollm2.yaml $(ARGS)
+
+train-demonstrations:
+	$(LAUNCH) training/meta_train.py --config training/configs/demonstrations_smollm2.yaml $(ARGS)
 
 eval:
 	$(PYTHON) -m evaluation --config evaluation/configs/smollm2.yaml
