@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hypergen import AdapterGenerator, load_peft
+from hypergen import AdapterGenerator, apply_adapters, load_peft
 from hypergen.cli import main
 from hypergen.conditions.demonstrations import (
     DemonstrationsConditioner,
@@ -247,6 +247,33 @@ def test_python_api_description_and_examples(examples_dir):
     assert condition == {"description": "Add.", "examples": EXAMPLES}
     with pytest.raises(ValueError, match="takes description and examples; examples is missing"):
         generator.generate([{"description": "Add."}])
+
+
+@pytest.mark.parametrize("kind", ["document", "examples"])
+def test_mixed_batch_equals_each_row_alone(document_dir, examples_dir, llama, kind):
+    """Adapters from three documents (or three example sets) applied one per row of one batch
+    give each row the logits it has alone with its own adapter."""
+    model, tokenizer = llama
+    if kind == "document":
+        generator = AdapterGenerator.from_pretrained(document_dir)
+        conditions = [{"document": d.text} for d in fact_documents(3)]
+    else:
+        generator = AdapterGenerator.from_pretrained(examples_dir)
+        sets = [EXAMPLES, EXAMPLES[:1], [{"input": "9 - 4", "output": "5"}]]
+        conditions = [{"description": "Do the sum.", "examples": e} for e in sets]
+    adapters = generator.generate(conditions)
+    name = adapters.module_names[0]
+    assert (adapters.B[name][0] - adapters.B[name][1]).abs().max() > 1e-4
+    texts = ["Q: In which town was she born?\nA:", "What is 2 plus 3?", "I loved it."]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad(), apply_adapters(model, adapters):
+        batched = model(**batch).logits
+    for i, (text, condition) in enumerate(zip(texts, conditions)):
+        single = tokenizer([text], return_tensors="pt")
+        with torch.no_grad(), apply_adapters(model, generator.generate([condition])):
+            alone = model(**single).logits
+        n = single.input_ids.shape[1]
+        torch.testing.assert_close(batched[i, :n], alone[0], atol=1e-5, rtol=1e-5)
 
 
 def test_cli_generate_document_and_examples(document_dir, examples_dir, tmp_path, capsys):
