@@ -3,11 +3,15 @@
     python -m evaluation.documents --checkpoint DIR [--documents 400 --heldout 50 --seed 0] \\
         [--group heldout|train] [--out results/documents.json]
 
-Three systems answer each held-out document's test questions (greedy, one line):
+Four systems answer each held-out document's test questions (greedy, one line):
 
-    base           the frozen LM, the question alone (the floor: the facts are invented)
-    base+document  the frozen LM, the document then the question (the ceiling: in-context reading)
-    generated      the question alone, with the adapter generated from the document
+    base                       the frozen LM, the question alone (the floor: the facts are invented)
+    base+document              the frozen LM, the document then the question (the ceiling:
+                               in-context reading)
+    generated                  the question alone, with the adapter generated from the document
+    generated_other_document   the question alone, with the adapter of the next evaluated
+                               document (cyclically): what an adapter gives without this
+                               document's facts (the answer format, the kind of name asked for)
 
 Reported: exact match and contains-reference accuracy per system, and prompt tokens per question;
 ``tokens_saved`` is what ``generated`` saves against ``base+document`` per question (the document
@@ -34,7 +38,7 @@ from hypergen.generator import AdapterGenerator
 from hypergen.metrics import contains_reference, exact_match
 from hypergen.models import load_base_model
 
-SYSTEMS = ("base", "base+document", "generated")
+SYSTEMS = ("base", "base+document", "generated", "generated_other_document")
 GROUPS = ("heldout", "train")
 
 
@@ -74,6 +78,12 @@ def evaluate_documents(
         "base": [ex.prompt for _, ex in questions],
         "base+document": [document_prefix(texts[i]) + ex.prompt for i, ex in questions],
         "generated": [ex.prompt for _, ex in questions],
+        "generated_other_document": [ex.prompt for _, ex in questions],
+    }
+    # each question's adapter: its own document's, or (other_document) the next document's
+    adapter_rows = {
+        "generated": [i for i, _ in questions],
+        "generated_other_document": [(i + 1) % len(names) for i, _ in questions],
     }
     stops = stop_token_ids(tokenizer)
     report: dict[str, Any] = {
@@ -91,8 +101,8 @@ def evaluate_documents(
                 tokenizer,
                 prompts[system],
                 max_new_tokens,
-                adapters if system == "generated" else None,
-                [i for i, _ in questions] if system == "generated" else None,
+                adapters if system in adapter_rows else None,
+                adapter_rows.get(system),
                 stop_ids=stops,
             )
         tokens = [len(tokenizer(p).input_ids) for p in prompts[system]]

@@ -538,6 +538,25 @@ def test_document_evaluation_floor_ceiling_and_tokens_saved(document_dir, llama,
     assert report["systems"]["base"]["prompt_tokens"] == pytest.approx(base_tokens)
     assert report["tokens_saved"] > 40
     assert "prompt tokens saved per question" in capsys.readouterr().out
+    # generated uses each document's own adapter, generated_other_document the next document's
+    from evaluation.scoring import greedy_answers, stop_token_ids
+
+    model, _ = llama
+    adapters = AdapterGenerator.from_pretrained(document_dir).generate(
+        [data.phrasings[data.eval_phrasing[t]] for t in data.heldout_tasks]
+    )
+    prompts = [ex.prompt for ex in questions]
+    for system, rows in (
+        ("generated", [0] * 4 + [1] * 4),
+        ("generated_other_document", [1] * 4 + [0] * 4),
+    ):
+        with torch.no_grad():
+            want = greedy_answers(
+                model, tokenizer, prompts, 3, adapters, rows, stop_ids=stop_token_ids(tokenizer)
+            )
+        assert report["systems"][system]["answers"] == want[:8], system
+    systems = report["systems"]
+    assert systems["generated"]["answers"] != systems["generated_other_document"]["answers"]
     assert main(["--checkpoint", str(tmp_path / "none")]) == 2
 
     # the training group asks the same question slots of the documents meta-training saw
