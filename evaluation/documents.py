@@ -7,15 +7,16 @@ Four systems answer each held-out document's test questions (greedy, one line):
 
     base                       the frozen LM, the question alone (the floor: the facts are invented)
     base+document              the frozen LM, the document then the question (the ceiling:
-                               in-context reading)
+                               in-context reading), in the model's chat template when it has one
     generated                  the question alone, with the adapter generated from the document
     generated_other_document   the question alone, with the adapter of the next evaluated
                                document (cyclically): what an adapter gives without this
                                document's facts (the answer format, the kind of name asked for)
 
-Reported: exact match and contains-reference accuracy per system, and prompt tokens per question;
-``tokens_saved`` is what ``generated`` saves against ``base+document`` per question (the document
-is encoded once into an adapter instead of sitting in every prompt). ``--documents``, ``--heldout``
+Reported: exact match and contains-reference accuracy per system (the chat ceiling answers in
+sentences: read its ``contains``), and prompt tokens per question; ``tokens_saved`` is the
+document's own tokens, what every question's prompt carries without the adapter (the document is
+encoded once into an adapter instead). ``--documents``, ``--heldout``
 and ``--seed`` must be those of the training run (``training/configs/document_smollm2.yaml``),
 so the held-out documents are the ones it never saw. ``--group train`` asks the same questions
 (the last ``test_questions`` of each) of training documents instead: questions meta-training saw,
@@ -42,9 +43,20 @@ SYSTEMS = ("base", "base+document", "generated", "generated_other_document")
 GROUPS = ("heldout", "train")
 
 
-def document_prefix(document: str) -> str:
-    """The prompt prefix of ``base+document``."""
-    return f"{document}\n\n"
+def ceiling_prompt(tokenizer, document: str, question: str, plain_prompt: str) -> str:
+    """The ``base+document`` prompt: the document and the question in the chat template, asking
+    for a short answer, for a model that has one; else ``document`` + blank line + ``plain_prompt``.
+
+    Why the template: after ``<document>\n\nQ: <question>\nA:`` SmolLM2-135M-Instruct's first
+    token ends the line (empty answers; 0.10 contains-reference on 40 held-out questions against
+    0.65 in its chat template, measured 2026-11-28), which would make the ceiling a floor.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return f"{document}\n\n{plain_prompt}"
+    message = f"{document}\n\n{question} Answer with the name or word only."
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
+    )
 
 
 def evaluate_documents(
@@ -53,11 +65,11 @@ def evaluate_documents(
     heldout: int = 50,
     seed: int = 0,
     max_documents: int = 0,
-    max_new_tokens: int = 8,
+    max_new_tokens: int = 16,
     base_model: str | None = None,
     group: str = "heldout",
 ) -> dict[str, Any]:
-    """Score the three systems on the ``group`` documents' test questions (module docstring)."""
+    """Score the four systems on the ``group`` documents' test questions (module docstring)."""
     if group not in GROUPS:
         raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
     generator = AdapterGenerator.from_pretrained(checkpoint)
@@ -76,7 +88,9 @@ def evaluate_documents(
     adapters = generator.generate(texts)  # one adapter per document, in one batch
     prompts = {
         "base": [ex.prompt for _, ex in questions],
-        "base+document": [document_prefix(texts[i]) + ex.prompt for i, ex in questions],
+        "base+document": [
+            ceiling_prompt(tokenizer, texts[i], ex.input, ex.prompt) for i, ex in questions
+        ],
         "generated": [ex.prompt for _, ex in questions],
         "generated_other_document": [ex.prompt for _, ex in questions],
     }
@@ -113,10 +127,11 @@ def evaluate_documents(
             "prompt_tokens": sum(tokens) / len(tokens),
             "answers": answers[:8],
         }
-    rows = report["systems"]
-    report["tokens_saved"] = (
-        rows["base+document"]["prompt_tokens"] - rows["generated"]["prompt_tokens"]
-    )
+    report["ceiling_format"] = "chat" if getattr(tokenizer, "chat_template", None) else "plain"
+    document_tokens = [
+        len(tokenizer(texts[i], add_special_tokens=False).input_ids) for i, _ in questions
+    ]
+    report["tokens_saved"] = sum(document_tokens) / len(document_tokens)
     return report
 
 
@@ -135,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         default="heldout",
         help="held-out documents, or training ones (questions meta-training saw)",
     )
-    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--base-model", help="override the checkpoint's base model (a local folder)")
     p.add_argument("--out", help="also write the report here (JSON)")
     args = p.parse_args(argv)
@@ -162,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['prompt_tokens']:.1f} |"
         )
     print(
-        f"prompt tokens saved per question by generated vs base+document: {report['tokens_saved']:.1f}"
+        f"prompt tokens saved per question (the document's) by generated: {report['tokens_saved']:.1f}"
     )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

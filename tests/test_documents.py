@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -536,8 +537,26 @@ def test_document_evaluation_floor_ceiling_and_tokens_saved(document_dir, llama,
     base_tokens = sum(len(tokenizer(ex.prompt).input_ids) for ex in questions) / 8
     assert report["systems"]["generated"]["prompt_tokens"] == pytest.approx(base_tokens)
     assert report["systems"]["base"]["prompt_tokens"] == pytest.approx(base_tokens)
-    assert report["tokens_saved"] > 40
-    assert "prompt tokens saved per question" in capsys.readouterr().out
+    doc_tokens = [
+        len(tokenizer(data.phrasings[data.eval_phrasing[t]], add_special_tokens=False).input_ids)
+        for t in data.heldout_tasks
+    ]
+    assert (
+        report["tokens_saved"] == pytest.approx(sum(doc_tokens) / 2) and report["tokens_saved"] > 40
+    )
+    # the ceiling asks in the chat template: document, question, the request for a short answer
+    from evaluation.documents import ceiling_prompt
+
+    assert report["ceiling_format"] == "chat"
+    no_template = SimpleNamespace(chat_template=None)
+    assert ceiling_prompt(no_template, "Doc.", "Who?", "Q: Who?\nA:") == "Doc.\n\nQ: Who?\nA:"
+    docs = [data.phrasings[data.eval_phrasing[t]] for t in data.heldout_tasks for _ in range(4)]
+    ceiling = [ceiling_prompt(tokenizer, d, ex.input, ex.prompt) for d, ex in zip(docs, questions)]
+    assert docs[0] in ceiling[0] and questions[0].input in ceiling[0] and "A:" not in ceiling[0]
+    assert report["systems"]["base+document"]["prompt_tokens"] == pytest.approx(
+        sum(len(tokenizer(c).input_ids) for c in ceiling) / 8
+    )
+    assert "prompt tokens saved per question (the document's)" in capsys.readouterr().out
     # generated uses each document's own adapter, generated_other_document the next document's
     from evaluation.scoring import greedy_answers, stop_token_ids
 
