@@ -370,7 +370,11 @@ def _macro(arrays: list[list[float]], num_samples: int, seed: int) -> dict[str, 
 
 
 # Paired comparisons reported per group besides Δ vs base: (system, minus this system).
-PAIRED_COMPARISONS = (("generated", "generated_other_task"), ("generated", "generated_random"))
+PAIRED_COMPARISONS = (
+    ("generated", "generated_other_task"),
+    ("generated", "generated_random"),
+    ("generated", "generated_english"),  # a description + language checkpoint's language effect
+)
 
 
 def paired_delta(

@@ -453,6 +453,10 @@ def test_harness_scores_a_description_and_language_checkpoint(
     # an English task (the table's default) gets the same adapter either way
     assert logliks("generated", "colours") == logliks("generated_english", "colours")
 
+    paired = {p["other"]: p for p in results["comparisons"]["heldout"]["paired"]}
+    english = paired["generated_english"]
+    assert set(english["per_task"]) == {"opposites", "capitals"}
+    assert english["per_task"]["capitals"]["mean"] == 0, "an English task: the same adapter"
     spec = results["specificity"]["heldout"]
     assert spec["status"] == "ok" and set(spec["per_task"]) == {"opposites", "capitals"}
     assert results["generation_check"]["sets"]["chat"]["with"]["status"] == "ok"
