@@ -104,4 +104,4 @@ train-demonstrations:
 	$(LAUNCH) training/meta_train.py --config training/configs/demonstrations_smollm2.yaml $(ARGS)
 
 eval:
-	$(PYTHON) -m evaluation --config evaluation/configs/smollm2.yaml
+	$(PYTHON) -m evaluation --config evaluation/configs/smollm2.yaml $(ARGS)
