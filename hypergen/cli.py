@@ -185,7 +185,8 @@ def _run(command: str, args: argparse.Namespace, action: Callable[[], None]) -> 
     )
     try:
         action()
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    # ModuleNotFoundError: an optional extra the checkpoint needs (its message says which)
+    except (ValueError, FileNotFoundError, FileExistsError, ModuleNotFoundError) as err:
         print(f"{PROG} {command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -71,6 +71,46 @@ def test_vectors_are_uriel_typology(languages):
     assert cos[3, 4] > cos[3, 2] + 0.2, "Spanish is closer to Portuguese than to Japanese"
 
 
+def test_data_is_found_when_a_lang2vec_script_shadows_the_package(tmp_path, monkeypatch):
+    """lang2vec installs bin/lang2vec.py, which console scripts see first on sys.path; importing
+    it fails (it needs pkg_resources). The conditioner reads the data without importing either."""
+    import sys
+
+    from hypergen.conditions import language
+
+    (tmp_path / "lang2vec.py").write_text("import pkg_resources_that_does_not_exist\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "lang2vec", raising=False)
+    language._feature_table.cache_clear()
+    try:
+        assert LanguageConditioner("syntax_knn").encode(["fra"]).shape == (1, 103)
+    finally:
+        language._feature_table.cache_clear()
+
+
+def test_missing_lang2vec_is_a_clear_cli_error(composite_dir, tmp_path, monkeypatch, capsys):
+    import importlib.metadata
+
+    from hypergen.conditions import language
+
+    real = importlib.metadata.distribution
+
+    def distribution(name):
+        if name == "lang2vec":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+    language._feature_table.cache_clear()
+    try:
+        argv = ["generate", "--checkpoint", composite_dir, DESCRIPTION, "--language", "fr"]
+        assert main([*argv, "-o", str(tmp_path / "out")]) == 2
+    finally:
+        language._feature_table.cache_clear()
+    assert "pip install 'hypergen[languages]'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_feature_sets(languages):
     both = LanguageConditioner("syntax_knn+fam")
     assert both.dim == 103 + 3718 and LanguageConditioner("geo").dim == 299

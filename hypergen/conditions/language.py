@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -70,11 +71,14 @@ def iso639_3(code: Any) -> str:
 @cache
 def _feature_table(feature_set: str) -> tuple[dict[str, int], np.ndarray]:
     """(ISO 639-3 code -> row, (languages, features) float32) of one lang2vec feature set."""
-    import importlib.resources
+    import importlib.metadata
 
+    # Found through the installed distribution, not by importing: lang2vec also installs a script
+    # bin/lang2vec.py, which shadows the package whenever bin/ is first on sys.path (any console
+    # script, e.g. `hypergen generate`), and importing it fails without pkg_resources.
     try:
-        data_dir = importlib.resources.files("lang2vec") / "data"
-    except ModuleNotFoundError as err:
+        data_dir = Path(importlib.metadata.distribution("lang2vec").locate_file("lang2vec/data"))
+    except importlib.metadata.PackageNotFoundError as err:
         raise ModuleNotFoundError(
             "the language conditioner needs the lang2vec package: pip install 'hypergen[languages]'"
         ) from err
