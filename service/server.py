@@ -299,8 +299,10 @@ class BackgroundServer:
     def __init__(self, app, host: str = "127.0.0.1", threads: int | None = None, **adjustments):
         if threads is not None:
             adjustments["threads"] = threads
-        # a short loop timeout lets stop() end the loop thread at once
-        self.server = make_server(app, host, 0, asyncore_loop_timeout=0.05, **adjustments)
+        # waitress reads asyncore_loop_timeout as an int: the 0.05 s this once asked for became 0,
+        # a poll loop that never slept and took a core (and the GIL) from the requests it served;
+        # stop() wakes the loop through its trigger instead
+        self.server = make_server(app, host, 0, **adjustments)
         self.url = f"http://{host}:{self.server.effective_port}"
         self.thread = threading.Thread(target=self._run, name="hypergen-waitress", daemon=True)
         self.thread.start()
@@ -320,6 +322,7 @@ class BackgroundServer:
             channel.handle_close()  # idle keep-alive connections would hold up the workers
         self.server.task_dispatcher.shutdown(timeout=timeout)
         self.server.close()
+        self.server.trigger.close()  # wakes the loop; with the map empty, it ends
         self.thread.join(timeout)
 
 

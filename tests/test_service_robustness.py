@@ -412,3 +412,25 @@ def test_connection_settings_are_validated(make_app):
     ):
         with pytest.raises(ValueError, match=key):
             make_app(**{key: 0})
+
+
+def test_an_idle_background_server_does_not_spin(serve):
+    """Its loop thread sleeps between events. (It once asked waitress for a 0.05 s poll timeout,
+    which waitress reads as an int, 0: the loop took a whole core and slowed every decode step
+    of the same process about 5x.) Stopping it still ends the loop thread at once."""
+    import os
+    from pathlib import Path
+
+    _, server = serve()
+
+    def cpu_seconds() -> float:
+        stat = Path(f"/proc/self/task/{server.thread.native_id}/stat").read_text()
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    before = cpu_seconds()
+    time.sleep(1.0)
+    assert cpu_seconds() - before < 0.2, "the loop thread busy-waits"
+    started = time.monotonic()
+    server.stop()
+    assert not server.thread.is_alive() and time.monotonic() - started < 2
