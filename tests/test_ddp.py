@@ -33,36 +33,49 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# A launch takes seconds; rarely (seen twice on the 2-core development machine, once with one
+# process, once with two) one never finishes, at ~2% CPU, cause not found yet. Such a launch is
+# killed and retried once, with a fresh port, so the suite tests the recipe and not that hang.
+LAUNCH_TIMEOUT_S = 150
+LAUNCH_ATTEMPTS = 2
+# a test may wait for the module's fixture launch and its own, each retried once
+pytestmark = pytest.mark.timeout(2 * LAUNCH_ATTEMPTS * LAUNCH_TIMEOUT_S + 60)
+
+
 def _launch(args: list[str], processes: int) -> subprocess.CompletedProcess:
-    if processes == 1:
-        cmd = [sys.executable, str(SCRIPT)]
-    else:
-        cmd = [
-            sys.executable, "-m", "accelerate.commands.launch",
-            "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-            str(SCRIPT),
-        ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    # Own session, so a timeout kills the ranks too, not only the launcher (stranded ranks keep
-    # using the CPU after the test has failed).
-    with subprocess.Popen(
-        cmd + args,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    ) as proc:
-        try:
-            out, err = proc.communicate(timeout=300)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise
-    assert proc.returncode == 0, err[-3000:]
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    for attempt in range(1, LAUNCH_ATTEMPTS + 1):
+        if processes == 1:
+            cmd = [sys.executable, str(SCRIPT)]
+        else:
+            cmd = [
+                sys.executable, "-m", "accelerate.commands.launch",
+                "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+                str(SCRIPT),
+            ]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        # Own session, so a timeout kills the ranks too, not only the launcher (stranded ranks
+        # keep using the CPU after the test has failed).
+        with subprocess.Popen(
+            cmd + args,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        ) as proc:
+            try:
+                out, err = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                if attempt == LAUNCH_ATTEMPTS:
+                    raise
+                continue
+        assert proc.returncode == 0, err[-3000:]
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="module")
