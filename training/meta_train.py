@@ -24,7 +24,6 @@ Run folder (``output_dir``, default ``$HYPERGEN_HOME/runs/<name>``): ``config.ya
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import os
@@ -654,17 +653,8 @@ class MetaTrainer:
         return {"seconds": round(seconds, 3), "final_heldout": report}
 
     def cleanup(self) -> None:
-        acc = self.accelerator
-        acc.end_training()
-        # Free the DDP wrapper now, on every rank while all are alive: its Reducer holds the
-        # process group, and freed only at exit (after destroy_process_group) it ran gloo's
-        # teardown alone, joining threads that waited on a rank already gone (a hang seen in
-        # tests/test_ddp.py; py-spy: ~ProcessGroupGloo from ~Reducer at module exit).
-        self.hypernet = acc.unwrap_model(self.hypernet)
-        acc.free_memory()
-        gc.collect()
+        self.accelerator.end_training()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
 
