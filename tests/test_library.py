@@ -117,8 +117,7 @@ def test_formats_render_what_the_service_sends_and_end_the_answer(tokenizer):
 
 
 def _config(toy, tmp_path, **extra) -> LibraryTrainConfig:
-    return LibraryTrainConfig(
-        **toy,
+    settings = dict(
         examples_per_task=5,
         rank=2,
         alpha=4.0,
@@ -133,8 +132,8 @@ def _config(toy, tmp_path, **extra) -> LibraryTrainConfig:
         cpu=True,
         output_dir=str(tmp_path / "loras"),
         run_dir=str(tmp_path / "run"),
-        **extra,
     )
+    return LibraryTrainConfig(**toy, **{**settings, **extra})
 
 
 def test_plan_mixes_tasks_equally_and_is_a_function_of_the_config(toy, tmp_path):
@@ -215,6 +214,27 @@ def test_a_state_from_another_plan_is_refused(toy, tmp_path):
     other = LibraryTrainer(_config(toy, tmp_path, max_tasks=2))
     with pytest.raises(ValueError, match="another library run"):
         other.setup()
+
+
+def test_a_continuation_starts_from_a_library_and_sees_only_new_examples(toy, tmp_path):
+    first = LibraryTrainer(_config(toy, tmp_path / "first", examples_per_task=2))
+    first.setup()
+    first.train()
+    library = first.write_library({})
+    more = _config(
+        toy, tmp_path / "more", examples_per_task=2, skip_examples=2, init_from=str(library)
+    )
+    cont = LibraryTrainer(more)
+    cont.setup()
+    # every row starts where the first run ended, before any step of its own
+    a, b = _bank(first), _bank(cont)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0
+    seen = {(it.task, it.prompt) for it in first.plan}
+    assert cont.plan and not seen & {(it.task, it.prompt) for it in cont.plan}
+    with pytest.raises(ValueError, match="does not match"):
+        LibraryTrainer(_config(toy, tmp_path / "bad", rank=4, init_from=str(library))).setup()
+    with pytest.raises(ValueError, match="has no LoRA"):
+        LibraryTrainer(_config(toy, tmp_path / "none", init_from=str(tmp_path))).setup()
 
 
 def test_library_feeds_reconstruction_then_sft_from_its_checkpoint(toy, tmp_path):

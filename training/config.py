@@ -350,6 +350,10 @@ class LibraryTrainConfig:
             oracle of evaluation), ``heldout`` (the held-out oracles), ``all``, or a list of names.
         max_tasks: keep only the first N of those by name (0: all).
         examples_per_task: each task's first N training examples in a seeded order (0: all).
+        skip_examples: skip each task's first N examples of that order first (with
+            ``init_from``: continue a library on examples it has not seen).
+        init_from: a library folder whose LoRAs start the rows of the same tasks (their alpha
+            must match too: the scaling is this config's).
         epochs: passes over those examples.
         rank, alpha, target_modules: the LoRA (the hypernetwork's, so it can be a target).
         shared_init: every task's LoRA starts from the same random A (``training/lora_bank.py``):
@@ -379,6 +383,8 @@ class LibraryTrainConfig:
     tasks: str | list[str] = "train"
     max_tasks: int = 0
     examples_per_task: int = 32
+    skip_examples: int = 0
+    init_from: str | None = None
     epochs: int = 1
     rank: int = DEFAULT_LORA_RANK
     alpha: float = DEFAULT_LORA_ALPHA

@@ -33,7 +33,7 @@ from accelerate.utils import set_seed
 from tqdm import tqdm
 
 from hypergen.adapters.apply import apply_adapters
-from hypergen.adapters.export import save_peft
+from hypergen.adapters.export import load_peft, save_peft
 from hypergen.atomic import atomic_write_text
 from hypergen.layout import MULTITASK, library_folder
 from hypergen.models import hub_id, load_base_model
@@ -80,8 +80,8 @@ def choose_tasks(config: LibraryTrainConfig, data: TaskData) -> list[str]:
 def make_plan(config: LibraryTrainConfig, data: TaskData, tasks: list[str]) -> list[Item]:
     """Every training example of the run in order: a function of the config alone.
 
-    Each task contributes its first ``examples_per_task`` training examples in a seeded order,
-    ``epochs`` times, each time in a format drawn from ``formats``; the whole list is shuffled, so
+    Each task contributes its first ``examples_per_task`` training examples in a seeded order
+    after skipping ``skip_examples`` (a continuation run sees new ones), ``epochs`` times, each time in a format drawn from ``formats``; the whole list is shuffled, so
     every batch mixes tasks and every task is seen equally often. ``multitask``: the same plan,
     every example on bank row 0.
     """
@@ -90,6 +90,7 @@ def make_plan(config: LibraryTrainConfig, data: TaskData, tasks: list[str]) -> l
     for row, task in enumerate(tasks):
         examples = list(data.train_examples[task])
         random.Random(f"{config.seed}:{task}").shuffle(examples)
+        examples = examples[config.skip_examples :]
         if config.examples_per_task:
             examples = examples[: config.examples_per_task]
         for _ in range(config.epochs):
@@ -130,6 +131,8 @@ class LibraryTrainer:
         bank = LoraBank(
             self.targets, len(self.rows), cfg.rank, cfg.alpha, shared_init=cfg.shared_init
         ).to(acc.device)
+        if cfg.init_from:
+            self._init_rows(bank, Path(cfg.init_from))
         optimizer = torch.optim.AdamW(bank.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.bank, self.optimizer = acc.prepare(bank, optimizer)
         logger.info(
@@ -160,6 +163,31 @@ class LibraryTrainer:
             logger.info("resumed from %s at step %d of %d", state, self.step, self.total_steps)
         if acc.is_main_process:
             save_config(cfg, cfg.state_dir / "config.yaml", header=_header())
+
+    def _init_rows(self, bank: LoraBank, library: Path) -> None:
+        """Start each row from ``library``'s LoRA of the same task, where it has one (continuing
+        a library on more examples); r, alpha and modules must match."""
+        found = 0
+        for row, name in enumerate(self.rows):
+            folder = library_folder(library, name)
+            if not (folder / "adapter_config.json").is_file():
+                continue
+            lora, config = load_peft(folder)
+            if (
+                int(config["r"]) != bank.rank
+                or abs(lora.scaling - bank.scaling) > 1e-9
+                or set(lora.A) != {t.name for t in self.targets}
+            ):
+                raise ValueError(
+                    f"{folder}: r={config['r']}, alpha={config['lora_alpha']} on "
+                    f"{len(lora.A)} modules does not match this library (r={bank.rank}, "
+                    f"alpha={bank.alpha}, {len(self.targets)} modules)"
+                )
+            bank.load_rows(row, lora)
+            found += 1
+        if not found:
+            raise ValueError(f"init_from: {library} has no LoRA for any of this run's tasks")
+        logger.info("init_from %s: %d of %d rows start from its LoRAs", library, found, len(self.rows))
 
     def _batch_items(self, step: int) -> list[Item]:
         size = self.config.batch_size
