@@ -117,22 +117,22 @@ def test_formats_render_what_the_service_sends_and_end_the_answer(tokenizer):
 
 
 def _config(toy, tmp_path, **extra) -> LibraryTrainConfig:
-    settings = dict(
-        examples_per_task=5,
-        rank=2,
-        alpha=4.0,
-        batch_size=4,
-        lr=1e-2,
-        max_length=48,
-        eval_examples=2,
-        save_every=2,
-        log_every=1,
-        mixed_precision="no",
-        num_threads=1,
-        cpu=True,
-        output_dir=str(tmp_path / "loras"),
-        run_dir=str(tmp_path / "run"),
-    )
+    settings = {
+        "examples_per_task": 5,
+        "rank": 2,
+        "alpha": 4.0,
+        "batch_size": 4,
+        "lr": 1e-2,
+        "max_length": 48,
+        "eval_examples": 2,
+        "save_every": 2,
+        "log_every": 1,
+        "mixed_precision": "no",
+        "num_threads": 1,
+        "cpu": True,
+        "output_dir": str(tmp_path / "loras"),
+        "run_dir": str(tmp_path / "run"),
+    }
     return LibraryTrainConfig(**toy, **{**settings, **extra})
 
 

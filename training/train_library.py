@@ -187,7 +187,9 @@ class LibraryTrainer:
             found += 1
         if not found:
             raise ValueError(f"init_from: {library} has no LoRA for any of this run's tasks")
-        logger.info("init_from %s: %d of %d rows start from its LoRAs", library, found, len(self.rows))
+        logger.info(
+            "init_from %s: %d of %d rows start from its LoRAs", library, found, len(self.rows)
+        )
 
     def _batch_items(self, step: int) -> list[Item]:
         size = self.config.batch_size
