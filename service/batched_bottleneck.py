@@ -29,7 +29,7 @@ from einops import rearrange
 from torch import Tensor
 
 from hypergen.adapters.bottleneck import ACTIVATIONS, BottleneckWeights
-from service.stacking import present_rows
+from service.stacking import present_rows, stack_modules
 
 
 class BatchedBottleneck:
@@ -81,27 +81,26 @@ class BatchedBottleneck:
         act_rows = torch.tensor(
             [0 if a is None else acts.index(a.non_linearity) for a in adapters], device=device
         )
-        Dt, db, Ut, ub = {}, {}, {}, {}
-        for name in names:
+
+        def zeros(name: str) -> tuple[Tensor, ...]:
             d = next(a for a in present if name in a.down).down[name].shape[2]
-            rows: list[tuple[Tensor, ...]] = []
-            for a in adapters:
-                if a is None or name not in a.down:
-                    zero = torch.zeros(1, m, d)
-                    rows.append((zero, torch.zeros(1, m), zero.transpose(1, 2), torch.zeros(1, d)))
-                    continue
-                pad = m - a.size  # zero units: their up column is zero, they add nothing
-                rows.append(
-                    (
-                        F.pad(a.down[name], (0, 0, 0, pad)),
-                        F.pad(a.down_bias[name], (0, pad)),
-                        F.pad(a.up[name], (0, pad)),
-                        a.up_bias[name],
-                    )
-                )
-            down, down_bias, up, up_bias = (
-                torch.cat([row[k].to(device, dtype) for row in rows]) for k in range(4)
+            zero = torch.zeros(1, m, d)
+            return zero, torch.zeros(1, m), zero.transpose(1, 2), torch.zeros(1, d)
+
+        def factors(a: BottleneckWeights, name: str) -> tuple[Tensor, ...]:
+            pad = m - a.size  # zero units: their up column is zero, they add nothing
+            return (
+                F.pad(a.down[name], (0, 0, 0, pad)),
+                F.pad(a.down_bias[name], (0, pad)),
+                F.pad(a.up[name], (0, pad)),
+                a.up_bias[name],
             )
+
+        stacked = stack_modules(
+            adapters, names, lambda a, name: name in a.down, factors, zeros, dtype, device
+        )
+        Dt, db, Ut, ub = {}, {}, {}, {}
+        for name, (down, down_bias, up, up_bias) in stacked.items():
             Dt[name] = rearrange(down, "b m d -> b d m").contiguous()
             db[name] = rearrange(down_bias, "b m -> b 1 m").contiguous()
             Ut[name] = rearrange(up, "b d m -> b m d").contiguous()

@@ -28,7 +28,7 @@ from einops import rearrange
 from torch import Tensor
 
 from hypergen.adapters.lora import LoraWeights
-from service.stacking import present_rows
+from service.stacking import present_rows, stack_modules
 
 
 class BatchedLora:
@@ -65,23 +65,23 @@ class BatchedLora:
         names = list(dict.fromkeys(name for a in present for name in a.module_names))
         scales = torch.tensor([a.scaling if a is not None else 0.0 for a in adapters], dtype=dtype)
         scales = rearrange(scales, "b -> b 1 1").to(device)
-        At, Bt = {}, {}
-        for name in names:
+
+        def zeros(name: str) -> tuple[Tensor, Tensor]:
             ref = next(a for a in present if name in a.A)
             i, o = ref.A[name].shape[2], ref.B[name].shape[1]
-            a_rows, b_rows = [], []
-            for a in adapters:
-                if a is None or name not in a.A:
-                    a_rows.append(ref.A[name].new_zeros(1, rank, i))
-                    b_rows.append(ref.B[name].new_zeros(1, o, rank))
-                    continue
-                pad = rank - a.rank  # zero rank columns add nothing
-                a_rows.append(F.pad(a.A[name], (0, 0, 0, pad)) if pad else a.A[name])
-                b_rows.append(F.pad(a.B[name], (0, pad)) if pad else a.B[name])
-            A = torch.cat(a_rows).to(device, dtype)  # (b r i)
-            B = torch.cat(b_rows).to(device, dtype) * scales  # (b o r) * (b 1 1)
+            return ref.A[name].new_zeros(1, rank, i), ref.B[name].new_zeros(1, o, rank)
+
+        def factors(a: LoraWeights, name: str) -> tuple[Tensor, Tensor]:
+            pad = rank - a.rank  # zero rank columns add nothing
+            return F.pad(a.A[name], (0, 0, 0, pad)), F.pad(a.B[name], (0, pad))
+
+        stacked = stack_modules(
+            adapters, names, lambda a, name: name in a.A, factors, zeros, dtype, device
+        )
+        At, Bt = {}, {}
+        for name, (A, B) in stacked.items():  # (b r i), (b o r)
             At[name] = rearrange(A, "b r i -> b i r").contiguous()
-            Bt[name] = rearrange(B, "b o r -> b r o").contiguous()
+            Bt[name] = rearrange(B * scales, "b o r -> b r o").contiguous()
         return cls(At, Bt)
 
     @classmethod
