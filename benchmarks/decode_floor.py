@@ -18,7 +18,9 @@ goes. For each batch size this prints, in ms per decode step of the base model:
 
 ``model / matmuls`` is the most any overhead removal can buy with this BLAS; a larger speed-up needs
 faster matrix products (other kernels, lower precision with a fast path on this CPU, or fewer
-weights read per token).
+weights read per token). The second table is the same model and matmuls on oneDNN's prepacked
+weights (``hypergen.packed_linear``, what the service runs on a CPU), with its speed-up over the
+first, measured in the same process.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 from hypergen.decoding import new_cache
 from hypergen.models import load_base_model
+from hypergen.packed_linear import pack_linear_weights, packed_linear_available
 
 
 def timed(fn, repeats: int) -> float:
@@ -69,12 +71,18 @@ def linear_shapes(model: torch.nn.Module) -> dict[tuple[int, int], int]:
     return counts
 
 
-def matmul_step(shapes: dict[tuple[int, int], int], batch: int, repeats: int) -> float:
-    """Seconds of one step's linear layers alone, one token per row."""
+def matmul_step(
+    shapes: dict[tuple[int, int], int], batch: int, repeats: int, packed: bool = False
+) -> float:
+    """Seconds of one step's linear layers alone, one token per row (``packed``: on oneDNN's
+    prepacked weights, as ``hypergen.packed_linear`` runs them)."""
     total = 0.0
     for (i, o), count in shapes.items():
-        x, w = torch.randn(batch, i), torch.randn(o, i)
-        total += count * timed(lambda x=x, w=w: F.linear(x, w), repeats)
+        layer = torch.nn.Linear(i, o, bias=False).requires_grad_(False)
+        if packed:
+            pack_linear_weights(layer, batch)
+        x = torch.randn(batch, i)
+        total += count * timed(lambda x=x, layer=layer: layer(x), repeats)
     return total
 
 
@@ -153,6 +161,27 @@ def main(argv: list[str] | None = None) -> int:
             f"| {step / mm:.2f}x | {row['tokens_s']:.0f} |",
             flush=True,
         )
+    if packed_linear_available():
+        pack_linear_weights(model)
+        results["packed"] = {}
+        print("\nprepacked oneDNN linears (hypergen.packed_linear):")
+        print("| batch | model (ms) | matmuls (ms) | model / matmuls | tokens/s | vs eager |")
+        print("|---|---|---|---|---|---|")
+        for batch in batches:
+            step = model_step(model, batch, args.context, args.steps)
+            mm = matmul_step(shapes, batch, args.repeats, packed=True)
+            eager = results["batches"][batch]["model_ms"] / 1000
+            results["packed"][batch] = {
+                "model_ms": 1000 * step,
+                "matmuls_ms": 1000 * mm,
+                "tokens_s": batch / step,
+                "speedup": eager / step,
+            }
+            print(
+                f"| {batch} | {1000 * step:.1f} | {1000 * mm:.1f} | {step / mm:.2f}x "
+                f"| {batch / step:.0f} | {eager / step:.2f}x |",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -129,6 +129,11 @@ def _check_config(config) -> None:
     if config["DEFAULT_MAX_TOKENS"] > config["MAX_TOKENS"]:
         raise ValueError("DEFAULT_MAX_TOKENS must not exceed MAX_TOKENS")
     check_dtype(config["DTYPE"], "DTYPE")
+    packed = config["PACKED_LINEAR"]
+    if not isinstance(packed, bool):
+        raise ValueError(  # noqa: TRY004 - every config error is a ValueError
+            f"PACKED_LINEAR must be true or false, got {packed!r}"
+        )
 
 
 def _count_requests(app: Flask) -> None:

@@ -56,6 +56,7 @@ class Runtime:
                         self.config["BASE_MODEL"],
                         self.config["DEVICE"],
                         self.config["DTYPE"],
+                        packed_linear=self.config["PACKED_LINEAR"],
                     )
                 except (OSError, ValueError) as err:  # FileNotFoundError is an OSError
                     raise EngineUnavailable(f"models failed to load: {err}") from err

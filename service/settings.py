@@ -13,6 +13,7 @@ DEFAULTS: dict[str, Any] = {
     "DEVICE": "cpu",
     "DTYPE": "float32",
     "TORCH_THREADS": None,  # None: torch's default
+    "PACKED_LINEAR": True,  # CPU fp32: linear layers on oneDNN-prepacked weights (faster decode)
     # store
     "STORE": None,  # folder; None: $HYPERGEN_HOME/store
     "LRU_SIZE": 64,  # adapters whose tensors stay in memory

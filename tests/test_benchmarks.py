@@ -18,3 +18,4 @@ def test_decode_floor_reports_every_batch(llama_dir, tmp_path):
     for row in results["batches"].values():
         assert all(row[k] > 0 for k in ("model_ms", "matmuls_ms", "bandwidth_floor_ms"))
     assert results["weight_mb"] > 0 and results["gemm_peak_gflop_s"] > 0
+    assert set(results["packed"]) == {"1", "3"}  # the prepacked model, same process

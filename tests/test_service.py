@@ -798,6 +798,10 @@ def test_config_from_env_and_file(tmp_path, monkeypatch):
         create_app({"MAX_TOKENS": 8})
     with pytest.raises(ValueError, match="API_KEYS"):
         create_app({"API_KEYS": [3]})
+    with pytest.raises(ValueError, match="PACKED_LINEAR"):
+        create_app({"PACKED_LINEAR": "yes"})
+    monkeypatch.setenv("HYPERGEN_PACKED_LINEAR", "false")  # JSON in the environment
+    assert create_app().config["PACKED_LINEAR"] is False
 
 
 def test_server_main(tmp_path, capsys):
