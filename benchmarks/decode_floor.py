@@ -9,8 +9,9 @@ goes. For each batch size this prints, in ms per decode step of the base model:
 - ``model``: the HF eager forward of one token per row (KV cache of ``--context`` tokens, the
   ``DynamicCache`` the service uses), median of ``--steps``;
 - ``matmuls``: the same step's linear layers alone (every projection of every layer and the LM
-  head, at the model's own shapes, timed as ``F.linear`` on random inputs): what the step would
-  cost if everything else (norms, rotary, attention, cache updates, Python) took no time;
+  head: as many distinct weights of the model's own shapes, one pass over random inputs): what the
+  step would cost if everything else (norms, rotary, attention, cache updates, Python) took no
+  time;
 - ``weights / bandwidth``: the model's weight bytes over this machine's measured read bandwidth
   (every weight is read once per step);
 - ``flops / peak``: the step's multiply-adds over the best GEMM rate measured here (a large
@@ -74,16 +75,24 @@ def linear_shapes(model: torch.nn.Module) -> dict[tuple[int, int], int]:
 def matmul_step(
     shapes: dict[tuple[int, int], int], batch: int, repeats: int, packed: bool = False
 ) -> float:
-    """Seconds of one step's linear layers alone, one token per row (``packed``: on oneDNN's
-    prepacked weights, as ``hypergen.packed_linear`` runs them)."""
-    total = 0.0
+    """Seconds of one step's linear layers alone, one token per row: one pass over as many
+    distinct weights of each shape as the model has (so, as in the model, each weight comes from
+    memory, not from a cache warmed by the call before); ``packed``: on oneDNN's prepacked
+    weights, as ``hypergen.packed_linear`` runs them."""
+    layers, inputs = [], {}
     for (i, o), count in shapes.items():
-        layer = torch.nn.Linear(i, o, bias=False).requires_grad_(False)
-        if packed:
+        for _ in range(count):
+            layers.append(torch.nn.Linear(i, o, bias=False).requires_grad_(False))
+        inputs[i] = torch.randn(batch, i)
+    if packed:
+        for layer in layers:
             pack_linear_weights(layer, batch)
-        x = torch.randn(batch, i)
-        total += count * timed(lambda x=x, layer=layer: layer(x), repeats)
-    return total
+
+    def one_pass():
+        for layer in layers:
+            layer(inputs[layer.in_features])
+
+    return timed(one_pass, repeats)
 
 
 @torch.inference_mode()
