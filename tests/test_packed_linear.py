@@ -45,6 +45,9 @@ def test_packed_model_matches_eager_with_and_without_adapters(llama_dir):
     assert all(is_packed(m) for m in model.modules() if type(m) is nn.Linear)
     assert (_logits(model, ids) - eager).abs().max() <= TOLERANCE
     assert (_logits(model, ids, lora) - eager_lora).abs().max() <= TOLERANCE
+    layer = next(m for m in model.modules() if type(m) is nn.Linear)
+    one = torch.randn(1, 1, layer.in_features)  # a lone row takes the plain path (MIN_ROWS)
+    assert torch.equal(layer(one), nn.functional.linear(one, layer.weight, layer.bias))
 
     assert unpack_linear_weights(model) == linears
     assert not any(is_packed(m) for m in model.modules())
