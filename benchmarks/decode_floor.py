@@ -7,7 +7,8 @@ static KV cache, attention settings). Whether that can work is a question of whe
 goes. For each batch size this prints, in ms per decode step of the base model:
 
 - ``model``: the HF eager forward of one token per row (KV cache of ``--context`` tokens, the
-  ``DynamicCache`` the service uses), median of ``--steps``;
+  ``DynamicCache`` the service uses), median of ``--steps``, best of ``--rounds`` that alternate
+  with the packed model's;
 - ``matmuls``: the same step's linear layers alone (every projection of every layer and the LM
   head: as many distinct weights of the model's own shapes, one pass over random inputs): what the
   step would cost if everything else (norms, rotary, attention, cache updates, Python) took no
@@ -36,7 +37,11 @@ import torch
 
 from hypergen.decoding import new_cache
 from hypergen.models import load_base_model
-from hypergen.packed_linear import pack_linear_weights, packed_linear_available
+from hypergen.packed_linear import (
+    pack_linear_weights,
+    packed_linear_available,
+    unpack_linear_weights,
+)
 
 
 def timed(fn, repeats: int) -> float:
@@ -121,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", default="1,16", help="batch sizes, comma-separated")
     parser.add_argument("--context", type=int, default=64, help="tokens in the KV cache")
     parser.add_argument("--steps", type=int, default=16, help="decode steps timed per batch size")
-    parser.add_argument("--repeats", type=int, default=10, help="timings per matmul shape")
+    parser.add_argument("--repeats", type=int, default=10, help="timings of the matmul floor")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating eager/packed rounds")
     parser.add_argument("--probe-mb", type=int, default=512, help="size of the bandwidth probe")
     parser.add_argument("--probe-n", type=int, default=2048, help="size of the GEMM-peak probe")
     parser.add_argument("--json", help="also write the results here")
@@ -153,8 +159,18 @@ def main(argv: list[str] | None = None) -> int:
     print("| batch | model (ms) | matmuls (ms) | weights / bandwidth (ms) | flops / peak (ms) "
           "| model / matmuls | tokens/s |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
+    packable = packed_linear_available()
+    # eager and packed steps alternate, best of --rounds, so drifts in machine load hit both
+    steps = {batch: {"eager": [], "packed": []} for batch in batches}
+    for _ in range(args.rounds):
+        for batch in batches:
+            steps[batch]["eager"].append(model_step(model, batch, args.context, args.steps))
+            if packable:
+                pack_linear_weights(model)
+                steps[batch]["packed"].append(model_step(model, batch, args.context, args.steps))
+                unpack_linear_weights(model)
     for batch in batches:
-        step = model_step(model, batch, args.context, args.steps)
+        step = min(steps[batch]["eager"])
         mm = matmul_step(shapes, batch, args.repeats)
         row = {
             "model_ms": 1000 * step,
@@ -170,14 +186,13 @@ def main(argv: list[str] | None = None) -> int:
             f"| {step / mm:.2f}x | {row['tokens_s']:.0f} |",
             flush=True,
         )
-    if packed_linear_available():
-        pack_linear_weights(model)
+    if packable:
         results["packed"] = {}
         print("\nprepacked oneDNN linears (hypergen.packed_linear):")
         print("| batch | model (ms) | matmuls (ms) | model / matmuls | tokens/s | vs eager |")
         print("|---|---|---|---|---|---|")
         for batch in batches:
-            step = model_step(model, batch, args.context, args.steps)
+            step = min(steps[batch]["packed"])
             mm = matmul_step(shapes, batch, args.repeats, packed=True)
             eager = results["batches"][batch]["model_ms"] / 1000
             results["packed"][batch] = {

@@ -11,7 +11,18 @@ from benchmarks import decode_floor
 def test_decode_floor_reports_every_batch(llama_dir, tmp_path):
     out = tmp_path / "floor.json"
     args = ["--model", llama_dir, "--threads", "1", "--batch", "1,3", "--steps", "2"]
-    args += ["--repeats", "1", "--probe-mb", "8", "--probe-n", "64", "--json", str(out)]
+    args += [
+        "--repeats",
+        "1",
+        "--rounds",
+        "1",
+        "--probe-mb",
+        "8",
+        "--probe-n",
+        "64",
+        "--json",
+        str(out),
+    ]
     assert decode_floor.main(args) == 0
     results = json.loads(out.read_text())
     assert set(results["batches"]) == {"1", "3"}
