@@ -5,9 +5,10 @@ PyTorch's ``F.linear`` re-reads each weight in its stored layout on every call; 
 a weight once into the blocked layout its kernels want (``mkldnn._reorder_linear_weight``) and
 then multiply with ``mkldnn._linear_pointwise``, which is what inductor's ``freezing`` does for
 compiled CPU models. Measured on the project's 2-core AVX2 machine (SmolLM2-135M, fp32, two
-threads): the step's matrix products 63 -> 40 ms at batch 16, a whole decode step 117 -> 85 ms
-(batch 1: 52 -> 43 ms), logits within 1e-4 of the eager model's and the same greedy picks
-(``benchmarks/decode_floor.py`` prints both).
+threads, rounds alternating with the eager model): a bare decode step at batch 16 109 -> 89 ms
+(``benchmarks/decode_floor.py``), decoding with 16 distinct adapters 1.38x the eager bare model's
+tokens/s (``benchmarks/serving.py`` part 1); logits within 1e-4 of the eager model's, the same
+greedy picks. A call with a single row keeps the plain weight (``MIN_ROWS``).
 
 Only the module's ``forward`` changes: forward hooks (the per-row adapters of
 ``hypergen.adapters.apply_adapters``, PEFT's layers around a base layer) still see the same inputs
