@@ -55,9 +55,12 @@ from evaluation.systems import (
     System,
     TaskSetup,
     build_systems,
+    demonstrations_condition,
+    draw_demonstrations,
     nearest_answer_pick,
     nearest_neighbours,
     random_words,
+    takes_examples,
     task_description,
 )
 from hypergen.config import DTYPES
@@ -482,34 +485,46 @@ def comparisons(
 
 
 def adapter_specificity(
-    source: GeneratorSource, tasks: list[EvalTask], seed: int, num_random_words: int
+    source: GeneratorSource,
+    tasks: list[EvalTask],
+    seed: int,
+    num_random_words: int,
+    demonstrations: int = 4,
 ) -> dict[str, Any]:
     """``evaluation.specificity`` of the adapters generated for ``tasks``: from each task's own
     description (the ``generated`` condition) and from its random string (``generated_random``),
-    each with the task's language for a description + language checkpoint.
+    each with the task's language for a description + language checkpoint. An examples checkpoint
+    generates from the task's ``demonstrations`` (those of ``generated_demos``) against as many
+    demonstrations of random words.
 
     Returns:
         The specificity report, or ``{"status": "missing", "reason": ...}`` without a checkpoint.
-        Tasks without a description are left out and listed under ``skipped``.
+        Tasks without a description (or too few train examples) are left out and listed under
+        ``skipped``.
     """
     from evaluation.specificity import specificity
 
     try:
         generator = source.get()
-        source.condition("")  # does the checkpoint take a description (+ a language)?
+        if takes_examples(generator.condition_parts):
+            conditions = _demonstration_conditions(generator.condition_parts, demonstrations)
+        else:
+            source.condition("")  # does the checkpoint take a description (+ a language)?
+            conditions = _description_conditions(source)
     except MissingArtifact as err:
         return {"status": "missing", "reason": str(err)}
     names, own, noise, skipped = [], [], [], []
     for et in tasks:
         try:
-            own.append(source.condition(task_description(et.task), et.name))
+            task_own, task_noise = conditions(et, seed, num_random_words)
         except MissingArtifact:
             skipped.append(et.name)
             continue
         names.append(et.name)
-        noise.append(source.condition(random_words(seed, et.name, num_random_words), et.name))
+        own.append(task_own)
+        noise.append(task_noise)
     if not names:
-        return {"status": "missing", "reason": "no evaluated task has a description"}
+        return {"status": "missing", "reason": "no evaluated task has a condition to generate from"}
 
     def generate(conditions: list, chunk: int = 32):  # bounded memory
         parts = [
@@ -521,6 +536,40 @@ def adapter_specificity(
     if skipped:
         report["skipped"] = skipped
     return report
+
+
+def _description_conditions(source: GeneratorSource):
+    """(own, random) conditions of a task for a description (+ language) checkpoint."""
+
+    def conditions(et: EvalTask, seed: int, num_random_words: int):
+        own = source.condition(task_description(et.task), et.name)
+        return own, source.condition(random_words(seed, et.name, num_random_words), et.name)
+
+    return conditions
+
+
+def _demonstration_conditions(parts: tuple[str, ...], k: int):
+    """(own, random) conditions of a task for an examples checkpoint: its ``k`` demonstrations,
+    and ``k`` pairs of random words (with a random-string description where it takes one)."""
+
+    def conditions(et: EvalTask, seed: int, num_random_words: int):
+        demos = draw_demonstrations(et.train, k, seed, et.name)
+        own = demonstrations_condition(
+            parts, [(ex.input, ex.completion.strip()) for ex in demos], task_description(et.task)
+        )
+        words = [
+            (
+                random_words(seed, f"{et.name}:input:{j}", num_random_words),
+                random_words(seed, f"{et.name}:output:{j}", 2),
+            )
+            for j in range(k)
+        ]
+        noise = demonstrations_condition(
+            parts, words, random_words(seed, et.name, num_random_words)
+        )
+        return own, noise
+
+    return conditions
 
 
 # ---------------------------------------------------------------- the run
@@ -697,7 +746,9 @@ def summarize(
     )
     by_group = {g: [et for et in tasks if et.group == g] for g in groups}
     specificity = {  # before the checkpoint record below: this loads the checkpoint if nothing did
-        g: adapter_specificity(source, by_group[g], config.seed, config.random_words)
+        g: adapter_specificity(
+            source, by_group[g], config.seed, config.random_words, config.demonstrations
+        )
         for g in groups
     }
     samples, seed = config.bootstrap_samples, config.seed

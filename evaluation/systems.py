@@ -571,15 +571,39 @@ register(
 # Demonstrations: k of the task's train examples, the same for in-context learning and the adapter.
 
 
-def task_demonstrations(context: SystemContext, task: Task) -> list[Example]:
-    """``context.demonstrations`` of the task's train examples, drawn by ``(seed, task)``."""
-    train = list(context.train_examples.get(task.name, ()))
-    k = context.demonstrations
+def draw_demonstrations(
+    train: Sequence[Example], k: int, seed: int, task_name: str
+) -> list[Example]:
+    """``k`` of a task's train examples, drawn by ``(seed, task)``."""
+    train = list(train)
     if len(train) < k:
         raise MissingArtifact(
             f"needs {k} train examples for demonstrations, the task has {len(train)}"
         )
-    return random.Random(f"{context.seed}:demonstrations:{task.name}").sample(train, k)
+    return random.Random(f"{seed}:demonstrations:{task_name}").sample(train, k)
+
+
+def task_demonstrations(context: SystemContext, task: Task) -> list[Example]:
+    """``context.demonstrations`` of the task's train examples, drawn by ``(seed, task)``."""
+    return draw_demonstrations(
+        context.train_examples.get(task.name, ()), context.demonstrations, context.seed, task.name
+    )
+
+
+def takes_examples(parts: Sequence[str]) -> bool:
+    """Whether a checkpoint with these condition parts generates from demonstrations."""
+    return "examples" in parts and set(parts) <= {"description", "examples"}
+
+
+def demonstrations_condition(
+    parts: Sequence[str], examples: Sequence[tuple[str, str]], description: str
+) -> dict:
+    """The condition of an examples checkpoint: ``(input, output)`` pairs, and the description
+    where the checkpoint takes one too."""
+    condition: dict = {"examples": [{"input": i, "output": o} for i, o in examples]}
+    if "description" in parts:
+        condition["description"] = description
+    return condition
 
 
 def demonstrations_prefix(demos: Sequence[Example]) -> str:
@@ -601,17 +625,12 @@ def _base_demos(context: SystemContext, task: Task) -> TaskSetup:
 def _generated_demos(context: SystemContext, task: Task) -> TaskSetup:
     generator = context.source.get()
     parts = generator.condition_parts
-    if "examples" not in parts or not set(parts) <= {"description", "examples"}:
+    if not takes_examples(parts):
         raise MissingArtifact(
             f"the checkpoint takes {' and '.join(parts)}; this system needs an examples part"
         )
-    examples = [
-        {"input": ex.input, "output": ex.completion.strip()}
-        for ex in task_demonstrations(context, task)
-    ]
-    condition = {"examples": examples}
-    if "description" in parts:
-        condition["description"] = task_description(task)
+    demos = [(ex.input, ex.completion.strip()) for ex in task_demonstrations(context, task)]
+    condition = demonstrations_condition(parts, demos, task_description(task))
     adapter = generator.generate([condition])
     fingerprint = {"checkpoint": context.source.meta["hash"], "condition": condition}
     return TaskSetup(adapter=adapter, condition=json.dumps(condition), fingerprint=fingerprint)

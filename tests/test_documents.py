@@ -467,8 +467,19 @@ def test_harness_demonstration_systems(
     config = _config(
         tmp_path, llama_dir, examples_dir, tmp_path / "no-loras", systems, "demonstrations=2"
     )
-    results = run(config)["results"]
+    out = run(config)
+    results = out["results"]
     tasks = {et.task.name: et for et in load_eval_tasks(config, resolve_paths(config)["suite"])}
+    # specificity of an examples checkpoint: its demonstrations' adapters against random-word ones
+    groups = {}
+    for et in tasks.values():
+        groups[et.group] = groups.get(et.group, 0) + 1
+    for group, count in groups.items():
+        spec = out["specificity"][group]
+        assert spec.get("status") != "missing", spec
+        assert spec["tasks"] == count
+        if count > 1:
+            assert -1 <= spec["mean_pairwise_cosine"] <= 1
     for name, et in tasks.items():
         assert results["base+demos"][name]["status"] == "ok"
         assert results["generated_demos"][name]["status"] == "ok", results["generated_demos"][name]
