@@ -30,7 +30,8 @@ _PACKED = "_hypergen_packed_weight"
 # Calls with fewer rows (tokens x sequences) run on the plain weight. One request decoding alone
 # over HTTP took 2.5 s per 32 tokens packed against 2.1 s plain in one measurement and the same
 # in the next, while a bare decode step at batch 1 was faster packed (45 vs 53 ms): unsettled, so
-# a lone row keeps the plain path; batches are where the gain is (1.8x per step at batch 16).
+# a lone row keeps the plain path; batches are where the gain is (1.2-1.8x per step at batch
+# 16, by run).
 MIN_ROWS = 2
 
 

@@ -55,8 +55,8 @@ def _kill_marked(marker: str) -> None:
         try:
             if needle in (proc / "environ").read_bytes().split(b"\0"):
                 os.kill(int(proc.name), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
-            pass  # gone, or not ours to read
+        except OSError:  # gone (ProcessLookupError), or not ours to read
+            pass
 
 
 def _launch(args: list[str], processes: int) -> subprocess.CompletedProcess:

@@ -33,7 +33,7 @@ from accelerate.utils import set_seed
 from tqdm import tqdm
 
 from hypergen.adapters.apply import apply_adapters
-from hypergen.adapters.export import load_peft, save_peft
+from hypergen.adapters.export import CONFIG_NAME, load_peft, save_peft
 from hypergen.atomic import atomic_write_text
 from hypergen.layout import MULTITASK, library_folder
 from hypergen.models import hub_id, load_base_model
@@ -81,8 +81,9 @@ def make_plan(config: LibraryTrainConfig, data: TaskData, tasks: list[str]) -> l
     """Every training example of the run in order: a function of the config alone.
 
     Each task contributes its first ``examples_per_task`` training examples in a seeded order
-    after skipping ``skip_examples`` (a continuation run sees new ones), ``epochs`` times, each time in a format drawn from ``formats``; the whole list is shuffled, so
-    every batch mixes tasks and every task is seen equally often. ``multitask``: the same plan,
+    after skipping ``skip_examples`` (a continuation run sees new ones), ``epochs`` times, each
+    time in a format drawn from ``formats``; the whole list is shuffled, so every batch mixes
+    tasks and every task is seen equally often. ``multitask``: the same plan,
     every example on bank row 0.
     """
     rng = random.Random(f"library:{config.seed}")
@@ -170,7 +171,7 @@ class LibraryTrainer:
         found = 0
         for row, name in enumerate(self.rows):
             folder = library_folder(library, name)
-            if not (folder / "adapter_config.json").is_file():
+            if not (folder / CONFIG_NAME).is_file():
                 continue
             lora, config = load_peft(folder)
             if (
