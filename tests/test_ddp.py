@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -36,7 +38,7 @@ def _free_port() -> int:
 
 # A launch takes seconds. A rank that finished training once hung at interpreter exit in gloo's
 # teardown (meta_train.py now exits with os._exit); should a launch still hang, it is killed,
-# ranks included, and retried once with a fresh port, so the suite tests the recipe.
+# ranks included (their stacks first), and retried once with a fresh port and output folder.
 LAUNCH_TIMEOUT_S = 150
 LAUNCH_ATTEMPTS = 2
 # a test may wait for the module's fixture launch and its own, each retried once
@@ -46,20 +48,22 @@ pytestmark = pytest.mark.timeout(2 * LAUNCH_ATTEMPTS * LAUNCH_TIMEOUT_S + 60)
 MARKER = "HYPERGEN_TEST_LAUNCH"
 
 
-def _kill_marked(marker: str) -> None:
-    """SIGKILL every process whose environment carries ``MARKER=marker``."""
+def _kill_marked(marker: str, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to every process whose environment carries ``MARKER=marker``."""
     needle = f"{MARKER}={marker}".encode()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             if needle in (proc / "environ").read_bytes().split(b"\0"):
-                os.kill(int(proc.name), signal.SIGKILL)
+                os.kill(int(proc.name), sig)
         except OSError:  # gone (ProcessLookupError), or not ours to read
             pass
 
 
-def _launch(args: list[str], processes: int) -> subprocess.CompletedProcess:
+def _launch(args: list[str], processes: int, out: Path) -> subprocess.CompletedProcess:
+    """Run the recipe writing to ``out``; a launch that hangs is killed with its ranks (their
+    Python stacks first, via faulthandler on SIGABRT, into a warning) and retried once afresh."""
     for attempt in range(1, LAUNCH_ATTEMPTS + 1):
         if processes == 1:
             cmd = [sys.executable, str(SCRIPT)]
@@ -75,6 +79,7 @@ def _launch(args: list[str], processes: int) -> subprocess.CompletedProcess:
             **os.environ,
             "OMP_NUM_THREADS": "1",
             "PYTHONPATH": str(ROOT),
+            "PYTHONFAULTHANDLER": "1",  # SIGABRT prints every thread's Python stack
             MARKER: marker,
         }
         # Own session for the launcher; torchrun starts each rank in a session of its own, so a
@@ -92,11 +97,15 @@ def _launch(args: list[str], processes: int) -> subprocess.CompletedProcess:
             try:
                 out, err = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                _kill_marked(marker, signal.SIGABRT)
+                time.sleep(2)  # the stacks reach stderr
                 _kill_marked(marker)
-                proc.communicate()
+                _, err = proc.communicate()
+                stacks = f"launch hung for {LAUNCH_TIMEOUT_S} s; its stacks:\n{err[-6000:]}"
                 if attempt == LAUNCH_ATTEMPTS:
-                    raise
+                    raise AssertionError(stacks) from None
+                warnings.warn(stacks, stacklevel=2)
+                shutil.rmtree(out, ignore_errors=True)  # the retry writes what one launch would
                 continue
         assert proc.returncode == 0, err[-3000:]
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
@@ -108,7 +117,7 @@ def single_process(tmp_path_factory, llama_dir):
     root = tmp_path_factory.mktemp("ddp")
     suite, split = write_toy_suite(root)
     toy = {"base_model": llama_dir, "data_dir": str(suite), "split": str(split)}
-    _launch(["--config", str(TINY), *overrides(toy, root / "one", steps=3)], processes=1)
+    _launch(["--config", str(TINY), *overrides(toy, root / "one", steps=3)], 1, root / "one")
     return toy, root
 
 
@@ -116,9 +125,7 @@ def single_process(tmp_path_factory, llama_dir):
 def test_two_processes_equal_one(single_process, grad_accum):
     toy, root = single_process
     out = root / f"two-accum{grad_accum}"
-    _launch(
-        ["--config", str(TINY), *overrides(toy, out, steps=3, grad_accum=grad_accum)], processes=2
-    )
+    _launch(["--config", str(TINY), *overrides(toy, out, steps=3, grad_accum=grad_accum)], 2, out)
     record = json.loads((out / "final" / "hypernet_config.json").read_text())["training"]
     assert record["num_processes"] == 2
     diff = max_diff(weights(out / "final"), weights(root / "one" / "final"))
@@ -136,11 +143,23 @@ def test_two_processes_equal_one(single_process, grad_accum):
 
 
 def test_a_stranded_rank_is_found_by_its_marker(tmp_path):
-    """The timeout path: a process in a session of its own (as torchrun starts ranks) dies."""
+    """The timeout path: a process in a session of its own (as torchrun starts ranks) prints its
+    stack on SIGABRT and dies."""
     marker = f"test-{time.monotonic_ns()}"
-    env = {**os.environ, MARKER: marker}
+    env = {**os.environ, MARKER: marker, "PYTHONFAULTHANDLER": "1"}
+    code = "import time\ntime.sleep(120)\n"
     with subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(120)"], env=env, start_new_session=True
+        [sys.executable, "-c", code],
+        env=env,
+        start_new_session=True,
+        stderr=subprocess.PIPE,
+        text=True,
     ) as proc:
+        time.sleep(1)  # into the sleep
+        _kill_marked(marker, signal.SIGABRT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGABRT
+        assert 'File "<string>", line 2' in err  # the stack of the stuck line
+    with subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True) as proc:
         _kill_marked(marker)
         assert proc.wait(timeout=30) == -signal.SIGKILL
