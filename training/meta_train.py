@@ -697,11 +697,11 @@ if __name__ == "__main__":
         level=logging.INFO if rank == 0 else logging.WARNING,
         format="%(asctime)s %(name)s: %(message)s",
     )
-    main()
-    # Everything is written and the process group destroyed; skip the interpreter's teardown.
-    # There, DDP's Reducer destructor sometimes joined gloo's threads forever (py-spy on a hung
-    # rank of tests/test_ddp.py: ~Reducer -> ~ProcessGroupGloo -> std::thread::join, the peer
-    # rank already gone), which left a finished run hanging.
+    trainer = main()  # kept alive to the end: freeing it (or the interpreter's teardown) ...
+    # ... runs DDP's Reducer destructor, which sometimes joined gloo's threads forever once the
+    # peer rank had gone (py-spy on a hung rank: ~Reducer -> ~ProcessGroupGloo -> thread join;
+    # faulthandler: stuck on this very line while the discarded return value was freed).
+    # Everything is written and the process group destroyed, so exit without tearing down.
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
