@@ -36,9 +36,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# A launch takes seconds. A rank that finished training sometimes hung while its trainer was freed
-# (gloo teardown; meta_train.py now keeps it and exits with os._exit); should one still hang, it is killed,
-# ranks included (their stacks first), and retried once with a fresh port and output folder.
+# A launch takes seconds. A rank that finished training sometimes hung while its trainer was
+# freed (gloo's teardown; meta_train.py now keeps it and exits with os._exit). Should a launch
+# still hang, it is killed, ranks included (their stacks first), and retried once with a fresh
+# port and output folder.
 LAUNCH_TIMEOUT_S = 150
 LAUNCH_ATTEMPTS = 2
 # a test may wait for the module's fixture launch and its own, each retried once
