@@ -49,17 +49,20 @@ pytestmark = pytest.mark.timeout(2 * LAUNCH_ATTEMPTS * LAUNCH_TIMEOUT_S + 60)
 MARKER = "HYPERGEN_TEST_LAUNCH"
 
 
-def _kill_marked(marker: str, sig: int = signal.SIGKILL) -> None:
-    """Send ``sig`` to every process whose environment carries ``MARKER=marker``."""
+def _kill_marked(marker: str, sig: int = signal.SIGKILL) -> int:
+    """Send ``sig`` to every process whose environment carries ``MARKER=marker``; returns how many."""
     needle = f"{MARKER}={marker}".encode()
+    sent = 0
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             if needle in (proc / "environ").read_bytes().split(b"\0"):
                 os.kill(int(proc.name), sig)
+                sent += 1
         except OSError:  # gone (ProcessLookupError), or not ours to read
             pass
+    return sent
 
 
 def _launch(args: list[str], processes: int, out: Path) -> subprocess.CompletedProcess:
@@ -162,5 +165,12 @@ def test_a_stranded_rank_is_found_by_its_marker(tmp_path):
         assert proc.returncode == -signal.SIGABRT
         assert 'File "<string>", line 2' in err  # the stack of the stuck line
     with subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True) as proc:
-        _kill_marked(marker)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
+        # Popen returns once exec has begun, a moment before the kernel shows the new
+        # environment in /proc (a CI run read it empty), so look again until it is there.
+        deadline = time.monotonic() + 30
+        while not _kill_marked(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        try:
+            assert proc.wait(timeout=30) == -signal.SIGKILL
+        finally:
+            proc.kill()
