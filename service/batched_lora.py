@@ -73,15 +73,17 @@ class BatchedLora:
 
         def factors(a: LoraWeights, name: str) -> tuple[Tensor, Tensor]:
             pad = rank - a.rank  # zero rank columns add nothing
+            if not pad:
+                return a.A[name], a.B[name]
             return F.pad(a.A[name], (0, 0, 0, pad)), F.pad(a.B[name], (0, pad))
 
         stacked = stack_modules(
             adapters, names, lambda a, name: name in a.A, factors, zeros, dtype, device
         )
         At, Bt = {}, {}
-        for name, (A, B) in stacked.items():  # (b r i), (b o r)
-            At[name] = rearrange(A, "b r i -> b i r").contiguous()
-            Bt[name] = rearrange(B * scales, "b o r -> b r o").contiguous()
+        for name, (A, B) in stacked.items():  # (b r i) -> (b i r), (b o r) -> (b r o)
+            At[name] = A.transpose(1, 2).contiguous()
+            Bt[name] = (B * scales).transpose(1, 2).contiguous()
         return cls(At, Bt)
 
     @classmethod

@@ -40,7 +40,12 @@ def stack_modules(
         rows = [
             factors(a, name) if a is not None and covers(a, name) else zeros(name) for a in adapters
         ]
+        # one row (a lone request, the usual prefill) needs no copy: per-call overhead is most
+        # of what stacking costs next to a first token
         stacked[name] = tuple(
-            torch.cat([row[k] for row in rows]).to(device, dtype) for k in range(len(rows[0]))
+            (rows[0][k] if len(rows) == 1 else torch.cat([row[k] for row in rows])).to(
+                device, dtype
+            )
+            for k in range(len(rows[0]))
         )
     return stacked

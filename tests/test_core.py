@@ -189,6 +189,20 @@ def test_base_model_unchanged_and_hooks_removed(llama, llama_generator):
     assert not any(p.requires_grad for p in model.parameters())
 
 
+def test_adapter_for_missing_modules_is_refused_before_any_hook(llama, llama_generator):
+    model, _ = llama
+    lora = llama_generator.generate(DESCRIPTIONS[:1])
+    name = lora.module_names[0]
+    renamed = type(lora)(
+        {**lora.A, "model.layers.99.self_attn.q_proj": lora.A[name]},
+        {**lora.B, "model.layers.99.self_attn.q_proj": lora.B[name]},
+        lora.scaling,
+    )
+    with pytest.raises(ValueError, match="layers.99"), apply_adapters(model, renamed):
+        pass
+    assert all(not m._forward_hooks for m in model.modules())
+
+
 def test_gradients_reach_hypernetwork_only(llama, llama_generator):
     model, tokenizer = llama
     hypernet = llama_generator.hypernet.train()
