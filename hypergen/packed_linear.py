@@ -43,9 +43,8 @@ def packed_linear_available() -> bool:
 
 
 def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-        return F.linear(x, self.weight, self.bias)
-    if x.numel() < MIN_ROWS * x.shape[-1]:  # a single row: see MIN_ROWS
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+    if needs_grad or x.numel() < MIN_ROWS * x.shape[-1]:  # autograd, or a single row (MIN_ROWS)
         return F.linear(x, self.weight, self.bias)
     return torch.ops.mkldnn._linear_pointwise(x, getattr(self, _PACKED), self.bias, "none", [], "")
 
