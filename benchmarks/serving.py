@@ -15,6 +15,11 @@ Four measurements, all in this process on the same machine:
 3. 16 concurrent HTTP clients with distinct adapters against the real server (waitress,
    continuous batching, and the fixed-window batcher in the same run) vs the same 16 requests
    one at a time.
+
+Parts 2-4 talk to two ``hypergen serve`` processes (one per batcher) on one store, as deployed: a
+server in this process would share its OpenMP threads with the measurements made here, and a
+process whose torch work runs on more threads than CPUs runs every op slower (README "Serving
+speed").
 4. Requests arriving at random times (a seeded Poisson process) with distinct adapters, prompt
    lengths and a long-tailed spread of completion lengths, streamed over HTTP: the same schedule
    against the continuous batcher and the window batcher (``BATCHING=window``, the batcher before
@@ -35,6 +40,7 @@ import os
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -48,9 +54,7 @@ import torch
 from hypergen.decoding import Job, SamplingParams, decode, model_call_names, new_cache
 from hypergen.models import load_base_model
 from hypergen.packed_linear import is_packed, pack_linear_weights, unpack_linear_weights
-from service import create_app
 from service.engine import Engine
-from service.server import BackgroundServer
 
 TEXT = (
     "The history of the calendar is a long story of astronomy, politics and arithmetic. Ancient "
@@ -255,19 +259,51 @@ def _post(url: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
-def _prefills(app) -> int:
-    """Prefill forward passes so far: a batch's start, or jobs joining a running batch."""
-    text = app.extensions["hypergen"].metrics.render().decode()
-    line = next(
-        (x for x in text.splitlines() if x.startswith("hypergen_prefill_size_count")), "x 0"
-    )
-    return int(float(line.split()[-1]))
+class ServerProcess:
+    """``hypergen serve`` in a process of its own on a free port, configured by ``config``
+    (``service.settings`` keys), until ``stop``.
+
+    Attributes:
+        url: the base URL, e.g. ``http://127.0.0.1:43210``.
+    """
+
+    def __init__(self, config: dict, folder: Path, checkpoint: str | None = None):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(config))
+        command = [sys.executable, "-m", "service.server", "--port", "0"]
+        command += ["--config", str(folder / "config.json")]
+        command += ["--checkpoint", checkpoint] if checkpoint else []
+        self.log = folder / "server.log"
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
+        line = self.process.stdout.readline()  # "hypergen: serving ... on http://HOST:PORT/"
+        if " on http://" not in line:
+            self.process.wait(30)
+            raise RuntimeError(f"the server did not start: {line}{self.log.read_text()[-2000:]}")
+        self.url = line.rsplit(" on ", 1)[1].strip().rstrip("/")
+
+    def prefills(self) -> int:
+        """Prefill forward passes so far: a batch's start, or jobs joining a running batch."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=60) as response:
+            text = response.read().decode()
+        line = next(
+            (x for x in text.splitlines() if x.startswith("hypergen_prefill_size_count")), "x 0"
+        )
+        return int(float(line.split()[-1]))
+
+    def stop(self) -> None:
+        self.process.terminate()  # SIGTERM: the server closes cleanly
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
-def bench_concurrency(engine: Engine, apps: dict, args) -> dict:
-    """16 clients at once against each batcher (``apps``: mode -> (app, url)), and the same 16
-    requests one at a time (against the first)."""
-    urls = {mode: url for mode, (_, url) in apps.items()}
+def bench_concurrency(engine: Engine, servers: dict, args) -> dict:
+    """16 clients at once against each batcher (``servers``: mode -> ``ServerProcess``), and the
+    same 16 requests one at a time (against the first)."""
+    urls = {mode: server.url for mode, server in servers.items()}
     first = next(iter(urls.values()))
     made = _post(f"{first}/v1/adapters", {"descriptions": descriptions(16, 500)})["data"]
     text = engine.tokenizer.decode(prompts(engine.tokenizer, 1, args.prompt_tokens // 2)[0])
@@ -287,27 +323,27 @@ def bench_concurrency(engine: Engine, apps: dict, args) -> dict:
     answers = [None] * len(bodies)
 
     def all_at_once(mode: str) -> tuple[float, int]:
-        app, url = apps[mode]
+        server = servers[mode]
         barrier = threading.Barrier(len(bodies) + 1)
 
         def client(i):
             barrier.wait()
-            answers[i] = _post(f"{url}/v1/completions", bodies[i])
+            answers[i] = _post(f"{server.url}/v1/completions", bodies[i])
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(len(bodies))]
         for t in threads:
             t.start()
-        before = _prefills(app)
+        before = server.prefills()
         barrier.wait()
         start = time.perf_counter()
         for t in threads:
             t.join()
-        return time.perf_counter() - start, _prefills(app) - before
+        return time.perf_counter() - start, server.prefills() - before
 
     rounds = []
     for _ in range(args.http_rounds):  # interleaved, so drifts in machine load hit all alike
         rounds.append({"sequential": one_at_a_time()})
-        for mode in apps:
+        for mode in servers:
             rounds[-1][mode] = all_at_once(mode)
     sequential = best([r["sequential"] for r in rounds])
     tokens = sum(a["usage"]["completion_tokens"] for a in answers)
@@ -317,7 +353,7 @@ def bench_concurrency(engine: Engine, apps: dict, args) -> dict:
         "sequential_s": sequential,
         "sequential_tok_s": tokens / sequential,
     }
-    for mode in apps:
+    for mode in servers:
         seconds, prefills = min(r[mode] for r in rounds)
         out[mode] = {
             "concurrent_s": seconds,
@@ -438,7 +474,7 @@ def run_schedule(url: str, requests: list[dict], bodies: list[dict]) -> dict:
     }
 
 
-def bench_poisson(engine: Engine, apps: dict, loras, args) -> dict:
+def bench_poisson(engine: Engine, servers: dict, loras, args) -> dict:
     speed = calibrate(engine, loras, args)
     requests, rate = poisson_schedule(args, speed)
     print(
@@ -447,7 +483,7 @@ def bench_poisson(engine: Engine, apps: dict, loras, args) -> dict:
         file=sys.stderr,
         flush=True,
     )
-    first = next(url for _, url in apps.values())
+    first = next(iter(servers.values())).url
     made = []
     for start in range(0, len(requests), 16):
         count = min(16, len(requests) - start)
@@ -465,14 +501,14 @@ def bench_poisson(engine: Engine, apps: dict, loras, args) -> dict:
         }
         for i, (r, adapter) in enumerate(zip(requests, made))
     ]
-    for app, _ in apps.values():  # every adapter into each server's memory: warm servers
+    for server in servers.values():  # every adapter into each server's memory: warm servers
         for adapter in made:
-            app.extensions["hypergen"].adapters.find(adapter["id"])
-    runs = {mode: [] for mode in apps}
+            _post(f"{server.url}/v1/completions", {"model": adapter["id"], "prompt": "Hi"})
+    runs = {mode: [] for mode in servers}
     for k in range(args.poisson_rounds):
-        order = list(apps) if k % 2 == 0 else list(reversed(apps))  # alternate who goes first
+        order = list(servers) if k % 2 == 0 else list(reversed(servers))  # alternate the first
         for mode in order:
-            runs[mode].append(run_schedule(apps[mode][1], requests, bodies))
+            runs[mode].append(run_schedule(servers[mode].url, requests, bodies))
             done = {k: round(v, 2) for k, v in runs[mode][-1].items()}
             print(f"# part 4, {mode}: {done}", file=sys.stderr, flush=True)
     out = {
@@ -581,28 +617,30 @@ def run_all(args: argparse.Namespace, scratch: Path) -> int:
                 f"{r['decode_tok_s']:13.1f} {r['decode_vs_bare']:7.2f}x"
             )
 
-    apps, servers = {}, []
-    if args.parts & {2, 3, 4}:
-        for mode in ("continuous", "window"):  # one store: the adapters are made once
-            # no refusals (503) for long queues: part 4 compares how much each batcher serves
-            config = {"STORE": str(scratch / "store"), "BATCHING": mode, "MAX_QUEUE_WAIT_S": 600}
-            app = create_app(config, engine=engine)
-            servers.append(BackgroundServer(app, threads=64))
-            apps[mode] = (app, servers[-1].url)
+    servers: dict[str, ServerProcess] = {}
     try:
+        if args.parts & {2, 3, 4}:
+            for mode in ("continuous", "window"):  # one store: the adapters are made once
+                config = {
+                    "STORE": str(scratch / "store"),
+                    "BATCHING": mode,
+                    "MAX_QUEUE_WAIT_S": 600,  # no 503s: part 4 compares how much each serves
+                    "TORCH_THREADS": args.threads,
+                    "THREADS": 64,
+                }
+                folder = scratch / f"server-{mode}"
+                servers[mode] = ServerProcess(config, folder, args.checkpoint)
         if 2 in args.parts:
             results["first_token"] = bench_first_token(
-                engine, peft_model, apps["continuous"][1], scratch, args
+                engine, peft_model, servers["continuous"].url, scratch, args
             )
         if 3 in args.parts:
-            results["concurrency"] = bench_concurrency(engine, apps, args)
+            results["concurrency"] = bench_concurrency(engine, servers, args)
         if 4 in args.parts:
-            results["poisson"] = bench_poisson(engine, apps, loras, args)
+            results["poisson"] = bench_poisson(engine, servers, loras, args)
     finally:
-        for server in servers:
+        for server in servers.values():
             server.stop()
-        for app, _ in apps.values():
-            app.extensions["hypergen"].close()
 
     targets = {}
     if 1 in args.parts:
@@ -654,7 +692,7 @@ def run_all(args: argparse.Namespace, scratch: Path) -> int:
             f"one at a time          {conc['sequential_s']:6.2f} s  "
             f"{conc['sequential_tok_s']:7.1f} tok/s"
         )
-        for mode in apps:
+        for mode in servers:
             c = conc[mode]
             print(
                 f"concurrent, {mode:10s} {c['concurrent_s']:6.2f} s  {c['concurrent_tok_s']:7.1f} "
@@ -678,7 +716,7 @@ def run_all(args: argparse.Namespace, scratch: Path) -> int:
             f"{'batching':12s} {'tok/s':>7s} {'TTFT p50':>9s} {'TTFT p90':>9s} "
             f"{'latency p50':>12s} {'total':>7s} {'refused':>8s}"
         )
-        for mode in apps:
+        for mode in servers:
             r = po[mode]
             print(
                 f"{mode:12s} {r['tok_s']:7.1f} {r['ttft_p50_s']:8.2f}s {r['ttft_p90_s']:8.2f}s "

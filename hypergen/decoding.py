@@ -657,14 +657,18 @@ class Decoder:
         jobs: Sequence[Job],
         on_first_token: Callable[[], None] | None = None,
         cache: object | None = None,
+        between_steps: Callable[[], None] | None = None,
     ) -> list[Completion]:
-        """``jobs`` from prefill to their last tokens, as one batch (on an empty decoder)."""
+        """``jobs`` from prefill to their last tokens, as one batch (on an empty decoder);
+        ``between_steps`` is called after the prefill and after every step but the last."""
         assert not self.rows, "Decoder.run starts from an empty batch"
         ids = self.add(jobs, cache)
         if on_first_token is not None:
             on_first_token()
         done: dict[int, Completion] = {}
         while self.rows:
+            if between_steps is not None:
+                between_steps()
             done.update(self.step())
         return [done[i] for i in ids]
 

@@ -23,6 +23,14 @@ started by then cancels them (``service.api``).
 One bad request never fails its batch: a row that fails on its own comes back as a completion
 with an ``error`` (only its future fails), and when a whole batch raises, the worker reruns it in
 halves until the failing jobs are alone, so every other job still gets its answer.
+
+The worker is the process's only torch thread: other threads hand it their torch work with
+``call`` (the service loads its models and makes adapters that way), and it runs that work
+between decode steps. Why one thread: every thread that runs a parallel torch op gets its own GNU
+OpenMP team, and once the process has more OpenMP threads than CPUs, libgomp's workers stop
+spinning between parallel regions and sleep, so every op then waits for them to wake (measured on
+2 cores: a 15-token forward 77 ms alone, 110-130 ms once one other thread had run one forward;
+README "Serving speed").
 """
 
 from __future__ import annotations
@@ -33,10 +41,16 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from typing import TypeVar
 
 from hypergen.decoding import Completion, Job
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+# Put in the job queue by ``call`` to wake an idle worker; never a job.
+_WAKE = (None, None)
 
 
 class Overloaded(RuntimeError):
@@ -90,6 +104,7 @@ class JobQueue:
         self.running = 0  # jobs running now
         self._announced = 0
         self._queue: queue.Queue[tuple[Job, Future]] = queue.Queue(maxsize=max_queue)
+        self._calls: queue.SimpleQueue[tuple[Callable[[], object], Future]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -148,17 +163,56 @@ class JobQueue:
     def waiting(self) -> int:
         return self._queue.qsize()
 
+    def call(self, fn: Callable[[], T]) -> T:
+        """``fn()`` run on the worker thread (between two decode steps, or at once when idle);
+        its result or exception comes back to the caller. From the worker itself it runs inline.
+
+        Raises:
+            RuntimeError: the batcher is closed.
+        """
+        if threading.current_thread() is self._thread:
+            return fn()
+        self._ensure_started()
+        future: Future = Future()
+        self._calls.put((fn, future))
+        try:
+            self._queue.put_nowait(_WAKE)  # an idle worker blocks on the job queue
+        except queue.Full:
+            pass  # a full queue means a busy worker: it runs calls before its next step
+        while True:
+            try:
+                return future.result(timeout=1.0)
+            except TimeoutError:
+                if self._stop.is_set() and not self._thread.is_alive():
+                    raise RuntimeError("the service is shutting down") from None
+
+    def run_calls(self) -> None:
+        """Run the calls waiting for the worker (on the worker thread, between steps)."""
+        while True:
+            try:
+                fn, future = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as err:  # noqa: BLE001 - re-raised in the calling thread
+                future.set_exception(err)
+
     def close(self, timeout: float = 5.0) -> None:
         """Stop the worker after its current batch (or step); jobs still queued fail."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        while True:
-            try:
-                _, future = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            future.set_exception(RuntimeError("the service is shutting down"))
+        for pending in (self._queue, self._calls):
+            while True:
+                try:
+                    _, future = pending.get_nowait()
+                except queue.Empty:
+                    break
+                if future is not None:  # not a wake-up
+                    future.set_exception(RuntimeError("the service is shutting down"))
 
     def _ensure_started(self) -> None:
         with self._lock:
@@ -173,13 +227,37 @@ class JobQueue:
     def _loop(self) -> None:
         raise NotImplementedError
 
+    def _get(self, timeout: float) -> tuple[Job, Future] | None:
+        """The next job, waiting up to ``timeout`` s (0: only one already queued), or None;
+        calls that arrive meanwhile are run."""
+        try:
+            item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+        except queue.Empty:
+            item = None
+        self.run_calls()
+        return None if item is _WAKE else item
+
+    def _take(self, limit: int) -> list[tuple[Job, Future]]:
+        """Up to ``limit`` jobs already waiting (the batch is running: no waiting for more),
+        after the calls waiting for the worker (``JobQueue.call``)."""
+        self.run_calls()
+        jobs = []
+        while len(jobs) < limit:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not _WAKE:
+                jobs.append(job)
+        return jobs
+
     def _collect(self, limit: int) -> list[tuple[Job, Future]]:
         """Up to ``limit`` jobs: block for a first one, then gather for ``window_s``, and longer
         (up to ``max_wait_s``) while announced jobs are still on their way."""
-        try:
-            batch = [self._queue.get(timeout=0.1)]
-        except queue.Empty:
+        first = self._get(timeout=0.1)
+        if first is None:
             return []
+        batch = [first]
         start = time.monotonic()
         while len(batch) < limit:
             elapsed = time.monotonic() - start
@@ -189,13 +267,11 @@ class JobQueue:
                 timeout = min(0.002, self.max_wait_s - elapsed)
             else:
                 timeout = 0.0
-            try:
-                batch.append(
-                    self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
-                )
-            except queue.Empty:
-                if timeout == 0:
-                    break
+            job = self._get(timeout)
+            if job is not None:
+                batch.append(job)
+            elif timeout == 0:
+                break
         return batch
 
 

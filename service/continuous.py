@@ -21,7 +21,6 @@ only a row that fails on its own gets the exception; the queue's wait is bounded
 from __future__ import annotations
 
 import logging
-import queue
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -58,16 +57,6 @@ class ContinuousBatcher(JobQueue):
         if ahead < free:
             return 0.0
         return ((ahead - free) // self.max_batch + 1) * self.row_seconds
-
-    def _take(self, limit: int) -> list[tuple[Job, Future]]:
-        """Up to ``limit`` jobs already waiting (the batch is running: no waiting for more)."""
-        jobs = []
-        while len(jobs) < limit:
-            try:
-                jobs.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return jobs
 
     def _loop(self) -> None:
         decoder: Decoder | None = None

@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,10 @@ def resolve_checkpoint(configured: str | Path | None = None, home: Path | None =
     return folder
 
 
+def _inline(fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
 @dataclass
 class _AdapterOrder:
     """One ``Engine.make_adapters`` call's conditions, filled by whichever call runs the
@@ -109,6 +113,10 @@ class Engine:
         checkpoint: the generator's checkpoint folder (hashed into adapter ids).
         device: where inputs and adapters go.
     """
+
+    # Runs the generator: in the calling thread, or where the service runs its torch work
+    # (``service.batcher.JobQueue.call``, set per engine by ``service.runtime``).
+    compute: Callable[[Callable[[], Any]], Any] = staticmethod(_inline)
 
     def __init__(
         self,
@@ -280,7 +288,7 @@ class Engine:
             if not order.done:  # else a call before it made this one's adapters too
                 with self._orders_lock:
                     orders, self._orders = self._orders, []
-                self._make(orders)
+                self.compute(lambda: self._make(orders))
         if order.error is not None:
             raise order.error
         return order.adapters
@@ -388,7 +396,13 @@ class Engine:
             isolate_failures=isolate_failures,
         )
 
-    def complete(self, jobs: Sequence[Job], on_first_token=None) -> list[Completion]:
+    def complete(
+        self, jobs: Sequence[Job], on_first_token=None, between_steps=None
+    ) -> list[Completion]:
         """Run ``jobs`` as one batch, row k under ``jobs[k].adapter`` (any kind, or None); a
-        failing forward pass raises (the window batcher then reruns the batch in halves)."""
-        return self.decoder(isolate_failures=False).run(jobs, on_first_token)
+        failing forward pass raises (the window batcher then reruns the batch in halves).
+        ``between_steps``: called between decode steps (the window batcher runs other threads'
+        torch work there)."""
+        return self.decoder(isolate_failures=False).run(
+            jobs, on_first_token, between_steps=between_steps
+        )

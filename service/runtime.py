@@ -44,23 +44,31 @@ class Runtime:
 
     @property
     def engine(self) -> Engine:
+        """The engine, loaded on the batcher's thread (the process's only torch thread, see
+        ``service.batcher``), which also makes its adapters (``Engine.compute``)."""
         with self._lock:
             if self._engine is None:
-                if self.config.get("TORCH_THREADS"):
-                    import torch
-
-                    torch.set_num_threads(int(self.config["TORCH_THREADS"]))
+                jobs = self.batcher
                 try:
-                    self._engine = Engine.load(
-                        self.config["CHECKPOINT"],
-                        self.config["BASE_MODEL"],
-                        self.config["DEVICE"],
-                        self.config["DTYPE"],
-                        packed_linear=self.config["PACKED_LINEAR"],
-                    )
+                    engine = jobs.call(self._load_engine)
                 except (OSError, ValueError) as err:  # FileNotFoundError is an OSError
                     raise EngineUnavailable(f"models failed to load: {err}") from err
+                engine.compute = jobs.call
+                self._engine = engine
             return self._engine
+
+    def _load_engine(self) -> Engine:
+        if self.config.get("TORCH_THREADS"):
+            import torch
+
+            torch.set_num_threads(int(self.config["TORCH_THREADS"]))
+        return Engine.load(
+            self.config["CHECKPOINT"],
+            self.config["BASE_MODEL"],
+            self.config["DEVICE"],
+            self.config["DTYPE"],
+            packed_linear=self.config["PACKED_LINEAR"],
+        )
 
     @property
     def engine_loaded(self) -> bool:
@@ -88,10 +96,10 @@ class Runtime:
     @property
     def batcher(self) -> JobQueue:
         """The ``BATCHING`` config's batcher: ``continuous`` (jobs join and leave a running
-        batch between decode steps) or ``window`` (fixed batches)."""
+        batch between decode steps) or ``window`` (fixed batches). Its worker thread runs every
+        torch computation of the service (``JobQueue.call``)."""
         with self._lock:
             if self._batcher is None:
-                engine = self.engine
                 settings = {
                     "max_batch": int(self.config["MAX_BATCH"]),
                     "window_s": float(self.config["BATCH_WINDOW_MS"]) / 1000,
@@ -101,11 +109,19 @@ class Runtime:
                     "on_batch": self._record_batch,
                     "on_prefill": lambda jobs: self.metrics.observe("hypergen_prefill_size", jobs),
                 }
-                # engine methods are looked up per batch or decoder (tests patch them)
+                # Built before the engine, which it loads; the engine's methods are looked up per
+                # batch or decoder (jobs exist only once it is loaded; tests patch them).
                 if self.config["BATCHING"] == "window":
-                    self._batcher = Batcher(lambda jobs: engine.complete(jobs), **settings)
+                    self._batcher = Batcher(
+                        lambda jobs: self._engine.complete(
+                            jobs, between_steps=self._batcher.run_calls
+                        ),
+                        **settings,
+                    )
                 else:
-                    self._batcher = ContinuousBatcher(lambda: engine.decoder(), **settings)
+                    self._batcher = ContinuousBatcher(lambda: self._engine.decoder(), **settings)
+                if self._engine is not None:  # a ready engine (tests): its adapters made here too
+                    self._engine.compute = self._batcher.call
             return self._batcher
 
     def _record_batch(self, size: int, seconds: float) -> None:
@@ -116,6 +132,8 @@ class Runtime:
         """Stop the batcher and close the store (tests, server shutdown)."""
         with self._lock:
             if self._batcher is not None:
+                if self._engine is not None and self._engine.compute == self._batcher.call:
+                    del self._engine.compute  # back to inline: a ready engine may outlive the app
                 self._batcher.close()
             if self._store is not None:
                 self._store.close()
