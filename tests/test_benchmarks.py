@@ -30,3 +30,20 @@ def test_decode_floor_reports_every_batch(llama_dir, tmp_path):
         assert all(row[k] > 0 for k in ("model_ms", "matmuls_ms", "bandwidth_floor_ms"))
     assert results["weight_mb"] > 0 and results["gemm_peak_gflop_s"] > 0
     assert set(results["packed"]) == {"1", "3"}  # the prepacked model, same process
+
+
+def test_serving_benchmark_talks_to_a_server_process(checkpoint_dir, tmp_path):
+    """Parts 2-4 of ``benchmarks/serving.py`` run against ``hypergen serve`` processes."""
+    from benchmarks.serving import ServerProcess, _post
+
+    config = {"STORE": str(tmp_path / "store"), "BATCHING": "window", "TORCH_THREADS": 1}
+    server = ServerProcess(config, tmp_path / "server", checkpoint_dir)
+    try:
+        assert server.prefills() == 0
+        body = {"adapter_description": "Sort the words.", "prompt": "b a", "max_tokens": 2}
+        answer = _post(f"{server.url}/v1/completions", {**body, "ignore_eos": True})
+        assert answer["usage"]["completion_tokens"] == 2
+        assert server.prefills() == 1
+    finally:
+        server.stop()
+    assert server.process.returncode == 0, server.log.read_text()
