@@ -271,6 +271,8 @@ def test_library_feeds_reconstruction_then_sft_from_its_checkpoint(toy, tmp_path
     assert final and -1.0 <= final[-1]["specificity_heldout"] <= 1.0
     with pytest.raises(ValueError, match="shape differs"):
         run_meta_train(toy, tmp_path / "bad", init_from=str(start), hidden_dim=8)
+    # dropout is no shape: a run may fine-tune the same weights at another rate
+    run_meta_train(toy, tmp_path / "dropout", init_from=str(start), dropout=0.1, steps=1)
 
 
 def test_pipeline_runs_all_stages_into_one_folder_and_skips_finished_ones(toy, tmp_path):

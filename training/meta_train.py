@@ -214,7 +214,7 @@ class MetaTrainer:
         if cfg.init_checkpoint:
             # e.g. a reconstruction run's checkpoint: SFT then starts from task-specific adapters
             start, _ = load_checkpoint(cfg.init_checkpoint, targets=hypernet.targets)
-            if start.config.to_dict() != hypernet.config.to_dict():
+            if _shape(start.config) != _shape(hypernet.config):
                 raise ValueError(
                     f"init_from {cfg.init_from}: hypernetwork shape differs from this config"
                 )
@@ -657,6 +657,12 @@ class MetaTrainer:
         self.accelerator.end_training()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _shape(config: HyperNetConfig) -> dict:
+    """What a checkpoint's weights must agree on to start a run (dropout is no shape: a run may
+    fine-tune a checkpoint with another rate)."""
+    return {k: v for k, v in config.to_dict().items() if k != "dropout"}
 
 
 def lr_schedule(optimizer: torch.optim.Optimizer, cfg: MetaTrainConfig):
