@@ -3,7 +3,7 @@
     python benchmarks/serving.py [--checkpoint DIR] [--threads 2] [--repeats 3] [--parts 1,2,3,4]
                                  [--json OUT]
 
-Four measurements, all in this process on the same machine:
+Four measurements, in one run on the same machine:
 
 1. Batch of 16 prompts (64 tokens each, then 32 greedy tokens, end-of-sequence ignored) with
    1, 4 and 16 distinct adapters per batch: prefill and decode tokens/s of this service's hooks
@@ -15,17 +15,17 @@ Four measurements, all in this process on the same machine:
 3. 16 concurrent HTTP clients with distinct adapters against the real server (waitress,
    continuous batching, and the fixed-window batcher in the same run) vs the same 16 requests
    one at a time.
-
-Parts 2-4 talk to two ``hypergen serve`` processes (one per batcher) on one store, as deployed: a
-server in this process would share its OpenMP threads with the measurements made here, and a
-process whose torch work runs on more threads than CPUs runs every op slower (README "Serving
-speed").
 4. Requests arriving at random times (a seeded Poisson process) with distinct adapters, prompt
    lengths and a long-tailed spread of completion lengths, streamed over HTTP: the same schedule
    against the continuous batcher and the window batcher (``BATCHING=window``, the batcher before
    continuous batching). Completion tokens/s and time to first token, as ratios. The arrival
    rate is set from the engine's own measured speed (``--poisson-load`` of its capacity), so the
    load is the same for both and comparable across machines.
+
+Parts 2-4 talk to two ``hypergen serve`` processes (one per batcher) on one store, as deployed: a
+server in this process would share its OpenMP threads with the measurements made here, and a
+process whose torch work runs on more threads than CPUs runs every op slower (README "Serving
+speed").
 
 The adapters come from the configured checkpoint (untrained ones are exact no-ops, which does not
 change their cost: the same tensors are applied either way).
