@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install install-python install-browser bench-serving test test-slow check-adapterhub lint format serve bench data library loras recon chat-replies pipeline device-bundle train train-language train-document train-demonstrations eval
+.PHONY: install install-python install-browser bench-serving test test-slow check-adapterhub lint format serve bench data library loras recon chat-replies pipeline device-bundle train train-language train-document train-demonstrations eval eval-validation
 
 install: install-python install-browser
 
@@ -105,3 +105,6 @@ train-demonstrations:
 
 eval:
 	$(PYTHON) -m evaluation --config evaluation/configs/smollm2.yaml $(ARGS)
+
+eval-validation:
+	$(PYTHON) -m evaluation --config evaluation/configs/smollm2_validation.yaml $(ARGS)

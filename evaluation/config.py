@@ -26,7 +26,7 @@ from hypergen.config_files import read_config
 ALL_SYSTEMS = tuple(SYSTEMS)
 # What a config that names no systems runs: all but those needing a demonstrations checkpoint.
 DEFAULT_SYSTEMS = tuple(name for name, spec in SYSTEMS.items() if spec.default)
-TASK_GROUPS = ("heldout", "train", "all")
+TASK_GROUPS = ("heldout", "validation", "train", "all")
 
 
 @dataclass
@@ -44,7 +44,8 @@ class EvalConfig:
         split: committed split YAML; gives each task's train/test examples and its group
             (held-out or training). Empty: every task of ``suite`` is evaluated, group "suite",
             examples split with ``test_fraction`` and ``seed``.
-        tasks: "heldout", "train", "all", or a list of task names.
+        tasks: "heldout", "validation" (the split's tasks for choosing checkpoints), "train",
+            "all" (the sampled training tasks and the held-out ones), or a list of task names.
         max_train_tasks: with a split, evaluate at most this many of its training tasks, a
             seeded sample (0: all); held-out tasks are always all evaluated.
         systems: which systems to compare (see ``ALL_SYSTEMS``; default ``DEFAULT_SYSTEMS``).

@@ -77,6 +77,8 @@ from hypergen.metrics import bootstrap_ci, exact_match, rouge_l
 
 logger = logging.getLogger(__name__)
 
+# Report order of the task groups (EvalTask.group).
+GROUP_ORDER = ("heldout", "validation", "train", "suite", "other")
 HARNESS_VERSION = 1  # bump when scoring changes, to invalidate every cached result
 # Bump when greedy decoding changes: invalidates the cached results of generation tasks only
 # (multiple-choice scores do not decode). 2: the shared loop (hypergen.decoding), left-padded rows
@@ -91,7 +93,8 @@ class EvalTask:
 
     Attributes:
         task: the loaded task.
-        group: "heldout", "train" (from the split) or "suite" (no split given).
+        group: "heldout", "validation", "train" (from the split), "other" (named by the config
+            only) or "suite" (no split given).
         train: the task's train examples (for the nearest-example baseline).
         test: the sampled test examples, in file order.
         indices: position of each test example in ``task.examples``.
@@ -158,6 +161,10 @@ def load_eval_tasks(config: EvalConfig, suite: str) -> list[EvalTask]:
         wanted = None
     elif config.tasks == "heldout":
         wanted = list(split.heldout_tasks)
+    elif config.tasks == "validation":
+        wanted = list(split.validation_tasks)
+        if not wanted:
+            raise ValueError(f"{config.split} names no validation_tasks")
     else:
         train = list(split.train_tasks)
         if config.max_train_tasks and len(train) > config.max_train_tasks:
@@ -175,6 +182,8 @@ def load_eval_tasks(config: EvalConfig, suite: str) -> list[EvalTask]:
             group = (
                 "heldout"
                 if _in(name, split.heldout_tasks)
+                else "validation"
+                if _in(name, split.validation_tasks)
                 else "train"
                 if _in(name, split.train_tasks)
                 else "other"
@@ -741,9 +750,7 @@ def summarize(
         }
         for s in systems
     }
-    groups = sorted(
-        {et.group for et in tasks}, key=lambda g: ("heldout", "train", "suite", "other").index(g)
-    )
+    groups = sorted({et.group for et in tasks}, key=lambda g: GROUP_ORDER.index(g))
     by_group = {g: [et for et in tasks if et.group == g] for g in groups}
     specificity = {  # before the checkpoint record below: this loads the checkpoint if nothing did
         g: adapter_specificity(

@@ -9,6 +9,7 @@ from hypergen.atomic import atomic_write_text
 
 GROUP_TITLES = {
     "heldout": "Held-out tasks",
+    "validation": "Validation tasks (unseen; for choosing checkpoints)",
     "train": "Training tasks",
     "suite": "Suite tasks",
     "other": "Other tasks",

@@ -320,6 +320,8 @@ class TaskSplit:
     Attributes:
         train_tasks: Tasks the hypernetwork trains on.
         heldout_tasks: Tasks kept out of training, for evaluation.
+        validation_tasks: Further tasks kept out of training, for choosing between checkpoints
+            and recipes, so that the held-out tasks stay a test that nothing was picked on.
         seed: Seed for the per-task example splits.
         test_fraction: Fraction of each task's examples in its test part.
         max_test: Cap on each task's test examples.
@@ -328,6 +330,7 @@ class TaskSplit:
 
     train_tasks: list[str]
     heldout_tasks: list[str]
+    validation_tasks: list[str] = dataclasses.field(default_factory=list)
     seed: int = 0
     test_fraction: float = 0.2
     max_test: int | None = None
@@ -342,6 +345,21 @@ class TaskSplit:
         leaked = [n for n in self.train_tasks if n.split("/")[0] in heldout_roots]
         if leaked:
             raise ValueError(f"train_tasks overlap heldout_tasks: {', '.join(leaked)}")
+        # Validation tasks may share a family with training tasks (unseen subtasks), never with
+        # the held-out tasks, and never be (or sit under) a task that is trained on.
+        train = set(self.train_tasks)
+        clash = [
+            n
+            for n in self.validation_tasks
+            if n.split("/")[0] in heldout_roots
+            or n in train
+            or n.split("/")[0] in train
+            or any(t.startswith(n + "/") for t in train)
+        ]
+        if clash:
+            raise ValueError(
+                f"validation_tasks overlap train_tasks or heldout_tasks: {', '.join(clash)}"
+            )
 
     def load(self, folder: str | Path) -> dict[str, Task]:
         """Load the split's train and held-out tasks from a suite folder.
@@ -368,7 +386,7 @@ def load_split(path: str | Path) -> TaskSplit:
 
     Args:
         path: The YAML file, with keys `train_tasks`, `heldout_tasks`, `seed`, `test_fraction`
-            and optionally `max_test` and `max_prompt_chars`.
+            and optionally `validation_tasks`, `max_test` and `max_prompt_chars`.
 
     Raises:
         ValueError: Naming the file, if it is malformed, has unknown keys, or the task lists

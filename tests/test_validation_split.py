@@ -1,0 +1,114 @@
+"""Validation tasks: the split field, the rule that chooses them, and the harness group."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from evaluation.config import load_config
+from evaluation.harness import run
+from evaluation.validation_split import candidate_tasks, choose_validation, evenly_spaced
+from hypergen.data.tasks import TaskSplit, load_split
+
+EVAL_SUITE = Path(__file__).parent / "data" / "eval_tasks" / "suite"
+TINY_CONFIG = Path(__file__).parents[1] / "evaluation" / "configs" / "tiny.yaml"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _task(folder: Path, description: str, n: int) -> None:
+    folder.mkdir(parents=True)
+    examples = [{"input": f"{description} {i}?", "target": str(i)} for i in range(n)]
+    data = {"name": folder.name, "description": description, "keywords": [], "examples": examples}
+    (folder / "task.json").write_text(json.dumps(data))
+
+
+def test_split_rejects_validation_tasks_that_are_trained_on_or_held_out() -> None:
+    ok = TaskSplit(train_tasks=["fam/a"], heldout_tasks=["held"], validation_tasks=["fam/b"])
+    assert ok.validation_tasks == ["fam/b"]
+    for bad in (["fam/a"], ["fam"], ["held/x"], ["held"]):
+        with pytest.raises(ValueError, match="validation_tasks overlap"):
+            TaskSplit(train_tasks=["fam/a"], heldout_tasks=["held"], validation_tasks=bad)
+    with pytest.raises(ValueError, match="validation_tasks overlap"):  # a trained parent
+        TaskSplit(train_tasks=["whole"], heldout_tasks=["held"], validation_tasks=["whole/sub"])
+    assert TaskSplit(train_tasks=["a"], heldout_tasks=["b"]).validation_tasks == []
+
+
+def test_committed_validation_tasks_follow_the_rule() -> None:
+    split = load_split(REPO / "evaluation" / "splits" / "bigbench.yaml")
+    names = split.validation_tasks
+    assert len(names) == 33 and names == sorted(names)
+    families = [n.split("/")[0] for n in names]
+    assert max(families.count(f) for f in families) <= 4
+    assert not {n.split("/")[0] for n in split.heldout_tasks} & set(families)
+    assert not set(names) & set(split.train_tasks)
+
+
+def test_candidates_skip_trained_held_out_small_demo_and_repeated_descriptions(
+    tmp_path: Path,
+) -> None:
+    suite = tmp_path / "suite"
+    _task(suite / "fam" / "trained", "Add numbers", 50)
+    _task(suite / "fam" / "same_words", "Add numbers", 50)  # a trained task's description
+    _task(suite / "fam" / "small", "Subtract numbers", 39)  # under min_examples
+    for i in range(6):
+        _task(suite / "fam" / f"s{i}", f"Multiply by {i}", 40)
+    _task(suite / "fam" / "s0_copy", "Multiply by 0", 45)  # an earlier candidate's description
+    _task(suite / "held" / "x", "Held-out family", 60)
+    _task(suite / "simple_arithmetic_json", "API demo", 60)
+    _task(suite / "solo", "A family of one", 80)
+    split = TaskSplit(train_tasks=["fam/trained"], heldout_tasks=["held"])
+    candidates = candidate_tasks(suite, split, min_examples=40)
+    assert candidates == [f"fam/s{i}" for i in range(6)] + ["solo"]
+    chosen = choose_validation(candidates, per_family=3)
+    assert chosen == ["fam/s0", "fam/s2", "fam/s4", "solo"]
+
+
+def test_evenly_spaced() -> None:
+    names = [str(i) for i in range(10)]
+    assert evenly_spaced(names, 4) == ["0", "2", "5", "7"]
+    assert evenly_spaced(names[:3], 4) == names[:3]
+
+
+def test_harness_reports_validation_tasks_as_their_own_group(
+    tmp_path, llama_dir, checkpoint_dir
+) -> None:
+    split = tmp_path / "split.yaml"
+    split.write_text(
+        "train_tasks: [colours]\nvalidation_tasks: [plurals]\n"
+        "heldout_tasks: [opposites, capitals]\nseed: 0\ntest_fraction: 0.5\n"
+    )
+    suite = tmp_path / "suite"
+    shutil.copytree(EVAL_SUITE, suite)
+    config = load_config(
+        TINY_CONFIG,
+        [
+            f"base_model={llama_dir}",
+            f"checkpoint={checkpoint_dir}",
+            f"suite={suite}",
+            f"split={split}",
+            f"out={tmp_path / 'out'}",
+            "tasks=validation",
+            "systems=[base, generated, generated_other_task]",
+            "generation_check=false",
+        ],
+    )
+    results = run(config)
+    assert {name: t["group"] for name, t in results["tasks"].items()} == {"plurals": "validation"}
+    assert set(results["summary"]) == {"validation"}
+    assert results["summary"]["validation"]["generated"]["tasks_ok"] == 1
+    report = (tmp_path / "out" / "results.md").read_text()
+    assert "Validation tasks" in report
+
+    # a split without validation tasks says so
+    split.write_text("train_tasks: [colours]\nheldout_tasks: [opposites]\n")
+    with pytest.raises(ValueError, match="no validation_tasks"):
+        run(config)
+
+
+def test_validation_config_loads() -> None:
+    config = load_config(REPO / "evaluation" / "configs" / "smollm2_validation.yaml", [])
+    assert config.tasks == "validation" and not config.generation_check
+    assert "generated_other_task" in config.systems
