@@ -48,6 +48,7 @@ import torch
 
 from evaluation.cache import cache_path, load_cached, record_path, write_json
 from evaluation.config import EvalConfig
+from evaluation.report import GROUP_ORDER
 from evaluation.scoring import ScoringConfig, greedy_answers, score_options, stop_token_ids
 from evaluation.systems import (
     GeneratorSource,
@@ -77,8 +78,6 @@ from hypergen.metrics import bootstrap_ci, exact_match, rouge_l
 
 logger = logging.getLogger(__name__)
 
-# Report order of the task groups (EvalTask.group).
-GROUP_ORDER = ("heldout", "validation", "train", "suite", "other")
 HARNESS_VERSION = 1  # bump when scoring changes, to invalidate every cached result
 # Bump when greedy decoding changes: invalidates the cached results of generation tasks only
 # (multiple-choice scores do not decode). 2: the shared loop (hypergen.decoding), left-padded rows

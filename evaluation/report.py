@@ -7,13 +7,14 @@ from typing import Any
 
 from hypergen.atomic import atomic_write_text
 
-GROUP_TITLES = {
+GROUP_TITLES = {  # in report order
     "heldout": "Held-out tasks",
     "validation": "Validation tasks (unseen; for choosing checkpoints)",
     "train": "Training tasks",
     "suite": "Suite tasks",
     "other": "Other tasks",
 }
+GROUP_ORDER = tuple(GROUP_TITLES)
 SIDES = ("without", "with")  # the generation check's two runs (evaluation.generation_check)
 METRIC_TITLES = {"acc": "accuracy", "em": "exact match", "rougeL": "ROUGE-L"}
 

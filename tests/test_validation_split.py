@@ -112,3 +112,39 @@ def test_validation_config_loads() -> None:
     config = load_config(REPO / "evaluation" / "configs" / "smollm2_validation.yaml", [])
     assert config.tasks == "validation" and not config.generation_check
     assert "generated_other_task" in config.systems
+
+
+def _run(scores: dict[str, list[float]], indices=None, group="validation", status="ok") -> dict:
+    tasks = {
+        t: {"group": group, "metric": "em", "indices": indices or list(range(len(s)))}
+        for t, s in scores.items()
+    }
+    results = {"generated": {t: {"status": status, "scores": {"em": s}} for t, s in scores.items()}}
+    return {"tasks": tasks, "results": results, "checkpoint": {"path": "x", "hash": "y"}}
+
+
+def test_compare_pairs_two_runs_on_the_same_examples(tmp_path, capsys) -> None:
+    from evaluation.compare import main, paired_runs
+
+    a = _run({"t1": [1, 1, 0, 0], "t2": [1, 0, 0, 0], "t3": [1, 1]})
+    b = _run({"t1": [0, 1, 0, 0], "t2": [1, 0, 0, 0], "t3": [0, 0]})
+    b["tasks"]["t3"]["indices"] = [5, 6]  # other examples: not comparable
+    result = paired_runs(a, b, "generated", num_samples=200)
+    entry = result["groups"]["validation"]
+    assert entry["per_task"] == {"t1": 0.25, "t2": 0.0}
+    assert entry["delta"]["mean"] == pytest.approx(0.125) and entry["delta"]["tasks"] == 2
+    lo, hi = entry["delta"]["ci"]
+    assert lo <= 0.125 <= hi
+    assert result["skipped"] == {"t3": "different examples"}
+    # a run against itself differs by exactly zero
+    same = paired_runs(a, a, "generated")["groups"]["validation"]["delta"]
+    assert same["mean"] == 0 and same["ci"] == [0, 0]
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "results.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    assert main([str(tmp_path / "a"), str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "validation generated" in out and "+0.125" in out and "skipped t3" in out
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "a"), str(tmp_path / "missing")])
