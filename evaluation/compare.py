@@ -4,7 +4,9 @@ A run's report compares systems within one checkpoint; choosing between checkpoi
 same systems of two runs compared example by example. Two ``results.json`` files scored the same
 tasks on the same sampled examples (same split, seed and ``max_examples``: checked through each
 task's sampled indices) give, per task group, the macro-average of ``A − B`` for each system with
-a bootstrap interval (tasks' examples resampled independently, as for Δ vs base):
+a bootstrap interval (tasks' examples resampled independently, as for Δ vs base), and a second
+interval that resamples the tasks themselves (how far the difference would carry to other tasks
+like these; wider when a few tasks carry it), with the count of tasks that went up and down:
 
     python -m evaluation.compare results/mine results/smollm2-validation [--systems generated]
 
@@ -42,8 +44,9 @@ def paired_runs(
     """``system`` of run ``a`` minus the same system of run ``b``, per task group.
 
     Returns:
-        ``{"system", "groups": {group: {"delta": {mean, ci, tasks}, "examples", "per_task":
-        {task: mean}}}, "skipped": {task: reason}}``; a group without a common task is absent.
+        ``{"system", "groups": {group: {"delta": {mean, ci, tasks}, "task_ci", "up", "down",
+        "examples", "per_task": {task: mean}}}, "skipped": {task: reason}}``; ``task_ci`` resamples
+        the tasks' mean differences; a group without a common task is absent.
     """
     groups: dict[str, dict[str, list[float]]] = {}
     skipped: dict[str, str] = {}
@@ -63,8 +66,13 @@ def paired_runs(
     out: dict[str, Any] = {"system": system, "groups": {}, "skipped": skipped}
     for group, diffs in sorted(groups.items(), key=lambda kv: GROUP_ORDER.index(kv[0])):
         mean, lo, hi = bootstrap_ci(list(diffs.values()), num_samples, seed)
+        task_means = [sum(d) / len(d) for d in diffs.values()]
+        _, task_lo, task_hi = bootstrap_ci(task_means, num_samples, seed)
         out["groups"][group] = {
             "delta": {"mean": mean, "ci": [lo, hi], "tasks": len(diffs)},
+            "task_ci": [task_lo, task_hi],
+            "up": sum(m > 0 for m in task_means),
+            "down": sum(m < 0 for m in task_means),
             "examples": sum(len(d) for d in diffs.values()),
             "per_task": {t: sum(d) / len(d) for t, d in diffs.items()},
         }
@@ -90,10 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         result = paired_runs(a, b, system, args.samples)
         for group, entry in result["groups"].items():
             d = entry["delta"]
+            lo, hi = entry["task_ci"]
             print(
                 f"{group:10s} {system:22s} A − B {d['mean']:+.3f} "
                 f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] ({d['tasks']} tasks, "
-                f"{entry['examples']} examples)"
+                f"{entry['examples']} examples); tasks resampled [{lo:+.3f}, {hi:+.3f}], "
+                f"{entry['up']} up, {entry['down']} down"
             )
             if args.per_task:
                 for task, mean in entry["per_task"].items():

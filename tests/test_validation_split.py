@@ -135,6 +135,9 @@ def test_compare_pairs_two_runs_on_the_same_examples(tmp_path, capsys) -> None:
     assert entry["delta"]["mean"] == pytest.approx(0.125) and entry["delta"]["tasks"] == 2
     lo, hi = entry["delta"]["ci"]
     assert lo <= 0.125 <= hi
+    assert entry["up"] == 1 and entry["down"] == 0
+    task_lo, task_hi = entry["task_ci"]
+    assert task_lo == pytest.approx(0.0) and task_hi == pytest.approx(0.25)  # two task means
     assert result["skipped"] == {"t3": "different examples"}
     # a run against itself differs by exactly zero
     same = paired_runs(a, a, "generated")["groups"]["validation"]["delta"]
