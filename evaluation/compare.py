@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as err:
         p.error(str(err))
     systems = args.systems or [s for s in a["results"] if s in b["results"]]
-    print(f"A = {a['checkpoint'].get('path')} ({a['checkpoint'].get('hash', '')[:12]})")
-    print(f"B = {b['checkpoint'].get('path')} ({b['checkpoint'].get('hash', '')[:12]})")
+    for label, run in (("A", a), ("B", b)):
+        checkpoint = run.get("checkpoint") or {}
+        print(f"{label} = {checkpoint.get('path')} ({(checkpoint.get('hash') or '')[:12]})")
     for system in systems:
         result = paired_runs(a, b, system, args.samples)
         for group, entry in result["groups"].items():
