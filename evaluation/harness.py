@@ -38,7 +38,6 @@ import os
 import platform
 import random
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +70,7 @@ from hypergen.data.tasks import (
     Task,
     load_split,
     load_suite,
+    named_by,
     split_examples,
 )
 from hypergen.digests import file_sha256, sha256_json
@@ -131,11 +131,6 @@ def headline_metric(task: Task) -> str:
     return "em"
 
 
-def _in(name: str, names: Sequence[str]) -> bool:
-    """Split lists may name a parent task, which covers its subtasks."""
-    return name in names or name.split("/")[0] in names
-
-
 def resolve_paths(config: EvalConfig) -> dict[str, str]:
     """The suite and LoRA folders, with empty config paths falling back to $HYPERGEN_HOME."""
     from hypergen.layout import library_dir, suite_dir
@@ -180,11 +175,11 @@ def load_eval_tasks(config: EvalConfig, suite: str) -> list[EvalTask]:
         if split is not None:
             group = (
                 "heldout"
-                if _in(name, split.heldout_tasks)
+                if named_by(name, split.heldout_tasks)
                 else "validation"
-                if _in(name, split.validation_tasks)
+                if named_by(name, split.validation_tasks)
                 else "train"
-                if _in(name, split.train_tasks)
+                if named_by(name, split.train_tasks)
                 else "other"
             )
             train, test = split.examples(task)

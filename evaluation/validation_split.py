@@ -29,13 +29,9 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
-from hypergen.data.tasks import TaskSplit, load_split, load_suite
+from hypergen.data.tasks import TaskSplit, load_split, load_suite, named_by
 
 DEMO_PREFIXES = ("simple_arithmetic",)
-
-
-def _named_by(name: str, names: set[str]) -> bool:
-    return name in names or name.split("/")[0] in names
 
 
 def candidate_tasks(
@@ -49,7 +45,7 @@ def candidate_tasks(
     for path in sorted(suite.rglob("task.json")):
         name = path.parent.relative_to(suite).as_posix()
         root = name.split("/")[0]
-        if root in heldout_roots or _named_by(name, train) or root.startswith(DEMO_PREFIXES):
+        if root in heldout_roots or named_by(name, train) or root.startswith(DEMO_PREFIXES):
             continue
         if path.stat().st_size > max_file_mb * 1e6:
             continue

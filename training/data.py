@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from hypergen.data.descriptions import TRAIN, describe
-from hypergen.data.tasks import Example, Task, load_split
+from hypergen.data.tasks import Example, Task, load_split, named_by
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +71,6 @@ class TaskData:
     phrasing_tasks: list[str] = field(default_factory=list)
 
 
-def _in(name: str, names: Sequence[str]) -> bool:
-    """``arithmetic/1_digit_addition`` is in a list naming it or its parent ``arithmetic``."""
-    return name in names or name.split("/")[0] in names
-
-
 def load_task_data(
     split_path: str | Path, suite_dir: str | Path, max_train_tasks: int = 0
 ) -> TaskData:
@@ -88,8 +83,8 @@ def load_task_data(
     """
     split = load_split(split_path)
     tasks: dict[str, Task] = split.load(suite_dir)
-    train = sorted(n for n in tasks if _in(n, split.train_tasks))
-    heldout = sorted(n for n in tasks if _in(n, split.heldout_tasks))
+    train = sorted(n for n in tasks if named_by(n, split.train_tasks))
+    heldout = sorted(n for n in tasks if named_by(n, split.heldout_tasks))
     if max_train_tasks:
         train = train[:max_train_tasks]
     if not train or not heldout:

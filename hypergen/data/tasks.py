@@ -268,6 +268,12 @@ def load_suite(
     return tasks
 
 
+def named_by(name: str, names: Iterable[str]) -> bool:
+    """Whether a split list names task ``name``: itself, or its parent task, which covers its
+    subtasks (``arithmetic/1_digit_addition`` is named by ``arithmetic``)."""
+    return name in names or name.split("/")[0] in names
+
+
 def split_examples(
     task: Task, test_fraction: float, seed: int, max_test: int | None = None
 ) -> tuple[list[Example], list[Example]]:
@@ -352,8 +358,7 @@ class TaskSplit:
             n
             for n in self.validation_tasks
             if n.split("/")[0] in heldout_roots
-            or n in train
-            or n.split("/")[0] in train
+            or named_by(n, train)
             or any(t.startswith(n + "/") for t in train)
         ]
         if clash:
