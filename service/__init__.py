@@ -110,6 +110,8 @@ def _check_config(config) -> None:
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
     for key in ("BATCH_WINDOW_MS", "BATCH_MAX_WAIT_MS", "REQUEST_TIMEOUT_S", "STORE_SWEEP_S"):
         value = config[key]
+        if value is None and key == "BATCH_WINDOW_MS":  # the batching mode's default
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"{key} must be a number >= 0, got {value!r}")
     if config["BATCHING"] not in BATCHING_MODES:

@@ -66,7 +66,7 @@ class AdapterRegistry:
             dtype: the stored adapter's dtype.
             with_weights: also load the weights of adapters already stored.
             defer_save: leave new adapters unsaved and return their ``save``: the caller runs it
-                when it suits (a completion queues its jobs first, so the disk write overlaps
+                when it suits (a completion may queue its jobs first, so the disk write overlaps
                 the forward pass instead of delaying the first token).
         """
         ids = [self.engine.adapter_id(c, dtype) for c in conditions]

@@ -351,8 +351,8 @@ def _resolve_adapter(
     wanted: schemas.CompletionRequest | schemas.ChatCompletionRequest,
 ) -> tuple[str, LoraWeights | BottleneckWeights | None, Callable | None]:
     """(the model name to echo, the adapter to apply or None for the bare model, and for a new
-    adapter the call that stores it: run it once the jobs are queued, so the disk write overlaps
-    the forward pass instead of delaying the first token)."""
+    adapter the call that stores it: ``_submit`` runs it beside the forward pass where a CPU is
+    free for it, else just before)."""
     runtime = get_runtime()
     engine = runtime.engine
     base_names = {"base", engine.base_model, engine.base_model_id}
@@ -474,10 +474,16 @@ def _overloaded(message: str, retry_after: float | None) -> APIError:
 
 
 def _submit(jobs: list[Job], while_waiting: Callable | None) -> tuple[list, float, float]:
-    """Queue the jobs, then run ``while_waiting`` (if any). Returns (futures, the time by which
-    every job must have started: ``MAX_QUEUE_WAIT_S`` after the request arrived, the time by
-    which they must be done: ``REQUEST_TIMEOUT_S`` from now)."""
-    batcher, config = get_runtime().batcher, current_app.config
+    """Queue the jobs and run ``while_waiting`` (if any): after queueing them, so that it runs
+    beside their forward pass, where a CPU is free for it (``Runtime.core_to_spare``), else
+    before. Returns (futures, the time by which every job must have started:
+    ``MAX_QUEUE_WAIT_S`` after the request arrived, the time by which they must be done:
+    ``REQUEST_TIMEOUT_S`` from now)."""
+    runtime, config = get_runtime(), current_app.config
+    batcher = runtime.batcher
+    if while_waiting is not None and not runtime.core_to_spare:
+        while_waiting()
+        while_waiting = None
     arrived = g.get("arrived") or time.monotonic()
     try:
         futures = batcher.submit(

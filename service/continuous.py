@@ -8,8 +8,10 @@ in one forward pass of their own and merges them into the batch; then it runs on
 gives every row its next token (streamed at once through ``Job.on_token``) and lets the finished
 rows leave: their futures are resolved right away. A request that arrives while a batch decodes
 waits for at most one step, not for the whole batch. An idle worker collects the first jobs for
-``window_s`` (longer while announced requests are on their way, see ``service.batcher``), so a
-burst of clients starts with one prefill.
+``window_s`` and, while announced requests are on their way, up to ``max_wait_s`` (see
+``service.batcher``), so a burst of clients starts with one prefill. The service's window is 0
+for this batcher (``BATCH_WINDOW_MS``): a lone request starts at once, and one that was not yet
+announced joins at the next step.
 
 Every guarantee of the window batcher holds: a row that fails on its own (sampling, text, a
 stream whose client went away) ends alone; a prefill that raises is rerun in halves until the

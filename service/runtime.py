@@ -7,6 +7,7 @@ built on first use, once, under a lock, from ``app.config``. Tests pass a ready 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from flask import Flask, current_app
@@ -71,6 +72,20 @@ class Runtime:
         )
 
     @property
+    def core_to_spare(self) -> bool:
+        """Whether a CPU is free beside the engine's torch threads (always, when the engine runs
+        on an accelerator). Only then may a request thread's own work, such as writing a new
+        adapter, run beside a forward pass: where every CPU runs the forward pass, the OpenMP
+        team waits for the thread that lost its CPU (measured on 2 cores with 2 torch threads: a
+        new adapter's write beside its prefill added ~20 ms, before it ~8)."""
+        import torch
+
+        if self.engine.device.type != "cpu":
+            return True
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return (cpus or 1) > torch.get_num_threads()
+
+    @property
     def engine_loaded(self) -> bool:
         return self._engine is not None
 
@@ -102,7 +117,7 @@ class Runtime:
             if self._batcher is None:
                 settings = {
                     "max_batch": int(self.config["MAX_BATCH"]),
-                    "window_s": float(self.config["BATCH_WINDOW_MS"]) / 1000,
+                    "window_s": self.batch_window_ms / 1000,
                     "max_wait_s": float(self.config["BATCH_MAX_WAIT_MS"]) / 1000,
                     "max_queue": int(self.config["MAX_QUEUE"]),
                     "max_queue_wait_s": float(self.config["MAX_QUEUE_WAIT_S"]),
@@ -123,6 +138,17 @@ class Runtime:
                 if self._engine is not None:  # a ready engine (tests): its adapters made here too
                     self._engine.compute = self._batcher.call
             return self._batcher
+
+    @property
+    def batch_window_ms(self) -> float:
+        """``BATCH_WINDOW_MS``, or its default for the batching mode: with continuous batching
+        an idle worker starts at once (0; requests already announced are still waited for, up
+        to ``BATCH_MAX_WAIT_MS``), since one arriving later joins at the next decode step; with
+        window batching it waits 10 ms, since one arriving later waits for the whole batch."""
+        window = self.config["BATCH_WINDOW_MS"]
+        if window is None:
+            return 10.0 if self.config["BATCHING"] == "window" else 0.0
+        return float(window)
 
     def _record_batch(self, size: int, seconds: float) -> None:
         self.metrics.observe("hypergen_batch_size", size)

@@ -66,7 +66,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "(default); window: fixed batches",
     )
     p.add_argument("--max-batch", type=int, help="most prompts per batched forward pass")
-    p.add_argument("--batch-window-ms", type=float, help="how long to wait for a batch to fill")
+    p.add_argument(
+        "--batch-window-ms",
+        type=float,
+        help="how long an idle server waits for a batch to fill (default: 0 with continuous "
+        "batching, 10 with window batching)",
+    )
     p.add_argument("--device", help="cpu, cuda, mps ...")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)

@@ -21,7 +21,9 @@ DEFAULTS: dict[str, Any] = {
     # batching
     "BATCHING": "continuous",  # or "window": fixed batches, newcomers wait for the next one
     "MAX_BATCH": 16,
-    "BATCH_WINDOW_MS": 10,  # wait this long for a batch to fill ...
+    # wait this long for a batch to fill ... (None: 0 with continuous batching, where a late
+    # request joins at the next step, 10 with window batching, where it waits for the next batch)
+    "BATCH_WINDOW_MS": None,
     "BATCH_MAX_WAIT_MS": 100,  # ... or this long while requests being prepared will join it
     "MAX_QUEUE": 256,
     "MAX_QUEUE_WAIT_S": 30,  # a completion not started this long after arriving gets 503

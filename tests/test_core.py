@@ -290,6 +290,30 @@ def test_load_peft_roundtrip(llama_generator, tmp_path):
         torch.testing.assert_close(loaded.B[name], lora.B[name])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_peft_weights_file_is_what_safetensors_torch_writes(llama_generator, tmp_path, dtype):
+    """The weights go through safetensors' numpy writer where numpy has the dtype (faster):
+    the file is what ``safetensors.torch`` writes: the same header (names, dtypes, shapes,
+    offsets, metadata; its JSON key order varies from write to write) and the same data bytes."""
+    import struct
+
+    from safetensors import safe_open
+    from safetensors.torch import load, save
+
+    def parts(raw: bytes) -> tuple[dict, bytes]:
+        size = struct.unpack("<Q", raw[:8])[0]
+        return json.loads(raw[8 : 8 + size]), raw[8 + size :]
+
+    lora = llama_generator.generate(DESCRIPTIONS[1:2])
+    folder = llama_generator.save_peft(lora, tmp_path / "a", dtype=dtype, metadata={"k": "v"})
+    written = (folder / "adapter_model.safetensors").read_bytes()
+    tensors = load(written)
+    with safe_open(folder / "adapter_model.safetensors", "pt") as f:
+        metadata = f.metadata()
+    assert metadata["k"] == "v" and {t.dtype for t in tensors.values()} == {dtype}
+    assert parts(written) == parts(save(tensors, metadata=metadata))
+
+
 def test_exported_adapters_say_which_base_weights_they_fit(llama_generator, tmp_path):
     """Adapters for the built-in SmolLM2 record that its weights are the dequantised 4-bit GGUF."""
     import dataclasses

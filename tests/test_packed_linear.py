@@ -80,3 +80,16 @@ def test_the_service_engine_runs_packed_on_cpu(engine, checkpoint_dir):
     assert any(is_packed(m) for m in engine.model.modules())
     plain = Engine.load(checkpoint_dir, packed_linear=False)
     assert not any(is_packed(m) for m in plain.model.modules())
+
+
+def test_the_service_engine_packs_the_condition_encoder_too(checkpoint_dir, monkeypatch):
+    """A description's encoding is a forward pass of its own on every new adapter: the engine
+    packs the networks the conditioner runs (``networks()``; the tiny checkpoint's hashing
+    conditioner has none, so one stands in)."""
+    from hypergen.conditions.hashing import HashingConditioner
+    from service.engine import Engine
+
+    encoder = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 4))
+    monkeypatch.setattr(HashingConditioner, "networks", lambda self: [encoder])
+    Engine.load(checkpoint_dir)
+    assert is_packed(encoder[0]) and is_packed(encoder[2])

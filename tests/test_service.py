@@ -243,6 +243,46 @@ def test_adapters_and_completions_share_one_get_or_create(make_app, engine, monk
     assert record["condition"]["description"] == "New task." and record["format"] == "peft-lora"
 
 
+@pytest.mark.parametrize("spare", [False, True])
+def test_a_new_adapter_is_written_beside_its_forward_pass_only_where_a_cpu_is_free(
+    make_app, monkeypatch, spare
+):
+    """Writing the adapter of a completion's new description overlaps its forward pass where a
+    CPU is free beside the torch threads; where every CPU runs the forward pass it goes first
+    (beside it, it slowed the prefill by more than it took alone). Either way it is stored
+    before the answer."""
+    from service.adapters import AdapterRegistry
+    from service.runtime import Runtime
+
+    order = []
+    monkeypatch.setattr(Runtime, "core_to_spare", property(lambda self: spare))
+    app = make_app()
+    batcher = app.extensions["hypergen"].batcher
+    submit, put = batcher.submit, AdapterRegistry.put
+    monkeypatch.setattr(
+        batcher, "submit", lambda *a, **k: order.append("queued") or submit(*a, **k)
+    )
+    monkeypatch.setattr(
+        AdapterRegistry, "put", lambda *a, **k: order.append("stored") or put(*a, **k)
+    )
+    client = app.test_client()
+    out = client.post(
+        "/v1/completions", json={"adapter_description": "New task.", "prompt": "x", "max_tokens": 1}
+    )
+    assert out.status_code == 200
+    assert order == (["queued", "stored"] if spare else ["stored", "queued"])
+    assert client.get(f"/v1/adapters/{out.json['model']}").status_code == 200
+
+
+def test_core_to_spare_compares_cpus_with_torch_threads(make_app, monkeypatch):
+    runtime = make_app().extensions["hypergen"]
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert not runtime.core_to_spare
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert runtime.core_to_spare
+
+
 def test_completions_with_a_description(client, engine):
     body = {
         "adapter_description": "Solve arithmetic.",

@@ -248,6 +248,40 @@ def test_estimated_wait_counts_free_places_then_rows():
     assert batcher.estimated_wait(7) == pytest.approx(4.0)
 
 
+def test_an_idle_continuous_batcher_waits_only_for_announced_requests(make_app):
+    """A lone request on an idle server starts at once with continuous batching (one arriving
+    later joins at the next step: waiting 10 ms bought nothing and cost every lone request 10
+    ms); the window batcher keeps its 10 ms, since a late request waits for the whole batch; an
+    explicit BATCH_WINDOW_MS wins. Announced requests are still waited for."""
+    assert make_app().extensions["hypergen"].batcher.window_s == 0
+    assert make_app(BATCHING="window").extensions["hypergen"].batcher.window_s == 0.01
+    assert make_app(BATCH_WINDOW_MS=25).extensions["hypergen"].batcher.window_s == 0.025
+    with pytest.raises(ValueError, match="BATCH_WINDOW_MS must be a number >= 0"):
+        make_app(BATCH_WINDOW_MS=-1)
+
+    decoder = GatedDecoder()
+    batcher = ContinuousBatcher(lambda: decoder, max_batch=4, window_s=0.0, max_wait_s=5.0)
+    try:
+        batcher.announce()  # a request is preparing its job
+        first = batcher.submit([Job([1], None, SamplingParams(1))])
+        time.sleep(0.2)
+        assert decoder.log == [], "an announced request holds the first prefill"
+        second = batcher.submit([Job([1], None, SamplingParams(1))], announced=True)
+        decoder.wait_ready(1)
+        assert decoder.log == [("join", 2)]
+        decoder.go()
+        third = batcher.submit([Job([1], None, SamplingParams(1))])  # nobody announced
+        decoder.wait_ready(2)
+        assert decoder.log[-1] == ("join", 1)
+        decoder.go()
+        for future in [*first, *second, *third]:
+            assert future.result(timeout=30).finish_reason == "length"
+    finally:
+        batcher.close(timeout=0)
+        decoder.gate.release(1000)
+        batcher._thread.join(30)
+
+
 def test_batching_is_a_setting(make_app, engine, monkeypatch):
     assert isinstance(make_app().extensions["hypergen"].batcher, ContinuousBatcher)
     assert isinstance(make_app(BATCHING="window").extensions["hypergen"].batcher, Batcher)

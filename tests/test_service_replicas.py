@@ -176,6 +176,36 @@ def test_a_write_cut_by_kill_9_is_swept_at_the_next_start(tmp_path, checkpoint_d
     store.close()
 
 
+def test_an_acknowledged_write_survives_kill_9(tmp_path):
+    """Commits are not fsynced (``PRAGMA synchronous=NORMAL``): they survive the process being
+    killed right after ``put`` returned, which is what a replica's crash is."""
+    root = tmp_path / "s"
+    script = textwrap.dedent(
+        f"""
+        import time
+        from service.store import AdapterStore
+        def write(folder):
+            folder.mkdir(parents=True)
+            (folder / "adapter_config.json").write_text("{{}}")
+        AdapterStore({str(root)!r}).put("{"b" * 64}", {{"object": "adapter"}}, write)
+        print("stored", flush=True)
+        time.sleep(60)
+        """
+    )
+    writer = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout.readline().strip() == "stored"
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    store = AdapterStore(root)
+    assert store.get("b" * 64)["object"] == "adapter"
+    assert (store.folder("b" * 64) / "adapter_config.json").is_file()
+    store.close()
+
+
 # --- two real server processes on one store ------------------------------------------------------
 
 

@@ -43,6 +43,10 @@ class CompositeConditioner:
         self.name = "+".join(self.parts)
         self.dim = sum(c.dim for c in self.conditioners.values())
 
+    def networks(self) -> list[torch.nn.Module]:
+        """The torch modules ``encode`` runs (for inference-time speed-ups such as packed linears)."""
+        return [n for c in self.conditioners.values() for n in c.networks()]
+
     def normalize(self, condition: Any) -> dict[str, Any]:
         """Canonical condition: ``{part: that part's canonical value}`` for every part.
 

@@ -90,6 +90,10 @@ class DemonstrationsConditioner:
         self.document = DocumentConditioner(name, device=device, max_chars=MAX_DOCUMENT_CHARS)
         self.name, self.dim, self.max_examples = name, self.document.dim, max_examples
 
+    def networks(self) -> list[torch.nn.Module]:
+        """The torch modules ``encode`` runs (for inference-time speed-ups such as packed linears)."""
+        return self.document.networks()
+
     def normalize(self, condition: Any) -> list[dict[str, str]]:
         """Canonical demonstrations (``normalize_examples``); also checks the rendered size."""
         examples = normalize_examples(condition, self.max_examples)

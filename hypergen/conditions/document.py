@@ -119,6 +119,10 @@ class DocumentConditioner:
         self.name, self.dim, self.max_chars = name, self.encoder.dim, max_chars
         self.chunk_tokens, self.overlap = chunk_tokens, overlap
 
+    def networks(self) -> list[torch.nn.Module]:
+        """The torch modules ``encode`` runs (for inference-time speed-ups such as packed linears)."""
+        return self.encoder.networks()
+
     def normalize(self, condition: Any) -> str:
         """Canonical document (``normalize_document``): the text the content-hash id is of."""
         return normalize_document(condition, self.max_chars)

@@ -30,6 +30,10 @@ class HashingConditioner:
             raise ValueError(f"hashing conditioner name must look like 'hash-64', got '{name}'")
         self.name, self.dim, self.device, self.max_chars = name, int(dim), device, max_chars
 
+    def networks(self) -> list[torch.nn.Module]:
+        """None: hashing needs no model. (The torch modules ``encode`` runs (for inference-time speed-ups such as packed linears.)"""
+        return []
+
     def normalize(self, condition: Any) -> str:
         """Canonical description, as for ``TextConditioner``."""
         return normalize_text(condition, self.max_chars)

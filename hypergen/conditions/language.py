@@ -118,6 +118,10 @@ class LanguageConditioner:
         self._languages = common
         self.dim = sum(values.shape[1] for _, values in tables)
 
+    def networks(self) -> list[torch.nn.Module]:
+        """None: a table lookup. (The torch modules ``encode`` runs (for inference-time speed-ups such as packed linears.)"""
+        return []
+
     @property
     def languages(self) -> set[str]:
         """ISO 639-3 codes that have these features."""

@@ -71,6 +71,10 @@ class TextConditioner:
         )
         self.dim = get_dim()
 
+    def networks(self) -> list[torch.nn.Module]:
+        """The torch modules ``encode`` runs (for inference-time speed-ups such as packed linears)."""
+        return [self.model]
+
     def normalize(self, condition: Any) -> str:
         """Canonical description: a non-empty string with whitespace collapsed."""
         return normalize_text(condition, self.max_chars)
