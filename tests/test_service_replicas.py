@@ -148,29 +148,41 @@ def test_leftovers_of_dead_writers_are_swept_and_live_ones_kept(tmp_path):
         sleeper.wait()
 
 
-def test_a_write_cut_by_kill_9_is_swept_at_the_next_start(tmp_path, checkpoint_dir):
-    root = tmp_path / "s"
+def _kill_9_writer(root: Path, adapter_id: str, mid_write: bool, check=None) -> None:
+    """A process stores an adapter in ``root`` and gets SIGKILL: half-way through writing its
+    folder (``mid_write``) or once ``put`` has returned; ``check()`` runs just before the kill."""
+    wait = 'print("ready", flush=True); time.sleep(60)'
     script = textwrap.dedent(
         f"""
-        import sys, time
+        import time
         from service.store import AdapterStore
         def write(folder):
             folder.mkdir(parents=True)
             (folder / "adapter_config.json").write_text("{{}}")
-            print("writing", flush=True)
-            time.sleep(60)
-        AdapterStore({str(root)!r}).put("{"a" * 64}", {{}}, write)
+            {wait if mid_write else "pass"}
+        AdapterStore({str(root)!r}).put({adapter_id!r}, {{"object": "adapter"}}, write)
+        {"pass" if mid_write else wait}
         """
     )
     writer = subprocess.Popen(
         [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True
     )
     try:
-        assert writer.stdout.readline().strip() == "writing"
-        assert len(_leftovers(root)) == 1
+        assert writer.stdout.readline().strip() == "ready"
+        if check is not None:
+            check()
     finally:
         writer.send_signal(signal.SIGKILL)
         writer.wait()
+
+
+def test_a_write_cut_by_kill_9_is_swept_at_the_next_start(tmp_path, checkpoint_dir):
+    root = tmp_path / "s"
+
+    def one_leftover():
+        assert len(_leftovers(root)) == 1
+
+    _kill_9_writer(root, "a" * 64, mid_write=True, check=one_leftover)
     store = AdapterStore(root)
     assert _leftovers(root) == [] and store.get("a" * 64) is None
     store.close()
@@ -180,26 +192,7 @@ def test_an_acknowledged_write_survives_kill_9(tmp_path):
     """Commits are not fsynced (``PRAGMA synchronous=NORMAL``): they survive the process being
     killed right after ``put`` returned, which is what a replica's crash is."""
     root = tmp_path / "s"
-    script = textwrap.dedent(
-        f"""
-        import time
-        from service.store import AdapterStore
-        def write(folder):
-            folder.mkdir(parents=True)
-            (folder / "adapter_config.json").write_text("{{}}")
-        AdapterStore({str(root)!r}).put("{"b" * 64}", {{"object": "adapter"}}, write)
-        print("stored", flush=True)
-        time.sleep(60)
-        """
-    )
-    writer = subprocess.Popen(
-        [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert writer.stdout.readline().strip() == "stored"
-    finally:
-        writer.send_signal(signal.SIGKILL)
-        writer.wait()
+    _kill_9_writer(root, "b" * 64, mid_write=False)
     store = AdapterStore(root)
     assert store.get("b" * 64)["object"] == "adapter"
     assert (store.folder("b" * 64) / "adapter_config.json").is_file()
