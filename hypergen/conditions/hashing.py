@@ -31,7 +31,7 @@ class HashingConditioner:
         self.name, self.dim, self.device, self.max_chars = name, int(dim), device, max_chars
 
     def networks(self) -> list[torch.nn.Module]:
-        """None: hashing needs no model. (The torch modules ``encode`` runs (for inference-time speed-ups such as packed linears.)"""
+        """The torch modules ``encode`` runs: none (hashing needs no model)."""
         return []
 
     def normalize(self, condition: Any) -> str:

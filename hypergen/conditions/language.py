@@ -119,7 +119,7 @@ class LanguageConditioner:
         self.dim = sum(values.shape[1] for _, values in tables)
 
     def networks(self) -> list[torch.nn.Module]:
-        """None: a table lookup. (The torch modules ``encode`` runs (for inference-time speed-ups such as packed linears.)"""
+        """The torch modules ``encode`` runs: none (a table lookup)."""
         return []
 
     @property
