@@ -57,11 +57,10 @@ def average_checkpoints(
         differ = [key for key in expected if theirs[key] != expected[key]]
         if differ:
             raise ValueError(f"{folder} differs from {folders[0]} in {', '.join(differ)}")
-    state = {
-        name: sum(w * net.state_dict()[name] for w, (net, _) in zip(weights, loaded))
-        for name in first.state_dict()
-    }
-    first.load_state_dict(state)
+    states = [net.state_dict() for net, _ in loaded]
+    first.load_state_dict(
+        {name: sum(w * state[name] for w, state in zip(weights, states)) for name in states[0]}
+    )
     meta = CheckpointMeta(
         base_model=first_meta.base_model,
         encoder=first_meta.encoder,
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         parser.error(f"{out} exists and is not empty; pass --overwrite to replace it")
     try:
         weights = [float(w) for w in args.weights.split(",")] if args.weights else None
