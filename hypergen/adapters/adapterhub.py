@@ -26,9 +26,10 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from hypergen.adapters.bottleneck import ACTIVATIONS, BottleneckWeights
+from hypergen.adapters.export import write_safetensors
 from hypergen.atomic import FolderKind, atomic_folder
 from hypergen.targets import AdapterTarget
 
@@ -189,7 +190,7 @@ def save_adapterhub(
     out_dir = Path(out_dir)
     with atomic_folder(out_dir, ADAPTERHUB_FOLDER, overwrite) as tmp:
         (tmp / CONFIG_NAME).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
-        save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt", **(metadata or {})})
+        write_safetensors(tensors, tmp / WEIGHTS_NAME, {"format": "pt", **(metadata or {})})
     return out_dir
 
 
