@@ -24,6 +24,7 @@ from service.settings import BATCHING_MODES, DEFAULTS
 _POSITIVE_INTS = (
     "LRU_SIZE",
     "MAX_BATCH",
+    "JOIN_ROWS",
     "MAX_QUEUE",
     "MAX_CONTENT_LENGTH",
     "MAX_DESCRIPTION_CHARS",
@@ -121,6 +122,9 @@ def _check_config(config) -> None:
     wait = config["MAX_QUEUE_WAIT_S"]
     if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait > 0:
         raise ValueError(f"MAX_QUEUE_WAIT_S must be a number > 0, got {wait!r}")
+    steps = config["JOIN_STEPS"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"JOIN_STEPS must be an integer >= 0, got {steps!r}")
     reserved = config["RESERVED_THREADS"]
     if isinstance(reserved, bool) or not isinstance(reserved, int) or reserved < 0:
         raise ValueError(f"RESERVED_THREADS must be an integer >= 0, got {reserved!r}")

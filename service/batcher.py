@@ -103,6 +103,7 @@ class JobQueue:
         self.max_queue_wait_s = max_queue_wait_s
         self.running = 0  # jobs running now
         self._announced = 0
+        self._wakes = 0  # wake-ups (``call``) in the job queue, which are no jobs
         self._queue: queue.Queue[tuple[Job, Future]] = queue.Queue(maxsize=max_queue)
         self._calls: queue.SimpleQueue[tuple[Callable[[], object], Future]] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -141,9 +142,9 @@ class JobQueue:
         with self._lock:  # all of a request's jobs, or none of them
             if announced:
                 self._announced -= 1
-            queued = self._queue.qsize()
+            queued = self.waiting
             wait = self.estimated_wait(queued + len(jobs) - 1)
-            if queued + len(jobs) > self._queue.maxsize:
+            if self._queue.qsize() + len(jobs) > self._queue.maxsize:
                 raise Overloaded(f"{queued} jobs are waiting; try again shortly", wait)
             limit = self.max_queue_wait_s
             if limit is not None and waited_s + wait > limit:
@@ -161,7 +162,8 @@ class JobQueue:
 
     @property
     def waiting(self) -> int:
-        return self._queue.qsize()
+        """Jobs queued (cancelled ones included until the worker drops them)."""
+        return max(0, self._queue.qsize() - self._wakes)
 
     def call(self, fn: Callable[[], T]) -> T:
         """``fn()`` run on the worker thread (between two decode steps, or at once when idle);
@@ -175,10 +177,15 @@ class JobQueue:
         self._ensure_started()
         future: Future = Future()
         self._calls.put((fn, future))
-        try:
-            self._queue.put_nowait(_WAKE)  # an idle worker blocks on the job queue
-        except queue.Full:
-            pass  # a full queue means a busy worker: it runs calls before its next step
+        with self._lock:
+            # An idle worker blocks on the job queue: wake it. A busy one runs calls between
+            # steps (and may take no job for a while, so wake-ups would pile up in the queue).
+            if not self.running:
+                try:
+                    self._queue.put_nowait(_WAKE)
+                    self._wakes += 1
+                except queue.Full:
+                    pass  # a full queue means a busy worker
         while True:
             try:
                 return future.result(timeout=1.0)
@@ -235,7 +242,10 @@ class JobQueue:
         except queue.Empty:
             item = None
         self.run_calls()
-        return None if item is _WAKE else item
+        if item is _WAKE:
+            self._woken()
+            return None
+        return item
 
     def _take(self, limit: int) -> list[tuple[Job, Future]]:
         """Up to ``limit`` jobs already waiting (the batch is running: no waiting for more),
@@ -247,13 +257,20 @@ class JobQueue:
                 job = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if job is not _WAKE:
+            if job is _WAKE:
+                self._woken()
+            else:
                 jobs.append(job)
         return jobs
+
+    def _woken(self) -> None:
+        with self._lock:
+            self._wakes -= 1
 
     def _collect(self, limit: int) -> list[tuple[Job, Future]]:
         """Up to ``limit`` jobs: block for a first one, then gather for ``window_s``, and longer
         (up to ``max_wait_s``) while announced jobs are still on their way."""
+        self.run_calls()  # any that came as the last batch ended, without a wake-up (``call``)
         first = self._get(timeout=0.1)
         if first is None:
             return []

@@ -39,6 +39,9 @@ class ContinuousBatcher(JobQueue):
     Args:
         decoder: makes an empty ``Decoder`` (``Engine.decoder``); called again whenever the
             batch has emptied, so a decoder never outlives a quiet moment.
+        join_rows: newcomers a batch at least half full gathers before they join it (1: each
+            joins at the next step).
+        join_steps: decode steps they may wait, with a free place, for the others.
         max_batch, window_s, max_wait_s, max_queue, max_queue_wait_s, on_batch, on_prefill: as
             ``service.batcher.JobQueue`` (``max_batch``: the most rows decoding together;
             ``on_batch`` is called after every decode step).
@@ -46,14 +49,22 @@ class ContinuousBatcher(JobQueue):
 
     thread_name = "hypergen-continuous-batcher"
 
-    def __init__(self, decoder: Callable[[], Decoder], **settings):
+    def __init__(
+        self, decoder: Callable[[], Decoder], join_rows: int = 4, join_steps: int = 4, **settings
+    ):
         super().__init__(**settings)
+        if join_rows < 1 or join_steps < 0:
+            raise ValueError(
+                f"ContinuousBatcher needs join_rows >= 1 and join_steps >= 0, got {join_rows} "
+                f"and {join_steps}"
+            )
         self.make_decoder = decoder
+        self.join_rows, self.join_steps = join_rows, join_steps
         self.row_seconds = 0.0  # exponential average of recent rows' time in the batch
 
     def estimated_wait(self, ahead: int) -> float:
         """Seconds until a job with ``ahead`` jobs queued before it starts: none while there is
-        a free place for it (it joins at the next step), else a row's time for each
+        a free place for it (it joins within ``join_steps`` steps), else a row's time for each
         ``max_batch`` jobs that must start before it (0 before a row has finished)."""
         free = self.max_batch - self.running
         if ahead < free:
@@ -63,10 +74,17 @@ class ContinuousBatcher(JobQueue):
     def _loop(self) -> None:
         decoder: Decoder | None = None
         running: dict[int, tuple[Future, float]] = {}  # row id -> (future, when it joined)
+        held = 0  # decode steps that newcomers have waited for others to join with them
         try:
             while not self._stop.is_set():
                 if running:
-                    waiting = self._take(self.max_batch - len(running))
+                    free = self.max_batch - len(running)
+                    if self._join_now(len(running), free, held):
+                        waiting, held = self._take(free), 0
+                    else:  # none can join, or they wait for company
+                        self.run_calls()
+                        waiting = []
+                        held = held + 1 if min(self.waiting, free) else 0
                 else:
                     waiting = self._collect(self.max_batch)
                     decoder = None  # a fresh one for every busy period
@@ -101,6 +119,14 @@ class ContinuousBatcher(JobQueue):
             for future, _ in running.values():
                 future.set_exception(RuntimeError("the service is shutting down"))
             self.running = 0
+
+    def _join_now(self, running: int, free: int, held: int) -> bool:
+        """Whether the jobs that could join the running batch now (as many as wait, up to its
+        free places) do so before its next step, or are held back for others to join with."""
+        ready = min(self.waiting, free)
+        return ready >= self.join_rows or (
+            ready > 0 and (held >= self.join_steps or running < (self.max_batch + 1) // 2)
+        )
 
     def _admit(
         self,

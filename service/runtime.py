@@ -134,7 +134,12 @@ class Runtime:
                         **settings,
                     )
                 else:
-                    self._batcher = ContinuousBatcher(lambda: self._engine.decoder(), **settings)
+                    self._batcher = ContinuousBatcher(
+                        lambda: self._engine.decoder(),
+                        join_rows=int(self.config["JOIN_ROWS"]),
+                        join_steps=int(self.config["JOIN_STEPS"]),
+                        **settings,
+                    )
                 if self._engine is not None:  # a ready engine (tests): its adapters made here too
                     self._engine.compute = self._batcher.call
             return self._batcher

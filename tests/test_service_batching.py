@@ -450,7 +450,7 @@ class GatedDecoder:
 
 def test_jobs_join_at_the_next_step_up_to_the_free_places_and_close_fails_the_rest():
     decoder = GatedDecoder()
-    batcher = ContinuousBatcher(lambda: decoder, max_batch=4, window_s=0.0)
+    batcher = ContinuousBatcher(lambda: decoder, max_batch=4, window_s=0.0, join_rows=1)
     try:
         futures = batcher.submit([Job([1], None, SamplingParams(100)) for _ in range(2)])
         decoder.wait_ready(1)  # two rows decoding, their first step waiting
@@ -469,3 +469,91 @@ def test_jobs_join_at_the_next_step_up_to_the_free_places_and_close_fails_the_re
     for future in [*futures[:2], *futures[3:]]:  # rows still decoding fail; none hangs
         with pytest.raises(RuntimeError, match="shutting down"):
             future.result(timeout=30)
+
+
+def test_a_busy_batch_gathers_newcomers_into_one_join():
+    """Each join is a prefill that stalls the running rows, so a batch at least half full holds
+    newcomers back until ``join_rows`` of them can join together (here 2 of 2 free places) ..."""
+    decoder = GatedDecoder()
+    batcher = ContinuousBatcher(lambda: decoder, max_batch=8, window_s=0.0, join_rows=2)
+    try:
+        futures = batcher.submit([Job([1], None, SamplingParams(100)) for _ in range(6)])
+        decoder.wait_ready(1)
+        futures += batcher.submit([Job([1], None, SamplingParams(3))])
+        decoder.go()  # alone, it waits: the batch is busy
+        futures += batcher.submit([Job([1], None, SamplingParams(3))])
+        decoder.go()
+        assert decoder.log == [("join", 6), ("step", 6), ("step", 6), ("join", 2)]
+        decoder.go()
+        decoder.go()
+        decoder.go()  # the two newcomers leave after their 3 steps
+        assert [f.result(timeout=30).finish_reason for f in futures[6:]] == ["length"] * 2
+    finally:
+        batcher.close(timeout=0)
+        decoder.gate.release(1000)
+        batcher._thread.join(30)
+
+
+def test_a_newcomer_waits_at_most_join_steps_and_not_at_all_beside_a_small_batch():
+    """... or until they have waited ``join_steps`` steps with a free place; a batch under half
+    full takes a newcomer at the next step, so a lightly loaded server answers as before."""
+    decoder = GatedDecoder()
+    batcher = ContinuousBatcher(lambda: decoder, max_batch=8, join_rows=4, join_steps=2)
+    try:
+        batcher.submit([Job([1], None, SamplingParams(100)) for _ in range(6)])
+        decoder.wait_ready(1)
+        batcher.submit([Job([1], None, SamplingParams(100))])
+        for _ in range(3):
+            decoder.go()
+        assert decoder.log == [("join", 6), ("step", 6), ("step", 6), ("step", 6), ("join", 1)]
+    finally:
+        batcher.close(timeout=0)
+        decoder.gate.release(1000)
+        batcher._thread.join(30)
+
+    decoder = GatedDecoder()
+    batcher = ContinuousBatcher(lambda: decoder, max_batch=8, join_rows=4, join_steps=100)
+    try:
+        batcher.submit([Job([1], None, SamplingParams(100)) for _ in range(3)])
+        decoder.wait_ready(1)
+        batcher.submit([Job([1], None, SamplingParams(100))])
+        decoder.go()
+        assert decoder.log == [("join", 3), ("step", 3), ("join", 1)], "3 of 8: under half full"
+    finally:
+        batcher.close(timeout=0)
+        decoder.gate.release(1000)
+        batcher._thread.join(30)
+
+
+def test_join_settings_are_checked(make_app):
+    batcher = make_app(JOIN_ROWS=2, JOIN_STEPS=0).extensions["hypergen"].batcher
+    assert (batcher.join_rows, batcher.join_steps) == (2, 0)
+    with pytest.raises(ValueError, match="JOIN_ROWS must be a positive integer"):
+        make_app(JOIN_ROWS=0)
+    with pytest.raises(ValueError, match="JOIN_STEPS must be an integer >= 0"):
+        make_app(JOIN_STEPS=-1)
+
+
+def test_calls_during_a_batch_run_between_steps_and_are_no_waiting_jobs():
+    """A call made while a batch decodes runs between two steps; it neither counts as a waiting
+    job (which would let held-back newcomers join early) nor leaves a wake-up in the queue."""
+    decoder = GatedDecoder()
+    batcher = ContinuousBatcher(lambda: decoder, max_batch=8, join_rows=2, join_steps=100)
+    try:
+        batcher.submit([Job([1], None, SamplingParams(100)) for _ in range(6)])
+        decoder.wait_ready(1)
+        batcher.submit([Job([1], None, SamplingParams(100))])
+        result = []
+        caller = threading.Thread(target=lambda: result.append(batcher.call(lambda: "ran")))
+        caller.start()
+        time.sleep(0.05)
+        assert batcher.waiting == 1 and batcher._queue.qsize() == 1
+        decoder.go()
+        caller.join(30)
+        assert result == ["ran"]
+        decoder.go()
+        assert decoder.log == [("join", 6), ("step", 6), ("step", 6)], "the newcomer still waits"
+    finally:
+        batcher.close(timeout=0)
+        decoder.gate.release(1000)
+        batcher._thread.join(30)
