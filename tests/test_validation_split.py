@@ -10,7 +10,13 @@ import pytest
 
 from evaluation.config import load_config
 from evaluation.harness import run
-from evaluation.validation_split import candidate_tasks, choose_validation, evenly_spaced
+from evaluation.validation_split import (
+    candidate_tasks,
+    choose_validation,
+    evenly_spaced,
+    family_out,
+    main,
+)
 from hypergen.data.tasks import TaskSplit, load_split
 
 EVAL_SUITE = Path(__file__).parent / "data" / "eval_tasks" / "suite"
@@ -151,3 +157,56 @@ def test_compare_pairs_two_runs_on_the_same_examples(tmp_path, capsys) -> None:
     assert "validation generated" in out and "+0.125" in out and "skipped t3" in out
     with pytest.raises(SystemExit):
         main([str(tmp_path / "a"), str(tmp_path / "missing")])
+
+
+def _mc_task(folder: Path, description: str, n: int) -> None:
+    folder.mkdir(parents=True)
+    examples = [
+        {"input": f"{description} {i}?", "target_scores": {"yes": i % 2, "no": 1 - i % 2}}
+        for i in range(n)
+    ]
+    data = {"name": folder.name, "description": description, "keywords": [], "examples": examples}
+    (folder / "task.json").write_text(json.dumps(data))
+
+
+def test_family_out_moves_whole_eligible_families_to_validation(tmp_path: Path) -> None:
+    """Whole families leave training: only families all of the kind, with enough examples
+    together, outside the validation families; the same seed picks the same ones, and the file
+    written is a split that loads."""
+    suite = tmp_path / "suite"
+    for family in ("alpha", "beta", "gamma"):
+        for sub in ("x", "y"):
+            _mc_task(suite / family / sub, f"{family} {sub}", 20)
+    _mc_task(suite / "small" / "x", "small x", 10)  # too few examples
+    _task(suite / "mixed" / "gen", "mixed generative", 50)  # not all multiple choice
+    _mc_task(suite / "mixed" / "mc", "mixed mc", 50)
+    _mc_task(suite / "valfam" / "a", "valfam a", 50)  # a validation family
+    _mc_task(suite / "held", "held", 50)
+    train = [
+        *(f"{f}/{s}" for f in ("alpha", "beta", "gamma") for s in ("x", "y")),
+        "small/x",
+        "mixed/gen",
+        "mixed/mc",
+        "valfam/a",
+    ]
+    split = TaskSplit(train_tasks=train, heldout_tasks=["held"], validation_tasks=["valfam/b"])
+    kept, out = family_out(suite, split, families=2, seed=0, min_examples=40)
+    assert {n.split("/")[0] for n in out} <= {"alpha", "beta", "gamma"} and len(out) == 4
+    assert sorted(kept + out) == sorted(train) and not set(kept) & set(out)
+    assert family_out(suite, split, families=2, seed=0, min_examples=40) == (kept, out)
+    with pytest.raises(ValueError, match="3 eligible families, fewer than 4"):
+        family_out(suite, split, families=4, min_examples=40)
+
+    source = tmp_path / "split.yaml"
+    source.write_text(
+        f"train_tasks: {train}\nheldout_tasks: [held]\nvalidation_tasks: [valfam/b]\nseed: 3\n"
+    )
+    target = tmp_path / "family-out.yaml"
+    args = ["--split", str(source), "--suite", str(suite), "--family-out", "2", "--out"]
+    assert main([*args, str(target), "--min-family-examples", "40"]) == 0
+    written = load_split(target)
+    assert (written.train_tasks, written.validation_tasks, written.seed) == (kept, out, 3)
+    before = target.read_text()
+    with pytest.raises(SystemExit):  # never overwritten
+        main([*args, str(target), "--min-family-examples", "40"])
+    assert target.read_text() == before
