@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -261,7 +262,7 @@ def test_an_idle_continuous_batcher_waits_only_for_announced_requests(make_app):
 
     decoder = GatedDecoder()
     batcher = ContinuousBatcher(lambda: decoder, max_batch=4, window_s=0.0, max_wait_s=5.0)
-    try:
+    with _stopped_after(batcher, decoder):
         batcher.announce()  # a request is preparing its job
         first = batcher.submit([Job([1], None, SamplingParams(1))])
         time.sleep(0.2)
@@ -276,10 +277,6 @@ def test_an_idle_continuous_batcher_waits_only_for_announced_requests(make_app):
         decoder.go()
         for future in [*first, *second, *third]:
             assert future.result(timeout=30).finish_reason == "length"
-    finally:
-        batcher.close(timeout=0)
-        decoder.gate.release(1000)
-        batcher._thread.join(30)
 
 
 def test_batching_is_a_setting(make_app, engine, monkeypatch):
@@ -400,6 +397,18 @@ def test_concurrent_new_adapters_are_made_in_one_pass(engine, monkeypatch):
             assert torch.equal(lora.A[name], lora.A[name].to(dtype).float()), "rounded to dtype"
 
 
+@contextmanager
+def _stopped_after(batcher, decoder: GatedDecoder):
+    """The test's body, then the batcher closed: its worker stops after the step it is in (the
+    gate opened for good), and rows still decoding fail."""
+    try:
+        yield
+    finally:
+        batcher.close(timeout=0)
+        decoder.gate.release(1000)
+        batcher._thread.join(30)
+
+
 class GatedDecoder:
     """A stand-in for ``Decoder`` whose steps each wait for the test (``go``): rows finish after
     their ``max_tokens`` steps. ``log`` records joins and steps in order."""
@@ -451,7 +460,7 @@ class GatedDecoder:
 def test_jobs_join_at_the_next_step_up_to_the_free_places_and_close_fails_the_rest():
     decoder = GatedDecoder()
     batcher = ContinuousBatcher(lambda: decoder, max_batch=4, window_s=0.0, join_rows=1)
-    try:
+    with _stopped_after(batcher, decoder):
         futures = batcher.submit([Job([1], None, SamplingParams(100)) for _ in range(2)])
         decoder.wait_ready(1)  # two rows decoding, their first step waiting
         futures += batcher.submit([Job([1], None, SamplingParams(k)) for k in (2, 100, 100)])
@@ -462,10 +471,6 @@ def test_jobs_join_at_the_next_step_up_to_the_free_places_and_close_fails_the_re
         decoder.go()  # the 2-token row leaves: the waiting job takes its place at once
         assert decoder.log[-2:] == [("step", 4), ("join", 1)] and len(decoder) == 4
         assert futures[2].result(timeout=30).finish_reason == "length"
-    finally:
-        batcher.close(timeout=0)  # the worker stops after the step it is in
-        decoder.gate.release(1000)
-        batcher._thread.join(30)
     for future in [*futures[:2], *futures[3:]]:  # rows still decoding fail; none hangs
         with pytest.raises(RuntimeError, match="shutting down"):
             future.result(timeout=30)
@@ -476,7 +481,7 @@ def test_a_busy_batch_gathers_newcomers_into_one_join():
     newcomers back until ``join_rows`` of them can join together (here 2 of 2 free places) ..."""
     decoder = GatedDecoder()
     batcher = ContinuousBatcher(lambda: decoder, max_batch=8, window_s=0.0, join_rows=2)
-    try:
+    with _stopped_after(batcher, decoder):
         futures = batcher.submit([Job([1], None, SamplingParams(100)) for _ in range(6)])
         decoder.wait_ready(1)
         futures += batcher.submit([Job([1], None, SamplingParams(3))])
@@ -488,10 +493,6 @@ def test_a_busy_batch_gathers_newcomers_into_one_join():
         decoder.go()
         decoder.go()  # the two newcomers leave after their 3 steps
         assert [f.result(timeout=30).finish_reason for f in futures[6:]] == ["length"] * 2
-    finally:
-        batcher.close(timeout=0)
-        decoder.gate.release(1000)
-        batcher._thread.join(30)
 
 
 def test_a_newcomer_waits_at_most_join_steps_and_not_at_all_beside_a_small_batch():
@@ -499,30 +500,22 @@ def test_a_newcomer_waits_at_most_join_steps_and_not_at_all_beside_a_small_batch
     full takes a newcomer at the next step, so a lightly loaded server answers as before."""
     decoder = GatedDecoder()
     batcher = ContinuousBatcher(lambda: decoder, max_batch=8, join_rows=4, join_steps=2)
-    try:
+    with _stopped_after(batcher, decoder):
         batcher.submit([Job([1], None, SamplingParams(100)) for _ in range(6)])
         decoder.wait_ready(1)
         batcher.submit([Job([1], None, SamplingParams(100))])
         for _ in range(3):
             decoder.go()
         assert decoder.log == [("join", 6), ("step", 6), ("step", 6), ("step", 6), ("join", 1)]
-    finally:
-        batcher.close(timeout=0)
-        decoder.gate.release(1000)
-        batcher._thread.join(30)
 
     decoder = GatedDecoder()
     batcher = ContinuousBatcher(lambda: decoder, max_batch=8, join_rows=4, join_steps=100)
-    try:
+    with _stopped_after(batcher, decoder):
         batcher.submit([Job([1], None, SamplingParams(100)) for _ in range(3)])
         decoder.wait_ready(1)
         batcher.submit([Job([1], None, SamplingParams(100))])
         decoder.go()
         assert decoder.log == [("join", 3), ("step", 3), ("join", 1)], "3 of 8: under half full"
-    finally:
-        batcher.close(timeout=0)
-        decoder.gate.release(1000)
-        batcher._thread.join(30)
 
 
 def test_join_settings_are_checked(make_app):
@@ -539,7 +532,7 @@ def test_calls_during_a_batch_run_between_steps_and_are_no_waiting_jobs():
     job (which would let held-back newcomers join early) nor leaves a wake-up in the queue."""
     decoder = GatedDecoder()
     batcher = ContinuousBatcher(lambda: decoder, max_batch=8, join_rows=2, join_steps=100)
-    try:
+    with _stopped_after(batcher, decoder):
         batcher.submit([Job([1], None, SamplingParams(100)) for _ in range(6)])
         decoder.wait_ready(1)
         batcher.submit([Job([1], None, SamplingParams(100))])
@@ -553,7 +546,3 @@ def test_calls_during_a_batch_run_between_steps_and_are_no_waiting_jobs():
         assert result == ["ran"]
         decoder.go()
         assert decoder.log == [("join", 6), ("step", 6), ("step", 6)], "the newcomer still waits"
-    finally:
-        batcher.close(timeout=0)
-        decoder.gate.release(1000)
-        batcher._thread.join(30)
