@@ -495,27 +495,27 @@ def test_a_busy_batch_gathers_newcomers_into_one_join():
         assert [f.result(timeout=30).finish_reason for f in futures[6:]] == ["length"] * 2
 
 
+def _one_newcomer(running: int, join_steps: int, steps: int) -> list[tuple[str, int]]:
+    """The decoder's log when one newcomer arrives beside ``running`` rows (``max_batch`` 8,
+    ``join_rows`` 4) while their first step runs, and ``steps`` steps are let through."""
+    decoder = GatedDecoder()
+    batcher = ContinuousBatcher(lambda: decoder, max_batch=8, join_rows=4, join_steps=join_steps)
+    with _stopped_after(batcher, decoder):
+        batcher.submit([Job([1], None, SamplingParams(100)) for _ in range(running)])
+        decoder.wait_ready(1)
+        batcher.submit([Job([1], None, SamplingParams(100))])
+        for _ in range(steps):
+            decoder.go()
+        return list(decoder.log)
+
+
 def test_a_newcomer_waits_at_most_join_steps_and_not_at_all_beside_a_small_batch():
     """... or until they have waited ``join_steps`` steps with a free place; a batch under half
     full takes a newcomer at the next step, so a lightly loaded server answers as before."""
-    decoder = GatedDecoder()
-    batcher = ContinuousBatcher(lambda: decoder, max_batch=8, join_rows=4, join_steps=2)
-    with _stopped_after(batcher, decoder):
-        batcher.submit([Job([1], None, SamplingParams(100)) for _ in range(6)])
-        decoder.wait_ready(1)
-        batcher.submit([Job([1], None, SamplingParams(100))])
-        for _ in range(3):
-            decoder.go()
-        assert decoder.log == [("join", 6), ("step", 6), ("step", 6), ("step", 6), ("join", 1)]
-
-    decoder = GatedDecoder()
-    batcher = ContinuousBatcher(lambda: decoder, max_batch=8, join_rows=4, join_steps=100)
-    with _stopped_after(batcher, decoder):
-        batcher.submit([Job([1], None, SamplingParams(100)) for _ in range(3)])
-        decoder.wait_ready(1)
-        batcher.submit([Job([1], None, SamplingParams(100))])
-        decoder.go()
-        assert decoder.log == [("join", 3), ("step", 3), ("join", 1)], "3 of 8: under half full"
+    log = _one_newcomer(running=6, join_steps=2, steps=3)
+    assert log == [("join", 6), ("step", 6), ("step", 6), ("step", 6), ("join", 1)]
+    log = _one_newcomer(running=3, join_steps=100, steps=1)
+    assert log == [("join", 3), ("step", 3), ("join", 1)], "3 of 8: under half full"
 
 
 def test_join_settings_are_checked(make_app):
