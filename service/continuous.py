@@ -79,12 +79,12 @@ class ContinuousBatcher(JobQueue):
             while not self._stop.is_set():
                 if running:
                     free = self.max_batch - len(running)
-                    if self._join_now(len(running), free, held):
+                    ready = min(self.waiting, free)  # jobs that could join now
+                    if self._join_now(len(running), ready, held):
                         waiting, held = self._take(free), 0
                     else:  # none can join, or they wait for company
                         self.run_calls()
-                        waiting = []
-                        held = held + 1 if min(self.waiting, free) else 0
+                        waiting, held = [], held + 1 if ready else 0
                 else:
                     waiting = self._collect(self.max_batch)
                     decoder = None  # a fresh one for every busy period
@@ -120,10 +120,9 @@ class ContinuousBatcher(JobQueue):
                 future.set_exception(RuntimeError("the service is shutting down"))
             self.running = 0
 
-    def _join_now(self, running: int, free: int, held: int) -> bool:
-        """Whether the jobs that could join the running batch now (as many as wait, up to its
-        free places) do so before its next step, or are held back for others to join with."""
-        ready = min(self.waiting, free)
+    def _join_now(self, running: int, ready: int, held: int) -> bool:
+        """Whether the ``ready`` jobs that could join the running batch now (as many as wait, up
+        to its free places) do so before its next step, or are held back for others."""
         return ready >= self.join_rows or (
             ready > 0 and (held >= self.join_steps or running < (self.max_batch + 1) // 2)
         )
