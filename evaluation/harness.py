@@ -16,7 +16,8 @@ headline metric is ``acc`` for multiple choice and, for generative tasks, ``em``
 file lists only text-overlap metrics (rouge, bleu, bleurt, sequence_f1), then ``rougeL``.
 
 Per task group, besides each system's macro-average and paired Δ vs base: the paired differences
-``generated - generated_other_task`` and ``generated - generated_random`` (``PAIRED_COMPARISONS``),
+``generated - generated_other_task`` and ``generated - generated_random``, and with the description
+in the prompt ``generated+desc - base+desc`` and ``generated+desc - generated`` (``PAIRED_COMPARISONS``),
 the share of the oracle's gain over base that ``generated`` recovers, and the specificity of the
 generated adapters (``evaluation.specificity``: cosines of their updates, delta-W for LoRA, across
 the tasks' descriptions and to each task's random-string adapter). With ``generation_check`` on,
@@ -380,6 +381,9 @@ PAIRED_COMPARISONS = (
     ("generated", "generated_other_task"),
     ("generated", "generated_random"),
     ("generated", "generated_english"),  # a description + language checkpoint's language effect
+    # does the adapter add to the description in the prompt, and the description to the adapter?
+    ("generated+desc", "base+desc"),
+    ("generated+desc", "generated"),
 )
 
 

@@ -137,8 +137,9 @@ def _comparison_lines(comparisons: dict[str, Any] | None, task_names: list[str])
         lines += [
             "",
             (
-                "Paired differences on the same examples (headline metric, 95% CI; > 0: the task's own "
-                "description beats the other condition):"
+                "Paired differences on the same examples (headline metric, 95% CI; > 0: the first "
+                "system scores higher; for generated − generated_other_task or generated_random: the "
+                "task's own description beats the other condition):"
             ),
             "",
             "| Task | n | " + " | ".join(titles) + " |",

@@ -380,7 +380,10 @@ def evaluated(tmp_path_factory, llama_dir, checkpoint_dir, library):
             f"checkpoint={checkpoint_dir}",
             f"loras_dir={library}",
             f"out={out}",
-            "systems=[base, oracle_lora, generated, generated_random, generated_other_task]",
+            (
+                "systems=[base, base+desc, oracle_lora, generated, generated+desc, "
+                "generated_random, generated_other_task]"
+            ),
         ],
     )
     results = run(config)
@@ -395,6 +398,8 @@ def test_paired_deltas_in_results_and_markdown(evaluated):
         assert set(paired) == {
             ("generated", "generated_other_task"),
             ("generated", "generated_random"),
+            ("generated+desc", "base+desc"),
+            ("generated+desc", "generated"),
         }
         tasks = [t for t, info in saved["tasks"].items() if info["group"] == group]
         for (a, b), entry in paired.items():
@@ -410,13 +415,12 @@ def test_paired_deltas_in_results_and_markdown(evaluated):
             assert entry["delta"]["mean"] == pytest.approx(np.mean(diffs))
             lo, hi = entry["delta"]["ci"]
             assert lo <= entry["delta"]["mean"] <= hi and entry["delta"]["tasks"] == len(tasks)
-    # one paired table per group, each with a macro row and both comparisons
-    assert (
-        report.count(
-            "| Task | n | generated − generated_other_task | generated − generated_random |"
-        )
-        == 2
+    # one paired table per group, each with a macro row and every comparison
+    header = (
+        "| Task | n | generated − generated_other_task | generated − generated_random "
+        "| generated+desc − base+desc | generated+desc − generated |"
     )
+    assert report.count(header) == 2
     assert report.count("| **macro** |") == 2
 
 
