@@ -52,7 +52,7 @@ import numpy as np
 
 from evaluation.cache import record_path
 from hypergen.config import DEFAULT_TASK_LANGUAGES
-from hypergen.data.descriptions import TRAIN, UNSEEN, describe
+from hypergen.data.descriptions import TRAIN, UNSEEN, describe, describe_prefix
 from hypergen.data.tasks import Example, Task
 from hypergen.digests import file_sha256
 from hypergen.layout import MULTITASK, library_folder
@@ -135,11 +135,6 @@ def random_words(seed: int, task_name: str, num_words: int) -> str:
         for _ in range(num_words)
     )
     return " ".join(words).capitalize() + "."
-
-
-def describe_prefix(description: str) -> str:
-    """The prompt prefix of the +desc systems."""
-    return f"{description}\n\n"
 
 
 # ---------------------------------------------------------------- nearest training example

@@ -106,8 +106,21 @@ def test_formats_render_what_the_service_sends_and_end_the_answer(tokenizer):
     assert (prompt, completion) == (expected, "yes")
     with pytest.raises(ValueError, match="unknown format"):
         render(tokenizer, "a", "b", "html")
+    # a prefix (the description) goes before the prompt, or starts the user turn
+    assert render(tokenizer, "Q: hi\nA:", " yes", "plain", "Greet.\n\n")[0] == "Greet.\n\nQ: hi\nA:"
+    with_prefix = render(tokenizer, "Q: hi\nA:", " yes", "chat", "Greet.\n\n")[0]
+    assert with_prefix == tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Greet.\n\nhi"}], add_generation_prompt=True, tokenize=False
+    )
     ended = tokenize_formatted(tokenizer, [("Q: hi\nA:", " yes", "chat")], 64, end_of_answer=True)
     plain = tokenize_formatted(tokenizer, [("Q: hi\nA:", " yes", "plain")], 64, end_of_answer=False)
+    shown = tokenize_formatted(
+        tokenizer, [("Q: hi\nA:", " yes", "plain")], 64, False, ["Greet.\n\n"]
+    )
+    assert shown["input_ids"].shape[1] > plain["input_ids"].shape[1]
+    assert shown["labels"][0, -1] == plain["labels"][0, -1]  # the loss stays on the answer
+    with pytest.raises(ValueError, match="prefixes for"):
+        tokenize_formatted(tokenizer, [("Q: hi\nA:", " yes", "plain")], 64, False, [])
     labels = ended["labels"][0][ended["labels"][0] != IGNORE_INDEX].tolist()
     assert labels[-1] == tokenizer.eos_token_id  # the loss covers the end of the answer
     assert tokenizer.eos_token_id not in plain["labels"][0].tolist()

@@ -20,9 +20,12 @@ from hypergen import (
     load_peft,
     lora_delta_weight,
 )
+from hypergen.adapters.apply import apply_adapters
+from hypergen.data.descriptions import describe_prefix
 from training.config import LoraTrainConfig, MetaTrainConfig, load_config
 from training.data import MixtureSampler, load_task_data, shard
-from training.objectives import contrastive_losses, delta_w_loss, other_task_rows
+from training.formats import tokenize_formatted
+from training.objectives import contrastive_losses, delta_w_loss, distill_losses, other_task_rows
 
 TINY = Path(__file__).resolve().parents[1] / "training" / "configs" / "tiny.yaml"
 WORDS = ["cat", "dog", "sun", "mat", "day", "red", "sea", "hat"]
@@ -288,6 +291,81 @@ def test_contrastive_term_is_own_vs_other_task_adapter(toy, tmp_path):
     assert total.item() == pytest.approx((own.mean() + 2.0 * expected).item(), rel=1e-4)
     log = [json.loads(line) for line in (tmp_path / "c" / "log.jsonl").read_text().splitlines()]
     assert all("contrastive" in r for r in log if "loss" in r)
+
+
+def test_distill_losses_compare_the_same_answer_tokens_after_different_prompts():
+    g = torch.Generator().manual_seed(0)
+    vocab = 7
+    # row 0: student prompt 2 tokens, teacher 4 (the description), answer 3 tokens; row 1: answer 2
+    student_labels = torch.tensor([[-100, -100, 3, 4, 5, -100], [-100, -100, -100, 1, 2, -100]])
+    teacher_labels = torch.tensor(
+        [[-100, -100, -100, -100, 3, 4, 5, -100], [-100, -100, -100, -100, -100, 1, 2, -100]]
+    )
+    student = torch.randn(2, 6, vocab, generator=g)
+    teacher = torch.randn(2, 8, vocab, generator=g)
+
+    def kl(t, s):
+        p, q = t.log_softmax(-1), s.log_softmax(-1)
+        return (p.exp() * (p - q)).sum()
+
+    # position t predicts token t+1: row 0's answer is predicted at student 1..3, teacher 3..5
+    expected = torch.stack(
+        [
+            sum(kl(teacher[0, 3 + k], student[0, 1 + k]) for k in range(3)) / 3,
+            sum(kl(teacher[1, 4 + k], student[1, 2 + k]) for k in range(2)) / 2,
+        ]
+    )
+    got = distill_losses(student, student_labels, teacher, teacher_labels)
+    assert torch.allclose(got, expected, atol=1e-6)
+    # the same distributions at the answer positions: no loss
+    aligned = teacher.clone()
+    aligned[0, 3:6], aligned[1, 4:6] = student[0, 1:4], student[1, 2:4]
+    assert distill_losses(student, student_labels, aligned, teacher_labels).abs().max() < 1e-6
+    # a teacher that kept one more answer token than the student: the shared first ones count
+    longer = torch.tensor(
+        [[-100, -100, -100, -100, 3, 4, 5, 6], [-100, -100, -100, -100, -100, 1, 2, -100]]
+    )
+    assert torch.allclose(distill_losses(student, student_labels, teacher, longer), expected)
+
+
+def test_meta_train_distills_the_description_in_the_prompt(toy, tmp_path):
+    """objective=distill: the logged term is the KL on the answer tokens of the bare LM with the
+    sample's description phrasing before its prompt against the LM with the generated adapter."""
+    trainer = run_meta_train(toy, tmp_path / "k", objective="distill", steps=2)
+    log = [json.loads(line) for line in (tmp_path / "k" / "log.jsonl").read_text().splitlines()]
+    assert all("distill" in r and "sft" not in r for r in log if "loss" in r)
+    samples = trainer.sampler.batch(0, 4)
+    tok, cfg = trainer.tokenizer, trainer.config
+    with torch.no_grad():
+        total, parts = trainer.loss(samples)
+        lora = trainer._generated(samples)
+        expected = []
+        for s, row in zip(samples, range(len(samples))):
+            description = trainer.data.phrasings[s.condition]
+            shown = tokenize_formatted(
+                tok,
+                [(s.prompt, s.completion, s.fmt)],
+                2 * cfg.max_length,  # the teacher's room for the description
+                cfg.end_of_answer,
+                [describe_prefix(description)],
+            )
+            bare = tokenize_formatted(
+                tok, [(s.prompt, s.completion, s.fmt)], cfg.max_length, cfg.end_of_answer
+            )
+            teacher = trainer.model(input_ids=shown["input_ids"]).logits
+            with apply_adapters(trainer.model, lora.select([row])):
+                student = trainer.model(input_ids=bare["input_ids"]).logits
+            expected.append(distill_losses(student, bare["labels"], teacher, shown["labels"])[0])
+    assert parts["distill"].item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-4)
+    assert parts["distill"].item() > 0  # the description changes the bare LM's predictions
+    assert total.item() == pytest.approx(parts["distill"].item())
+    with pytest.raises(ValueError, match="distill_weight adds to objective sft or both"):
+        load_config(MetaTrainConfig, TINY, ["distill_weight=1", "objective=reconstruction"])
+    with pytest.raises(ValueError, match="distill_weight must be >= 0"):
+        load_config(MetaTrainConfig, TINY, ["distill_weight=-1"])
+    mixed = run_meta_train(toy, tmp_path / "m", distill_weight=0.5, steps=1)
+    _, parts = mixed.loss(samples)
+    assert {"sft", "distill"} <= set(parts)
 
 
 @pytest.mark.parametrize("objective", ["reconstruction", "both"])

@@ -33,7 +33,7 @@ from hypergen.config import (
 from hypergen.config_files import load_config, save_config
 from hypergen.layout import hypergen_home, library_dir, run_dir, suite_dir
 
-OBJECTIVES = ("sft", "reconstruction", "both")
+OBJECTIVES = ("sft", "reconstruction", "both", "distill")
 CONDITIONS = ("description", "document", "demonstrations")
 SCHEDULES = ("cosine", "constant")
 
@@ -78,12 +78,16 @@ class MetaTrainConfig:
             objective needs a library of the same kind and the library is LoRA-only, so this kind
             trains with ``objective=sft``.
         objective: ``sft`` (completion loss through the LM), ``reconstruction`` (regress onto the
-            LoRA library) or ``both`` (weighted sum).
+            LoRA library), ``both`` (weighted sum) or ``distill`` (context distillation of the
+            description alone: ``training.objectives.distill_losses``).
         sft_weight, reconstruction_weight: weights of the two losses when ``objective=both``.
         contrastive_weight, contrastive_margin: an SFT-side term (0: off) asking each example's
             completion loss under its own task's adapter to beat, by ``contrastive_margin`` nats,
             its loss under the adapter of another task of the same micro-batch
             (``training.objectives.contrastive_losses``); costs a second LM forward per step.
+        distill_weight: weight of the distillation term added to ``sft`` or ``both`` (0: off):
+            the LM with the generated adapter should predict the answer as the LM with the
+            description in its prompt does; costs a forward of the bare LM per step.
         lora_library: folder of per-task PEFT LoRAs (``train_lora.py``); default
             ``$HYPERGEN_HOME/loras``.
         steps: optimizer steps in total (a resumed run continues up to this number).
@@ -155,6 +159,7 @@ class MetaTrainConfig:
     reconstruction_weight: float = 1.0
     contrastive_weight: float = 0.0
     contrastive_margin: float = 0.5
+    distill_weight: float = 0.0
     lora_library: str | None = None
     steps: int = 300
     batch_size: int = 8
@@ -209,14 +214,23 @@ class MetaTrainConfig:
             raise ValueError(
                 "MetaTrainConfig.contrastive_weight and contrastive_margin must be >= 0"
             )
-        if self.contrastive_weight > 0 and self.objective == "reconstruction":
+        if self.distill_weight < 0:
+            raise ValueError(
+                f"MetaTrainConfig.distill_weight must be >= 0, got {self.distill_weight}"
+            )
+        if self.distill_weight > 0 and self.objective not in ("sft", "both"):
+            raise ValueError(
+                "MetaTrainConfig.distill_weight adds to objective sft or both "
+                "(objective=distill is distillation alone)"
+            )
+        if self.contrastive_weight > 0 and self.objective not in ("sft", "both"):
             raise ValueError(
                 "MetaTrainConfig.contrastive_weight needs the LM loss: objective sft or both"
             )
-        if self.adapter_kind != "lora" and self.objective != "sft":
+        if self.adapter_kind != "lora" and self.objective in ("reconstruction", "both"):
             raise ValueError(
                 f"MetaTrainConfig.objective={self.objective} needs a library of {self.adapter_kind} "
-                "adapters; the library is LoRA-only: use objective=sft"
+                "adapters; the library is LoRA-only: use objective=sft or distill"
             )
         if self.lr_schedule not in SCHEDULES:
             raise ValueError(

@@ -29,15 +29,19 @@ def chat_question(prompt: str) -> str:
 
 
 def render(
-    tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str, fmt: str
+    tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str, fmt: str, prefix: str = ""
 ) -> tuple[str, str]:
-    """(prompt text, completion text) of one example in format ``fmt``."""
+    """(prompt text, completion text) of one example in format ``fmt``, with ``prefix`` (e.g. the
+    task's description) before the question: before the prompt, or at the start of the user turn."""
     if fmt == "plain":
-        return prompt, completion
+        return prefix + prompt, completion
     if fmt == "chat":
         if not getattr(tokenizer, "chat_template", None):
-            return prompt, completion  # a base model without a template is only served plain
-        messages = [{"role": "user", "content": chat_question(prompt)}]
+            return (
+                prefix + prompt,
+                completion,
+            )  # a base model without a template is only served plain
+        messages = [{"role": "user", "content": prefix + chat_question(prompt)}]
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return text, completion.strip()
     raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
@@ -55,9 +59,14 @@ def tokenize_formatted(
     items: Sequence[tuple[str, str, str]],
     max_length: int,
     end_of_answer: bool,
+    prefixes: Sequence[str] | None = None,
 ) -> dict[str, Tensor]:
-    """Token batch (``tokenize_pairs``) of ``(prompt, completion, format)`` items."""
-    pairs = [render(tokenizer, p, c, fmt) for p, c, fmt in items]
+    """Token batch (``tokenize_pairs``) of ``(prompt, completion, format)`` items, each with its
+    prompt prefix from ``prefixes`` (None: none)."""
+    prefixes = prefixes if prefixes is not None else [""] * len(items)
+    if len(prefixes) != len(items):
+        raise ValueError(f"{len(prefixes)} prefixes for {len(items)} items")
+    pairs = [render(tokenizer, p, c, fmt, pre) for (p, c, fmt), pre in zip(items, prefixes)]
     return tokenize_pairs(
         tokenizer,
         [p for p, _ in pairs],

@@ -10,7 +10,10 @@ Objectives (``objective``):
                     LoRA generated from one of its task's descriptions (per-example hooks);
     reconstruction  relative squared error of each generated delta W against the task's LoRA in
                     the library (``train_lora.py``); see ``training/objectives.py`` for why delta W;
-    both            per-sample weighted sum (samples of tasks without a library LoRA get SFT only).
+    both            per-sample weighted sum (samples of tasks without a library LoRA get SFT only);
+    distill         context distillation: the LM with the generated adapter should predict each
+                    answer token as the bare LM with the description in its prompt does
+                    (``distill_weight`` adds the same term to ``sft`` or ``both``).
 
 Each step's global batch is a function of ``(seed, step)`` (``training/data.py``) and every
 process trains on its own slice with a per-example mean loss, so 1 process and N processes take
@@ -59,6 +62,7 @@ from hypergen.config import (
     HyperNetConfig,
     LoraSpec,
 )
+from hypergen.data.descriptions import describe_prefix
 from hypergen.data.task_languages import TaskLanguages
 from hypergen.generator import AdapterGenerator
 from hypergen.layout import MULTITASK, library_folder
@@ -79,6 +83,7 @@ from training.formats import tokenize_formatted
 from training.objectives import (
     contrastive_losses,
     delta_w_loss,
+    distill_losses,
     example_losses,
     other_task_rows,
 )
@@ -379,6 +384,34 @@ class MetaTrainer:
                     logits = self.model(**inputs).logits
         return example_losses(logits, batch["labels"])
 
+    def _distill_losses(self, samples: list[Sample], lora: LoraWeights) -> torch.Tensor:
+        """(b,) KL on the answer tokens of the bare LM with each sample's description phrasing
+        in its prompt (the teacher, no gradient) against the LM with ``lora`` and no description."""
+        prefixes = [describe_prefix(self.data.phrasings[s.condition]) for s in samples]
+        items = [(s.prompt, s.completion, s.fmt) for s in samples]
+        cfg, device = self.config, self.accelerator.device
+        # the teacher's prompt is longer: give it room, so both keep the same answer tokens
+        teacher_batch = tokenize_formatted(
+            self.tokenizer, items, 2 * cfg.max_length, cfg.end_of_answer, prefixes
+        )
+        student_batch = self._tokenize(samples, train=True)
+        with torch.autocast(
+            device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"
+        ):
+            with torch.no_grad():
+                teacher = self.model(
+                    input_ids=teacher_batch["input_ids"].to(device),
+                    attention_mask=teacher_batch["attention_mask"].to(device),
+                ).logits
+            with apply_adapters(self.model, lora):
+                student = self.model(
+                    input_ids=student_batch["input_ids"],
+                    attention_mask=student_batch["attention_mask"],
+                ).logits
+        return distill_losses(
+            student, student_batch["labels"], teacher, teacher_batch["labels"].to(device)
+        )
+
     def loss(self, samples: list[Sample]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The objective on one micro-batch: a mean over its samples of each sample's loss."""
         cfg = self.config
@@ -402,6 +435,10 @@ class MetaTrainer:
                         own[rows], other, cfg.contrastive_margin
                     ).sum() / len(samples)
                     total = total + cfg.contrastive_weight * parts["contrastive"]
+        if cfg.objective == "distill" or cfg.distill_weight > 0:
+            parts["distill"] = self._distill_losses(samples, lora).mean()
+            weight = 1.0 if cfg.objective == "distill" else cfg.distill_weight
+            total = total + weight * parts["distill"]
         if cfg.objective in ("reconstruction", "both"):
             rows = [i for i, s in enumerate(samples) if s.task in self.library]
             if rows:

@@ -12,6 +12,13 @@ the adapter depends on the condition, which is what `generated - generated_other
 measures. A hinge, so it stops pushing once own beats other by the margin (it never rewards
 making another task's adapter ever worse).
 
+Distillation (optional; ``distill_losses``): context distillation of the description. The teacher
+is the frozen LM with the task's description in its prompt, the student the same LM with the
+adapter generated from that description and no description; each example's loss is the mean
+over its answer tokens of KL(teacher || student) on the next-token distribution. Unlike SFT and
+reconstruction it has a target for any task, trained or not: what the description itself does in
+the prompt, which is what carries to a task family never trained on.
+
 Reconstruction: ``delta_w_loss`` compares the generated update ``dW = s B A`` with the library
 LoRA's ``dW* = s* B* A*`` per module, as a relative squared Frobenius error summed over modules:
 
@@ -31,11 +38,12 @@ It is computed without forming any (o, i) matrix, through r x r products (exact)
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from einops import einsum
 from torch import Tensor
 
 from hypergen.adapters.lora import LoraWeights
-from hypergen.data.text_batches import completion_logprobs
+from hypergen.data.text_batches import IGNORE_INDEX, completion_logprobs
 
 
 def example_losses(logits: Tensor, labels: Tensor) -> Tensor:
@@ -46,6 +54,29 @@ def example_losses(logits: Tensor, labels: Tensor) -> Tensor:
     """
     total, count = completion_logprobs(logits, labels)
     return -total / count.clamp(min=1)
+
+
+def distill_losses(
+    student_logits: Tensor, student_labels: Tensor, teacher_logits: Tensor, teacher_labels: Tensor
+) -> Tensor:
+    """(b,) mean KL(teacher || student) over each example's answer tokens.
+
+    The two batches hold the same answers after different prompts (the teacher's carries the
+    description), so row i's labelled positions are the same tokens in both, in the same order.
+    Where one side cut its answer shorter (a longer length limit on the other), the first answer
+    tokens both sides hold are compared: their contexts agree up to there.
+    """
+    student_at = student_labels[:, 1:] != IGNORE_INDEX  # position t predicts token t+1
+    teacher_at = teacher_labels[:, 1:] != IGNORE_INDEX
+    counts = torch.minimum(student_at.sum(dim=1), teacher_at.sum(dim=1))
+    student_at &= student_at.cumsum(dim=1) <= counts[:, None]
+    teacher_at &= teacher_at.cumsum(dim=1) <= counts[:, None]
+    student = F.log_softmax(student_logits[:, :-1][student_at].float(), dim=-1)
+    teacher = F.log_softmax(teacher_logits[:, :-1][teacher_at].float(), dim=-1)
+    kl = (teacher.exp() * (teacher - student)).sum(dim=-1)  # (tokens,) in row-major order
+    rows = torch.arange(len(counts), device=kl.device).repeat_interleave(counts)
+    per_row = kl.new_zeros(len(counts)).index_add_(0, rows, kl)
+    return per_row / counts.clamp(min=1)
 
 
 def other_task_rows(tasks: list[str]) -> list[int | None]:

@@ -126,6 +126,12 @@ TEMPLATES: tuple[tuple[str, str, Callable[[Task], str]], ...] = (
 )
 
 
+def describe_prefix(description: str) -> str:
+    """A description as a prompt prefix: what the ``+desc`` evaluation systems put before the
+    input, and what training shows with ``prompt_description_rate``."""
+    return f"{description}\n\n"
+
+
 def template_splits() -> dict[str, str]:
     """Map each template id to its split ("train" or "unseen")."""
     return {template: split for template, split, _ in TEMPLATES}
