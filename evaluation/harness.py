@@ -17,7 +17,8 @@ file lists only text-overlap metrics (rouge, bleu, bleurt, sequence_f1), then ``
 
 Per task group, besides each system's macro-average and paired Δ vs base: the paired differences
 ``generated - generated_other_task`` and ``generated - generated_random``, and with the description
-in the prompt ``generated+desc - base+desc`` and ``generated+desc - generated`` (``PAIRED_COMPARISONS``),
+in the prompt ``generated+desc - base+desc``, ``generated+desc - generated`` and ``base+desc -
+base+other_desc`` (``PAIRED_COMPARISONS``),
 the share of the oracle's gain over base that ``generated`` recovers, and the specificity of the
 generated adapters (``evaluation.specificity``: cosines of their updates, delta-W for LoRA, across
 the tasks' descriptions and to each task's random-string adapter). With ``generation_check`` on,
@@ -384,6 +385,7 @@ PAIRED_COMPARISONS = (
     # does the adapter add to the description in the prompt, and the description to the adapter?
     ("generated+desc", "base+desc"),
     ("generated+desc", "generated"),
+    ("base+desc", "base+other_desc"),  # does the description's text in the prompt matter?
 )
 
 

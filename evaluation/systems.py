@@ -2,6 +2,8 @@
 
     base                  the frozen LM, input only
     base+desc             the frozen LM, task description before the input
+    base+other_desc       the frozen LM, another evaluated task's description before the input
+                          (the control of base+desc, as generated_other_task is of generated)
     nearest_example       no model: the answer of the most similar training input (TF-IDF cosine);
                           multiple choice: that answer if it is one of the options, else a guess
                           scored at its expected value (#correct / #options)
@@ -24,8 +26,9 @@
     generated_demos       adapter generated from those same k demonstrations (a checkpoint with
                           an ``examples`` part; with ``description+examples``, also the description)
 
-The last three are not in the default list (``EvalConfig.systems``): they need a checkpoint
-conditioned on a language or on demonstrations; name them to run them. With a description +
+``base+other_desc`` and the last three are not in the default list (``EvalConfig.systems``; the
+last three need a checkpoint conditioned on a language or on demonstrations): name them to run
+them. With a description +
 language checkpoint every generated system also passes the task's language (from the
 ``task_languages`` table; ``GeneratorSource.condition``).
 
@@ -461,6 +464,19 @@ def _base_desc(context: SystemContext, task: Task) -> TaskSetup:
     description = task_description(task)
     return TaskSetup(
         prompt_prefix=describe_prefix(description), fingerprint={"description": description}
+    )
+
+
+@register(
+    "base+other_desc", "frozen LM, another evaluated task's description + input", default=False
+)
+def _base_other_desc(context: SystemContext, task: Task) -> TaskSetup:
+    # the control of base+desc: what any task's text in the prompt does, not this task's
+    description, info = _borrowed(context, task)
+    return TaskSetup(
+        prompt_prefix=describe_prefix(description),
+        fingerprint={"description": description},
+        info=info,
     )
 
 

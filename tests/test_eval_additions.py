@@ -381,8 +381,8 @@ def evaluated(tmp_path_factory, llama_dir, checkpoint_dir, library):
             f"loras_dir={library}",
             f"out={out}",
             (
-                "systems=[base, base+desc, oracle_lora, generated, generated+desc, "
-                "generated_random, generated_other_task]"
+                "systems=[base, base+desc, base+other_desc, oracle_lora, generated, "
+                "generated+desc, generated_random, generated_other_task]"
             ),
         ],
     )
@@ -400,6 +400,7 @@ def test_paired_deltas_in_results_and_markdown(evaluated):
             ("generated", "generated_random"),
             ("generated+desc", "base+desc"),
             ("generated+desc", "generated"),
+            ("base+desc", "base+other_desc"),
         }
         tasks = [t for t, info in saved["tasks"].items() if info["group"] == group]
         for (a, b), entry in paired.items():
@@ -418,7 +419,7 @@ def test_paired_deltas_in_results_and_markdown(evaluated):
     # one paired table per group, each with a macro row and every comparison
     header = (
         "| Task | n | generated − generated_other_task | generated − generated_random "
-        "| generated+desc − base+desc | generated+desc − generated |"
+        "| generated+desc − base+desc | generated+desc − generated | base+desc − base+other_desc |"
     )
     assert report.count(header) == 2
     assert report.count("| **macro** |") == 2

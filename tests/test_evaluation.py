@@ -572,3 +572,19 @@ def test_systems_come_from_one_registry():
     }
     with pytest.raises(ValueError, match="unknown systems"):
         systems.build_systems(["telepathy"], None, [], "", "loras")
+    # base+other_desc: the next evaluated task's description in the prompt, as base+desc shows it
+    one, two = (
+        Task("a", "Say yes.", (), "generative", (), []),
+        Task("b", "Say no.", (), "generative", (), []),
+    )
+    (own, other), _ = systems.build_systems(
+        ["base+desc", "base+other_desc"], None, [one, two], "", "loras"
+    )
+    assert (
+        other.setup(one).prompt_prefix
+        == own.setup(two).prompt_prefix
+        != own.setup(one).prompt_prefix
+    )
+    assert other.setup(two).info == {"from_task": "a"}
+    with pytest.raises(systems.MissingArtifact, match="at least two"):
+        systems.build_systems(["base+other_desc"], None, [one], "", "loras")[0][0].setup(one)
