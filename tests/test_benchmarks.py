@@ -47,3 +47,13 @@ def test_serving_benchmark_talks_to_a_server_process(checkpoint_dir, tmp_path):
     finally:
         server.stop()
     assert server.process.returncode == 0, server.log.read_text()
+
+
+def test_poisson_rounds_put_every_server_in_every_position():
+    from benchmarks.serving import round_order
+
+    modes = ["continuous", "window", "continuous, JOIN_ROWS 1"]
+    orders = [round_order(modes, k) for k in range(3)]
+    for position in range(3):
+        assert sorted(order[position] for order in orders) == sorted(modes)
+    assert round_order(modes, 3) == modes and round_order(modes, 0) == modes
