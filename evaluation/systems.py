@@ -28,9 +28,8 @@
 
 ``base+other_desc`` and the last three are not in the default list (``EvalConfig.systems``; the
 last three need a checkpoint conditioned on a language or on demonstrations): name them to run
-them. With a description +
-language checkpoint every generated system also passes the task's language (from the
-``task_languages`` table; ``GeneratorSource.condition``).
+them. With a description + language checkpoint every generated system also passes the task's
+language (from the ``task_languages`` table; ``GeneratorSource.condition``).
 
 "The task's description" is ``describe(task, "train")[0]`` (the file's description as a
 sentence, template "plain"); the paraphrase is ``describe(task, "unseen")[0]``, a template the

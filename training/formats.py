@@ -37,10 +37,8 @@ def render(
         return prefix + prompt, completion
     if fmt == "chat":
         if not getattr(tokenizer, "chat_template", None):
-            return (
-                prefix + prompt,
-                completion,
-            )  # a base model without a template is only served plain
+            # a base model without a template is only served plain
+            return prefix + prompt, completion
         messages = [{"role": "user", "content": prefix + chat_question(prompt)}]
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return text, completion.strip()

@@ -17,7 +17,8 @@ is the frozen LM with the task's description in its prompt, the student the same
 adapter generated from that description and no description; each example's loss is the mean
 over its answer tokens of KL(teacher || student) on the next-token distribution. Unlike SFT and
 reconstruction it has a target for any task, trained or not: what the description itself does in
-the prompt, which is what carries to a task family never trained on.
+the prompt. (Alone it collapses to one adapter for every description, as SFT alone does: README,
+"The shipped checkpoint".)
 
 Reconstruction: ``delta_w_loss`` compares the generated update ``dW = s B A`` with the library
 LoRA's ``dW* = s* B* A*`` per module, as a relative squared Frobenius error summed over modules:

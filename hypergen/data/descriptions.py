@@ -128,7 +128,7 @@ TEMPLATES: tuple[tuple[str, str, Callable[[Task], str]], ...] = (
 
 def describe_prefix(description: str) -> str:
     """A description as a prompt prefix: what the ``+desc`` evaluation systems put before the
-    input, and what training shows with ``prompt_description_rate``."""
+    input, and what the distillation teacher of meta-training reads."""
     return f"{description}\n\n"
 
 
