@@ -366,11 +366,8 @@ class MetaTrainer:
         )
         return {k: v.to(self.accelerator.device) for k, v in batch.items()}
 
-    def _lm_losses(
-        self, samples: list[Sample], lora: LoraWeights | None, train: bool = False
-    ) -> torch.Tensor:
-        """(b,) per-example completion losses of the frozen LM with ``lora`` applied (or none)."""
-        batch = self._tokenize(samples, train)
+    def _forward(self, batch: dict[str, torch.Tensor], lora: LoraWeights | None) -> torch.Tensor:
+        """Logits of the frozen LM on a token batch, with ``lora`` applied (or none)."""
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         # Autocast the LM only: the hypernetwork's output (the adapters) stays float32.
         device_type = self.accelerator.device.type
@@ -378,15 +375,29 @@ class MetaTrainer:
             device_type, dtype=torch.bfloat16, enabled=self.config.mixed_precision == "bf16"
         ):
             if lora is None:
-                logits = self.model(**inputs).logits
-            else:
-                with apply_adapters(self.model, lora):
-                    logits = self.model(**inputs).logits
-        return example_losses(logits, batch["labels"])
+                return self.model(**inputs).logits
+            with apply_adapters(self.model, lora):
+                return self.model(**inputs).logits
 
-    def _distill_losses(self, samples: list[Sample], lora: LoraWeights) -> torch.Tensor:
+    def _lm_logits(
+        self, samples: list[Sample], lora: LoraWeights | None, train: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, labels) of the frozen LM with ``lora`` applied (or none) on ``samples``."""
+        batch = self._tokenize(samples, train)
+        return self._forward(batch, lora), batch["labels"]
+
+    def _lm_losses(
+        self, samples: list[Sample], lora: LoraWeights | None, train: bool = False
+    ) -> torch.Tensor:
+        """(b,) per-example completion losses of the frozen LM with ``lora`` applied (or none)."""
+        return example_losses(*self._lm_logits(samples, lora, train))
+
+    def _distill_losses(
+        self, samples: list[Sample], student: torch.Tensor, student_labels: torch.Tensor
+    ) -> torch.Tensor:
         """(b,) KL on the answer tokens of the bare LM with each sample's description phrasing
-        in its prompt (the teacher, no gradient) against the LM with ``lora`` and no description."""
+        in its prompt (the teacher, no gradient) against ``student``, the logits of the LM with
+        the generated adapter and no description (``_lm_logits``, train format)."""
         prefixes = [describe_prefix(self.data.phrasings[s.condition]) for s in samples]
         items = [(s.prompt, s.completion, s.fmt) for s in samples]
         cfg, device = self.config, self.accelerator.device
@@ -394,23 +405,10 @@ class MetaTrainer:
         teacher_batch = tokenize_formatted(
             self.tokenizer, items, 2 * cfg.max_length, cfg.end_of_answer, prefixes
         )
-        student_batch = self._tokenize(samples, train=True)
-        with torch.autocast(
-            device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"
-        ):
-            with torch.no_grad():
-                teacher = self.model(
-                    input_ids=teacher_batch["input_ids"].to(device),
-                    attention_mask=teacher_batch["attention_mask"].to(device),
-                ).logits
-            with apply_adapters(self.model, lora):
-                student = self.model(
-                    input_ids=student_batch["input_ids"],
-                    attention_mask=student_batch["attention_mask"],
-                ).logits
-        return distill_losses(
-            student, student_batch["labels"], teacher, teacher_batch["labels"].to(device)
-        )
+        teacher_batch = {k: v.to(device) for k, v in teacher_batch.items()}
+        with torch.no_grad():
+            teacher = self._forward(teacher_batch, None)
+        return distill_losses(student, student_labels, teacher, teacher_batch["labels"])
 
     def loss(self, samples: list[Sample]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The objective on one micro-batch: a mean over its samples of each sample's loss."""
@@ -418,8 +416,10 @@ class MetaTrainer:
         lora = self.hypernet(conditions_for(samples, self.conditions))
         parts: dict[str, torch.Tensor] = {}
         total = 0.0
+        student = None  # the LM's logits under the generated adapters: SFT's and distillation's
         if cfg.objective in ("sft", "both"):
-            own = self._lm_losses(samples, lora, train=True)
+            student = self._lm_logits(samples, lora, train=True)
+            own = example_losses(*student)
             parts["sft"] = own.mean()
             total = total + (cfg.sft_weight if cfg.objective == "both" else 1.0) * parts["sft"]
             if cfg.contrastive_weight > 0:
@@ -436,7 +436,8 @@ class MetaTrainer:
                     ).sum() / len(samples)
                     total = total + cfg.contrastive_weight * parts["contrastive"]
         if cfg.objective == "distill" or cfg.distill_weight > 0:
-            parts["distill"] = self._distill_losses(samples, lora).mean()
+            student = student or self._lm_logits(samples, lora, train=True)
+            parts["distill"] = self._distill_losses(samples, *student).mean()
             weight = 1.0 if cfg.objective == "distill" else cfg.distill_weight
             total = total + weight * parts["distill"]
         if cfg.objective in ("reconstruction", "both"):
