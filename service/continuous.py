@@ -39,9 +39,10 @@ class ContinuousBatcher(JobQueue):
     Args:
         decoder: makes an empty ``Decoder`` (``Engine.decoder``); called again whenever the
             batch has emptied, so a decoder never outlives a quiet moment.
-        join_rows: newcomers a batch at least half full gathers before they join it (1: each
-            joins at the next step).
-        join_steps: decode steps they may wait, with a free place, for the others.
+        join_rows: while more jobs wait than the batch has free places, newcomers join it this
+            many at a time (1: each joins at the next step); where all that wait fit, they join
+            at the next step.
+        join_steps: decode steps they may be held back, with a free place, for the others.
         max_batch, window_s, max_wait_s, max_queue, max_queue_wait_s, on_batch, on_prefill: as
             ``service.batcher.JobQueue`` (``max_batch``: the most rows decoding together;
             ``on_batch`` is called after every decode step).
@@ -79,12 +80,12 @@ class ContinuousBatcher(JobQueue):
             while not self._stop.is_set():
                 if running:
                     free = self.max_batch - len(running)
-                    ready = min(self.waiting, free)  # jobs that could join now
-                    if self._join_now(len(running), ready, held):
+                    queued = self.waiting
+                    if self._join_now(queued, free, held):
                         waiting, held = self._take(free), 0
                     else:  # none can join, or they wait for company
                         self.run_calls()
-                        waiting, held = [], held + 1 if ready else 0
+                        waiting, held = [], held + 1 if min(queued, free) else 0
                 else:
                     waiting = self._collect(self.max_batch)
                     decoder = None  # a fresh one for every busy period
@@ -120,12 +121,18 @@ class ContinuousBatcher(JobQueue):
                 future.set_exception(RuntimeError("the service is shutting down"))
             self.running = 0
 
-    def _join_now(self, running: int, ready: int, held: int) -> bool:
-        """Whether the ``ready`` jobs that could join the running batch now (as many as wait, up
-        to its free places) do so before its next step, or are held back for others."""
-        return ready >= self.join_rows or (
-            ready > 0 and (held >= self.join_steps or running < (self.max_batch + 1) // 2)
-        )
+    def _join_now(self, queued: int, free: int, held: int) -> bool:
+        """Whether the jobs that could join the running batch now (as many of the ``queued`` as
+        it has ``free`` places) do so before its next step, or are held back for others.
+
+        Held back only while more wait than fit: then the batch runs full, places open one by
+        one, and each join is a prefill that stalls every running row, so newcomers gather
+        (``join_rows`` at a time, or after ``join_steps`` steps). Where all that wait fit, none
+        gains by waiting: on a server below capacity gathering bought no tokens/s and cost
+        time to the first token (README "Serving speed").
+        """
+        ready = min(queued, free)
+        return ready > 0 and (queued <= free or ready >= self.join_rows or held >= self.join_steps)
 
     def _admit(
         self,

@@ -25,8 +25,9 @@ DEFAULTS: dict[str, Any] = {
     # request joins at the next step, 10 with window batching, where it waits for the next batch)
     "BATCH_WINDOW_MS": None,
     "BATCH_MAX_WAIT_MS": 100,  # ... or this long while requests being prepared will join it
-    # continuous batching: a batch at least half full takes newcomers once this many can join it
-    # together (each join is a prefill that stalls the running rows; 1: join at every step) ...
+    # continuous batching: while more requests wait than the batch has free places, newcomers
+    # join once this many can join together (each join is a prefill that stalls the running
+    # rows; 1: join at every step) ...
     "JOIN_ROWS": 4,
     "JOIN_STEPS": 4,  # ... or once they have waited this many decode steps with a free place
     "MAX_QUEUE": 256,

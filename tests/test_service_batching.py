@@ -476,46 +476,47 @@ def test_jobs_join_at_the_next_step_up_to_the_free_places_and_close_fails_the_re
             future.result(timeout=30)
 
 
-def test_a_busy_batch_gathers_newcomers_into_one_join():
-    """Each join is a prefill that stalls the running rows, so a batch at least half full holds
-    newcomers back until ``join_rows`` of them can join together (here 2 of 2 free places) ..."""
+def test_newcomers_that_all_fit_join_at_the_next_step_however_full_the_batch():
+    """Where every waiting job has a free place, none gains by waiting: one newcomer beside 7
+    rows of 8 joins at the next step (``join_rows`` 4 notwithstanding)."""
     decoder = GatedDecoder()
-    batcher = ContinuousBatcher(lambda: decoder, max_batch=8, window_s=0.0, join_rows=2)
+    batcher = ContinuousBatcher(lambda: decoder, max_batch=8, join_rows=4, join_steps=100)
     with _stopped_after(batcher, decoder):
-        futures = batcher.submit([Job([1], None, SamplingParams(100)) for _ in range(6)])
-        decoder.wait_ready(1)
-        futures += batcher.submit([Job([1], None, SamplingParams(3))])
-        decoder.go()  # alone, it waits: the batch is busy
-        futures += batcher.submit([Job([1], None, SamplingParams(3))])
-        decoder.go()
-        assert decoder.log == [("join", 6), ("step", 6), ("step", 6), ("join", 2)]
-        decoder.go()
-        decoder.go()
-        decoder.go()  # the two newcomers leave after their 3 steps
-        assert [f.result(timeout=30).finish_reason for f in futures[6:]] == ["length"] * 2
-
-
-def _one_newcomer(running: int, join_steps: int, steps: int) -> list[tuple[str, int]]:
-    """The decoder's log when one newcomer arrives beside ``running`` rows (``max_batch`` 8,
-    ``join_rows`` 4) while their first step runs, and ``steps`` steps are let through."""
-    decoder = GatedDecoder()
-    batcher = ContinuousBatcher(lambda: decoder, max_batch=8, join_rows=4, join_steps=join_steps)
-    with _stopped_after(batcher, decoder):
-        batcher.submit([Job([1], None, SamplingParams(100)) for _ in range(running)])
+        batcher.submit([Job([1], None, SamplingParams(100)) for _ in range(7)])
         decoder.wait_ready(1)
         batcher.submit([Job([1], None, SamplingParams(100))])
+        decoder.go()
+        assert decoder.log == [("join", 7), ("step", 7), ("join", 1)]
+
+
+def _backlog(join_steps: int, steps: int) -> list[tuple[str, int]]:
+    """The decoder's log when three newcomers queue beside a full batch (``max_batch`` 4,
+    ``join_rows`` 2) whose rows finish after 2, 3, 100 and 100 steps, and ``steps`` steps are let
+    through."""
+    decoder = GatedDecoder()
+    batcher = ContinuousBatcher(lambda: decoder, max_batch=4, join_rows=2, join_steps=join_steps)
+    with _stopped_after(batcher, decoder):
+        batcher.submit([Job([1], None, SamplingParams(k)) for k in (2, 3, 100, 100)])
+        decoder.wait_ready(1)
+        batcher.submit([Job([1], None, SamplingParams(100)) for _ in range(3)])
         for _ in range(steps):
             decoder.go()
         return list(decoder.log)
 
 
-def test_a_newcomer_waits_at_most_join_steps_and_not_at_all_beside_a_small_batch():
-    """... or until they have waited ``join_steps`` steps with a free place; a batch under half
-    full takes a newcomer at the next step, so a lightly loaded server answers as before."""
-    log = _one_newcomer(running=6, join_steps=2, steps=3)
-    assert log == [("join", 6), ("step", 6), ("step", 6), ("step", 6), ("join", 1)]
-    log = _one_newcomer(running=3, join_steps=100, steps=1)
-    assert log == [("join", 3), ("step", 3), ("join", 1)], "3 of 8: under half full"
+def test_a_backlog_joins_join_rows_at_a_time():
+    """While more wait than fit, each join is a prefill that stalls a full batch, so newcomers
+    gather: the place freed after step 2 is held until a second one frees after step 3, and two
+    newcomers join together."""
+    log = _backlog(join_steps=100, steps=4)
+    assert log == [("join", 4), ("step", 4), ("step", 4), ("step", 3), ("join", 2), ("step", 4)]
+
+
+def test_a_held_newcomer_waits_at_most_join_steps():
+    """... or once it has waited ``join_steps`` steps with a free place: with 0 the place freed
+    after step 2 is taken at once."""
+    log = _backlog(join_steps=0, steps=3)
+    assert log == [("join", 4), ("step", 4), ("step", 4), ("join", 1), ("step", 4), ("join", 1)]
 
 
 def test_join_settings_are_checked(make_app):
@@ -529,20 +530,20 @@ def test_join_settings_are_checked(make_app):
 
 def test_calls_during_a_batch_run_between_steps_and_are_no_waiting_jobs():
     """A call made while a batch decodes runs between two steps; it neither counts as a waiting
-    job (which would let held-back newcomers join early) nor leaves a wake-up in the queue."""
+    job (which would make two newcomers that fit look like a backlog, and hold them back) nor
+    leaves a wake-up in the queue."""
     decoder = GatedDecoder()
-    batcher = ContinuousBatcher(lambda: decoder, max_batch=8, join_rows=2, join_steps=100)
+    batcher = ContinuousBatcher(lambda: decoder, max_batch=8, join_rows=4, join_steps=100)
     with _stopped_after(batcher, decoder):
         batcher.submit([Job([1], None, SamplingParams(100)) for _ in range(6)])
         decoder.wait_ready(1)
-        batcher.submit([Job([1], None, SamplingParams(100))])
         result = []
         caller = threading.Thread(target=lambda: result.append(batcher.call(lambda: "ran")))
         caller.start()
         time.sleep(0.05)
-        assert batcher.waiting == 1 and batcher._queue.qsize() == 1
+        batcher.submit([Job([1], None, SamplingParams(100)) for _ in range(2)])
+        assert batcher.waiting == 2 and batcher._queue.qsize() == 2
         decoder.go()
         caller.join(30)
         assert result == ["ran"]
-        decoder.go()
-        assert decoder.log == [("join", 6), ("step", 6), ("step", 6)], "the newcomer still waits"
+        assert decoder.log == [("join", 6), ("step", 6), ("join", 2)], "2 waiting, 2 free places"
