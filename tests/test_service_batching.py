@@ -489,14 +489,14 @@ def test_newcomers_that_all_fit_join_at_the_next_step_however_full_the_batch():
         assert decoder.log == [("join", 7), ("step", 7), ("join", 1)]
 
 
-def _backlog(join_steps: int, steps: int) -> list[tuple[str, int]]:
+def _backlog(join_steps: int, steps: int, second: int = 3) -> list[tuple[str, int]]:
     """The decoder's log when three newcomers queue beside a full batch (``max_batch`` 4,
-    ``join_rows`` 2) whose rows finish after 2, 3, 100 and 100 steps, and ``steps`` steps are let
-    through."""
+    ``join_rows`` 2) whose rows finish after 2, ``second``, 100 and 100 steps, and ``steps``
+    steps are let through."""
     decoder = GatedDecoder()
     batcher = ContinuousBatcher(lambda: decoder, max_batch=4, join_rows=2, join_steps=join_steps)
     with _stopped_after(batcher, decoder):
-        batcher.submit([Job([1], None, SamplingParams(k)) for k in (2, 3, 100, 100)])
+        batcher.submit([Job([1], None, SamplingParams(k)) for k in (2, second, 100, 100)])
         decoder.wait_ready(1)
         batcher.submit([Job([1], None, SamplingParams(100)) for _ in range(3)])
         for _ in range(steps):
@@ -513,8 +513,10 @@ def test_a_backlog_joins_join_rows_at_a_time():
 
 
 def test_a_held_newcomer_waits_at_most_join_steps():
-    """... or once it has waited ``join_steps`` steps with a free place: with 0 the place freed
-    after step 2 is taken at once."""
+    """... or once it has waited ``join_steps`` steps with a free place: with 1, the place freed
+    after step 2 is taken after step 3 (no second place frees before step 50); with 0 at once."""
+    log = _backlog(join_steps=1, steps=3, second=50)
+    assert log == [("join", 4), ("step", 4), ("step", 4), ("step", 3), ("join", 1)]
     log = _backlog(join_steps=0, steps=3)
     assert log == [("join", 4), ("step", 4), ("step", 4), ("join", 1), ("step", 4), ("join", 1)]
 
