@@ -197,6 +197,16 @@ def new_cache(model: torch.nn.Module):
         return DynamicCache()
 
 
+def _last_position(keep_kw: str, tokens: int, device: torch.device) -> int | Tensor:
+    """The logits-to-keep argument for the last position only. For a prompt, the position as a
+    tensor: HF then gathers the last hidden states into a fresh tensor instead of slicing a
+    strided view of them, which the LM head multiplies far slower (SmolLM2's head, 16 rows of
+    11 tokens: 65 against 12 ms in fp32, 1.5 s against 6 ms in bf16, on the project's CPUs)."""
+    if tokens == 1 or keep_kw != "logits_to_keep":  # older versions take an int only
+        return 1
+    return torch.tensor([tokens - 1], device=device)
+
+
 def model_forward(
     model: torch.nn.Module,
     adapters_for: Callable[[Tensor], object] | None = None,
@@ -219,7 +229,7 @@ def model_forward(
         lora = adapters_for(rows) if adapters_for is not None else None
         kwargs = {cache_kw: cache, "use_cache": True}
         if keep_kw:
-            kwargs[keep_kw] = 1
+            kwargs[keep_kw] = _last_position(keep_kw, input_ids.shape[1], input_ids.device)
         with (
             apply_adapters(model, lora) if lora is not None else nullcontext(),
             torch.autocast(device.type, dtype=autocast_dtype)
@@ -232,7 +242,9 @@ def model_forward(
                 position_ids=position_ids,
                 **kwargs,
             )
-        return out.logits[:, -1]
+        # fp32 rows: a bf16 model's argmax over the vocabulary is slower than the cast and an
+        # fp32 argmax (16 x 49152: 2.1 against 1.4 ms), and sampling computes in fp32 anyway
+        return out.logits[:, -1].float()
 
     return forward
 

@@ -16,7 +16,8 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from hypergen.decoding import Completion, Job, SamplingParams
+from hypergen.decoding import Completion, Job, SamplingParams, model_forward, new_cache
+from hypergen.models import load_base_model
 from service import create_app
 from service.batched import RowAdapters
 from service.batched_lora import BatchedLora
@@ -319,6 +320,23 @@ def test_decode_is_one_add_and_steps(engine, adapters):
         done.update(decoder.step())
     for row, got in zip(ids, together):
         _assert_same(done[row], got)
+
+
+def test_a_forward_returns_each_rows_last_logits_in_fp32(llama_dir):
+    """``model_forward`` keeps only the last position's logits (a prompt's as a gathered copy,
+    a decode step's as the last slice): they equal the full forward's, in fp32, for a bf16 model
+    too."""
+    for dtype in (torch.float32, torch.bfloat16):
+        model, _ = load_base_model(llama_dir, dtype=dtype)
+        ids = torch.randint(3, model.config.vocab_size, (3, 6))
+        mask = torch.ones_like(ids)
+        mask[0, :2] = 0  # a left-padded row
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            full = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+            last = model_forward(model)(torch.arange(3), ids, mask, positions, new_cache(model))
+        assert last.dtype == torch.float32
+        assert torch.equal(last, full[:, -1].float())
 
 
 def test_row_adapters_follow_the_rows(adapters):
