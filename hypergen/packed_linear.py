@@ -8,7 +8,10 @@ compiled CPU models. Measured on the project's 2-core AVX2 machine (SmolLM2-135M
 threads, rounds alternating with the eager model): a bare decode step at batch 16 109 -> 89 ms
 (``benchmarks/decode_floor.py``), decoding with 16 distinct adapters 1.38x the eager bare model's
 tokens/s (``benchmarks/serving.py`` part 1); logits within 1e-4 of the eager model's, the same
-greedy picks. A call with a single row keeps the plain weight (``MIN_ROWS``).
+greedy picks. A call with a single fp32 row keeps the plain weight (``MIN_ROWS``). bf16 weights
+are packed too where oneDNN has bf16 kernels: on the project's AMX machine a bf16 decode step at
+batch 16 packed took 77 ms against 112 ms for the fp32 eager model (medians of 12 shuffled rounds;
+fp32 packed: 105 ms).
 
 Only the module's ``forward`` changes: forward hooks (the per-row adapters of
 ``hypergen.adapters.apply_adapters``, PEFT's layers around a base layer) still see the same inputs
@@ -27,12 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 
 _PACKED = "_hypergen_packed_weight"
-# Calls with fewer rows (tokens x sequences) run on the plain weight. One request decoding alone
-# over HTTP took 2.5 s per 32 tokens packed against 2.1 s plain in one measurement and the same
-# in the next, while a bare decode step at batch 1 was faster packed (45 vs 53 ms): unsettled, so
-# a lone row keeps the plain path; batches are where the gain is (1.2-1.8x per step at batch
-# 16, by run).
+# fp32 calls with fewer rows (tokens x sequences) run on the plain weight. One request decoding
+# alone over HTTP took 2.5 s per 32 tokens packed against 2.1 s plain in one measurement and the
+# same in the next, while a bare decode step at batch 1 was faster packed (45 vs 53 ms):
+# unsettled, so a lone fp32 row keeps the plain path; batches are where the gain is (1.2-1.8x per
+# step at batch 16, by run). bf16 always runs packed: on an AMX CPU a lone row's plain bf16 matmul
+# is the slow one (LM head 4.8 ms plain against 1.9 packed).
 MIN_ROWS = 2
+PACKED_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def packed_linear_available() -> bool:
@@ -42,15 +47,32 @@ def packed_linear_available() -> bool:
     )
 
 
+def _packable(weight: torch.Tensor) -> bool:
+    if weight.device.type != "cpu" or weight.dtype not in PACKED_DTYPES:
+        return False
+    # oneDNN's bf16 kernels need AVX512 (fast with AVX512-BF16 or AMX); elsewhere stay plain
+    return weight.dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-    if needs_grad or x.numel() < MIN_ROWS * x.shape[-1]:  # autograd, or a single row (MIN_ROWS)
+    if needs_grad:
         return F.linear(x, self.weight, self.bias)
-    return torch.ops.mkldnn._linear_pointwise(x, getattr(self, _PACKED), self.bias, "none", [], "")
+    # 2-D rows: a 3-D view such as the LM head's last position (``hidden[:, -1:]`` of a prompt)
+    # sends bf16 ``F.linear`` down a batched-matmul path that copies the weight (125 ms against
+    # 5 ms for one row of SmolLM2's head), and costs the packed kernel a little too.
+    rows = x.reshape(-1, x.shape[-1])
+    if x.dtype == torch.float32 and rows.shape[0] < MIN_ROWS:
+        out = F.linear(rows, self.weight, self.bias)
+    else:
+        out = torch.ops.mkldnn._linear_pointwise(
+            rows, getattr(self, _PACKED), self.bias, "none", [], ""
+        )
+    return out.view(*x.shape[:-1], out.shape[-1])
 
 
 def pack_linear_weights(model: nn.Module, batch_hint: int = 16) -> int:
-    """Run every fp32 CPU ``nn.Linear`` of ``model`` on a prepacked copy of its weight.
+    """Run every fp32 or bf16 CPU ``nn.Linear`` of ``model`` on a prepacked copy of its weight.
 
     Args:
         model: the (frozen) model; changed in place.
@@ -66,10 +88,9 @@ def pack_linear_weights(model: nn.Module, batch_hint: int = 16) -> int:
     for module in model.modules():
         if type(module) is not nn.Linear or hasattr(module, _PACKED):
             continue
-        weight = module.weight
-        if weight.device.type != "cpu" or weight.dtype != torch.float32:
+        if not _packable(module.weight):
             continue
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch_hint)
+        packed = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), batch_hint)
         setattr(module, _PACKED, packed)
         module.forward = types.MethodType(_packed_forward, module)
         count += 1

@@ -18,7 +18,8 @@ from typing import Any
 
 from flask import Flask, g, request
 
-from hypergen.config import check_dtype
+from hypergen.config import DTYPE_NAMES, check_dtype
+from hypergen.precision import AUTO
 from service.settings import BATCHING_MODES, DEFAULTS
 
 _POSITIVE_INTS = (
@@ -134,7 +135,7 @@ def _check_config(config) -> None:
         )
     if config["DEFAULT_MAX_TOKENS"] > config["MAX_TOKENS"]:
         raise ValueError("DEFAULT_MAX_TOKENS must not exceed MAX_TOKENS")
-    check_dtype(config["DTYPE"], "DTYPE")
+    check_dtype(config["DTYPE"], "DTYPE", (*DTYPE_NAMES, AUTO))
     packed = config["PACKED_LINEAR"]
     if not isinstance(packed, bool):
         raise ValueError(  # noqa: TRY004 - every config error is a ValueError

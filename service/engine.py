@@ -38,6 +38,7 @@ from hypergen.generator import AdapterGenerator
 from hypergen.layout import checkpoint_cache_dir
 from hypergen.models import load_base_model
 from hypergen.packed_linear import pack_linear_weights
+from hypergen.precision import resolve_model_dtype
 from hypergen.targets import find_block_targets, find_targets
 from service.batched import RowAdapters
 
@@ -151,16 +152,18 @@ class Engine:
         packed_linear: bool = True,
     ) -> Engine:
         """Load everything once (see ``resolve_checkpoint``); ``base_model`` overrides the
-        checkpoint's (e.g. a local copy of the same model). ``packed_linear``: on a CPU in fp32,
-        run the base model's linear layers on oneDNN-prepacked weights
+        checkpoint's (e.g. a local copy of the same model). ``dtype``: the base model's, or
+        ``auto`` (bf16 on an AMX CPU, else fp32: ``hypergen.precision``). ``packed_linear``: on
+        a CPU in fp32 or bf16, run the base model's linear layers on oneDNN-prepacked weights
         (``hypergen.packed_linear``: same outputs, faster decoding)."""
         import peft  # noqa: F401 - imported once here, not on the first adapter written (seconds)
 
         folder = resolve_checkpoint(checkpoint)
         name = base_model or json.loads((folder / CONFIG_NAME).read_text())["base_model"]
+        dtype = resolve_model_dtype(dtype, device)
         model, tokenizer = load_base_model(name, dtype=DTYPES[dtype], device=device)
         generator = AdapterGenerator.from_pretrained(folder, device=device, base_model=model)
-        if packed_linear and device == "cpu" and dtype == "float32":
+        if packed_linear and device == "cpu":
             packed = pack_linear_weights(model)
             # the condition encoder too: 1.5-3 ms of the ~12 a description's encoding takes
             for network in generator.conditioner.networks():
@@ -199,6 +202,7 @@ class Engine:
         info = {
             "base_model": self.base_model,
             "base_model_id": self.base_model_id,
+            "base_model_dtype": str(self.dtype).removeprefix("torch."),
             "checkpoint": {
                 "name": self.checkpoint.name,
                 "hash": self.checkpoint_hash,

@@ -840,6 +840,9 @@ class Health(BaseModel):
     warning: str | None = None
     base_model: str
     base_model_id: str
+    base_model_dtype: str = Field(
+        description="What the base model computes in (DTYPE; auto: bfloat16 on a CPU with AMX)."
+    )
     checkpoint: dict[str, Any]
     lora: LoraSettings | None = Field(None, description="Sent when adapter_kind is lora.")
     bottleneck: BottleneckSettings | None = Field(

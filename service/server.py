@@ -73,6 +73,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "batching, 10 with window batching)",
     )
     p.add_argument("--device", help="cpu, cuda, mps ...")
+    p.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="the base model's dtype (default auto: bfloat16 on a CPU with AMX, else float32)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -90,6 +95,7 @@ def overrides_from(args: argparse.Namespace) -> dict:
         "MAX_BATCH": args.max_batch,
         "BATCH_WINDOW_MS": args.batch_window_ms,
         "DEVICE": args.device,
+        "DTYPE": args.dtype,
         "THREADS": args.threads,
         "RESERVED_THREADS": args.reserved_threads,
         "CONNECTION_LIMIT": args.connection_limit,

@@ -11,9 +11,9 @@ DEFAULTS: dict[str, Any] = {
     "CHECKPOINT": None,  # folder; None: the repo's trained default, else an untrained one
     "BASE_MODEL": None,  # None: the checkpoint's base model
     "DEVICE": "cpu",
-    "DTYPE": "float32",
+    "DTYPE": "auto",  # the base model's; auto: bfloat16 on an AMX CPU, else float32
     "TORCH_THREADS": None,  # None: torch's default
-    "PACKED_LINEAR": True,  # CPU fp32: linear layers on oneDNN-prepacked weights (faster decode)
+    "PACKED_LINEAR": True,  # CPU fp32/bf16: linears on oneDNN-prepacked weights (faster decode)
     # store
     "STORE": None,  # folder; None: $HYPERGEN_HOME/store
     "LRU_SIZE": 64,  # adapters whose tensors stay in memory

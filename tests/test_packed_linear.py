@@ -68,10 +68,55 @@ def test_a_packed_layer_falls_back_to_autograd_when_a_gradient_is_needed():
     assert torch.allclose(grad, x.grad)
 
 
-def test_only_fp32_cpu_layers_are_packed():
-    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4).to(torch.float64))
-    assert pack_linear_weights(model) == 1
-    assert is_packed(model[0]) and not is_packed(model[1])
+def test_only_fp32_and_bf16_cpu_layers_are_packed():
+    """bf16 only where oneDNN has bf16 kernels (AVX512 and up); elsewhere it stays plain."""
+    model = nn.Sequential(
+        nn.Linear(4, 4), nn.Linear(4, 4).to(torch.float64), nn.Linear(4, 4).to(torch.float16)
+    )
+    model.append(nn.Linear(4, 4).to(torch.bfloat16))
+    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert pack_linear_weights(model) == 1 + bf16
+    assert is_packed(model[0]) and not is_packed(model[1]) and not is_packed(model[2])
+    assert is_packed(model[3]) == bf16
+
+
+def test_bf16_packed_model_matches_bf16_eager(llama_dir):
+    """The AMX path (``DTYPE`` auto on such CPUs): packed bf16 logits stay within bf16 rounding
+    of the eager bf16 model's, with the same greedy picks, per-row adapters included."""
+    model, _ = load_base_model(llama_dir, dtype=torch.bfloat16)
+    ids = torch.randint(3, model.config.vocab_size, (4, 9))
+    targets = find_targets(model, ["q_proj", "v_proj"])
+    torch.manual_seed(1)
+    lora = LoraWeights(
+        {t.name: torch.randn(4, 2, t.in_features) * 0.1 for t in targets},
+        {t.name: torch.randn(4, t.out_features, 2) * 0.1 for t in targets},
+        2.0,
+    )
+    eager, eager_lora = _logits(model, ids), _logits(model, ids, lora)
+    packed_count = pack_linear_weights(model)
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert packed_count == 0  # no bf16 kernels on this CPU: the model runs plain
+        return
+    assert packed_count == sum(type(m) is nn.Linear for m in model.modules())
+    for packed, reference in ((_logits(model, ids), eager), (_logits(model, ids, lora), eager_lora)):
+        assert packed.dtype == torch.bfloat16
+        scale = reference.float().abs().max()
+        assert (packed.float() - reference.float()).abs().max() <= 0.05 * scale
+        agree = (packed.argmax(-1) == reference.argmax(-1)).float().mean()
+        assert agree >= 0.9
+
+
+def test_a_packed_layer_takes_rows_of_any_view():
+    """The LM head sees a strided 3-D view (the prompt's last position): the packed layer gives
+    the same result as for a contiguous copy, in the input's shape."""
+    layer = nn.Linear(16, 32).requires_grad_(False)
+    pack_linear_weights(layer)
+    hidden = torch.randn(3, 5, 16)
+    last = hidden[:, -1:, :]
+    out = layer(last)
+    assert out.shape == (3, 1, 32)
+    expected = nn.functional.linear(last.contiguous(), layer.weight, layer.bias)
+    assert (out - expected).abs().max() <= TOLERANCE
 
 
 def test_the_service_engine_runs_packed_on_cpu(engine, checkpoint_dir):
@@ -80,6 +125,28 @@ def test_the_service_engine_runs_packed_on_cpu(engine, checkpoint_dir):
     assert any(is_packed(m) for m in engine.model.modules())
     plain = Engine.load(checkpoint_dir, packed_linear=False)
     assert not any(is_packed(m) for m in plain.model.modules())
+
+
+def test_auto_dtype_is_bf16_only_on_an_amx_cpu(monkeypatch):
+    from hypergen import precision
+
+    for amx, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(precision, "cpu_has_amx", lambda amx=amx: amx)
+        assert precision.resolve_model_dtype("auto", "cpu") == expected
+        assert precision.resolve_model_dtype("auto", "meta") == "float32"  # not a CPU
+        assert precision.resolve_model_dtype("float16", "cpu") == "float16"  # named: kept
+
+
+def test_the_engine_resolves_auto_and_says_which_dtype_it_runs(checkpoint_dir, monkeypatch):
+    from hypergen import precision
+    from service.engine import Engine
+
+    monkeypatch.setattr(precision, "cpu_has_amx", lambda: True)
+    engine = Engine.load(checkpoint_dir, dtype="auto")
+    assert engine.dtype == torch.bfloat16
+    assert engine.info()["base_model_dtype"] == "bfloat16"
+    monkeypatch.setattr(precision, "cpu_has_amx", lambda: False)
+    assert Engine.load(checkpoint_dir, dtype="auto").info()["base_model_dtype"] == "float32"
 
 
 def test_the_service_engine_packs_the_condition_encoder_too(checkpoint_dir, monkeypatch):

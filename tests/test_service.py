@@ -410,6 +410,26 @@ def test_batched_lora_equals_core_hooks(engine, llama):
     assert BatchedLora.stack([None, None]) is None
 
 
+def test_batched_lora_on_a_bf16_model_keeps_fp32_factors(engine):
+    """bf16 models (``DTYPE`` auto on AMX CPUs) get fp32 factors: a decode step's one token per
+    row runs the adapter in fp32, a longer input (prefill) in bf16; both add what the fp32
+    adapter adds, up to bf16 rounding, and the output stays bf16."""
+    lora = engine.generator.generate(["Translate English to French.", "Classify sentiment."])
+    stacked = BatchedLora.stack([lora.select(0), lora.select(1)], dtype=torch.bfloat16)
+    name = stacked.module_names[0]
+    assert stacked.At[name].dtype == torch.float32
+    stacked.At[name].normal_(), stacked.Bt[name].normal_(std=0.1)  # an untrained B is zero
+    hook = stacked.forward_hook(name)
+    i, o = stacked.At[name].shape[1], stacked.Bt[name].shape[2]
+    for tokens in (1, 5):  # a decode step, a prefill
+        x = torch.randn(2, tokens, i)
+        base = torch.randn(2, tokens, o)
+        expected = base + torch.bmm(torch.bmm(x, stacked.At[name]), stacked.Bt[name])
+        out = hook(None, (x.bfloat16(),), base.bfloat16())
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)
+
+
 def test_batcher_windows_caps_and_announcements():
     sizes = []
 
