@@ -197,7 +197,7 @@ def new_cache(model: torch.nn.Module):
         return DynamicCache()
 
 
-def _last_position(keep_kw: str, tokens: int, device: torch.device) -> int | Tensor:
+def last_logits_to_keep(keep_kw: str, tokens: int, device: torch.device) -> int | Tensor:
     """The logits-to-keep argument for the last position only. For a prompt, the position as a
     tensor: HF then gathers the last hidden states into a fresh tensor instead of slicing a
     strided view of them, which the LM head multiplies far slower (SmolLM2's head, 16 rows of
@@ -229,7 +229,7 @@ def model_forward(
         lora = adapters_for(rows) if adapters_for is not None else None
         kwargs = {cache_kw: cache, "use_cache": True}
         if keep_kw:
-            kwargs[keep_kw] = _last_position(keep_kw, input_ids.shape[1], input_ids.device)
+            kwargs[keep_kw] = last_logits_to_keep(keep_kw, input_ids.shape[1], input_ids.device)
         with (
             apply_adapters(model, lora) if lora is not None else nullcontext(),
             torch.autocast(device.type, dtype=autocast_dtype)

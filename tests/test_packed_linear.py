@@ -98,7 +98,10 @@ def test_bf16_packed_model_matches_bf16_eager(llama_dir):
         assert packed_count == 0  # no bf16 kernels on this CPU: the model runs plain
         return
     assert packed_count == sum(type(m) is nn.Linear for m in model.modules())
-    for packed, reference in ((_logits(model, ids), eager), (_logits(model, ids, lora), eager_lora)):
+    for packed, reference in (
+        (_logits(model, ids), eager),
+        (_logits(model, ids, lora), eager_lora),
+    ):
         assert packed.dtype == torch.bfloat16
         scale = reference.float().abs().max()
         assert (packed.float() - reference.float()).abs().max() <= 0.05 * scale
