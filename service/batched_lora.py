@@ -30,7 +30,6 @@ from torch import Tensor
 from hypergen.adapters.lora import LoraWeights
 from service.stacking import present_rows, stack_modules
 
-
 # The factors' dtype for a model computing in another: a decode step's bmm of one token per row
 # is slow in bf16 on CPUs (AMX machine, 16 rows, SmolLM2's shapes: 153 us per adapted module
 # against 53 us with the input cast to fp32 and back), so bf16 models keep fp32 factors; longer
