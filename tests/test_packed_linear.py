@@ -163,3 +163,21 @@ def test_the_service_engine_packs_the_condition_encoder_too(checkpoint_dir, monk
     monkeypatch.setattr(HashingConditioner, "networks", lambda self: [encoder])
     Engine.load(checkpoint_dir)
     assert is_packed(encoder[0]) and is_packed(encoder[2])
+
+
+def test_a_bf16_engine_serves_mixed_batches(checkpoint_dir):
+    """``DTYPE`` bfloat16 end to end on the engine: rows with and without adapters decode
+    together in one batch (fp32 LoRA factors on a bf16 model), packed where oneDNN has bf16."""
+    from hypergen.decoding import Job, SamplingParams
+    from service.engine import Engine
+
+    engine = Engine.load(checkpoint_dir, dtype="bfloat16")
+    assert engine.dtype == torch.bfloat16
+    bf16_kernels = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert any(is_packed(m) for m in engine.model.modules()) == bf16_kernels
+    made = engine.make_adapters(["Translate English to French.", "Classify sentiment."])
+    params = SamplingParams(max_tokens=5, ignore_eos=True)
+    prompts = ["The cat", "What is two plus", "Hello"]
+    jobs = [Job(engine.tokenize(p), a, params) for p, a in zip(prompts, [*made, None])]
+    for done in engine.complete(jobs):
+        assert done.error is None and len(done.token_ids) == 5
