@@ -1,6 +1,6 @@
 """How far the bare model's decode step is from what this CPU allows, in one process.
 
-    python benchmarks/decode_floor.py [--threads 2] [--batch 1,16] [--json OUT]
+    python benchmarks/decode_floor.py [--threads 2] [--dtype float32] [--batch 1,16] [--json OUT]
 
 Issue 10 asks for 2x faster decoding at batch 16 by removing framework overhead (torch.compile, a
 static KV cache, attention settings). Whether that can work is a question of where a step's time
@@ -61,9 +61,10 @@ def read_bandwidth(megabytes: int = 512) -> float:
     return x.numel() * 4 / timed(x.sum, 3)
 
 
-def gemm_peak(n: int = 2048) -> float:
-    """Multiply-adds x 2 per second of a large square fp32 ``mm``: this CPU's practical peak."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def gemm_peak(n: int = 2048, dtype: torch.dtype = torch.float32) -> float:
+    """Multiply-adds x 2 per second of a large square ``mm`` in ``dtype``: this CPU's practical
+    peak."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     return 2 * n**3 / timed(lambda: torch.mm(a, b), 3)
 
 
@@ -78,7 +79,11 @@ def linear_shapes(model: torch.nn.Module) -> dict[tuple[int, int], int]:
 
 
 def matmul_step(
-    shapes: dict[tuple[int, int], int], batch: int, repeats: int, packed: bool = False
+    shapes: dict[tuple[int, int], int],
+    batch: int,
+    repeats: int,
+    packed: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> float:
     """Seconds of one step's linear layers alone, one token per row: one pass over as many
     distinct weights of each shape as the model has (so, as in the model, each weight comes from
@@ -87,8 +92,8 @@ def matmul_step(
     layers, inputs = [], {}
     for (i, o), count in shapes.items():
         for _ in range(count):
-            layers.append(torch.nn.Linear(i, o, bias=False).requires_grad_(False))
-        inputs[i] = torch.randn(batch, i)
+            layers.append(torch.nn.Linear(i, o, bias=False, dtype=dtype).requires_grad_(False))
+        inputs[i] = torch.randn(batch, i, dtype=dtype)
     if packed:
         for layer in layers:
             pack_linear_weights(layer, batch)
@@ -123,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         "--model", default="smollm2-135m", help="base model (built-in name or folder)"
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="the model's and the matmuls' (bfloat16: what the service runs on a CPU with AMX)",
+    )
     parser.add_argument("--batch", default="1,16", help="batch sizes, comma-separated")
     parser.add_argument("--context", type=int, default=64, help="tokens in the KV cache")
     parser.add_argument("--steps", type=int, default=16, help="decode steps timed per batch size")
@@ -138,21 +149,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--batch takes numbers separated by commas, got {args.batch!r}")
     torch.set_num_threads(args.threads)
 
-    bandwidth, peak = read_bandwidth(args.probe_mb), gemm_peak(args.probe_n)
-    model, _ = load_base_model(args.model)
+    dtype = getattr(torch, args.dtype)
+    bandwidth, peak = read_bandwidth(args.probe_mb), gemm_peak(args.probe_n, dtype)
+    model, _ = load_base_model(args.model, dtype=dtype)
     model.eval()
     shapes = linear_shapes(model)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     macs_per_token = sum(i * o * count for (i, o), count in shapes.items())
     results = {
         "threads": args.threads,
+        "dtype": args.dtype,
         "read_bandwidth_gb_s": bandwidth / 1e9,
         "gemm_peak_gflop_s": peak / 1e9,
         "weight_mb": weight_bytes / 2**20,
         "batches": {},
     }
     print(
-        f"# {args.threads} threads: read bandwidth {bandwidth / 1e9:.1f} GB/s, large-GEMM peak "
+        f"# {args.dtype}, {args.threads} threads: read bandwidth {bandwidth / 1e9:.1f} GB/s, large-GEMM peak "
         f"{peak / 1e9:.0f} GFLOP/s; weights {weight_bytes / 2**20:.0f} MiB, "
         f"{2 * macs_per_token / 1e9:.2f} GFLOP per token"
     )
@@ -171,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 unpack_linear_weights(model)
     for batch in batches:
         step = min(steps[batch]["eager"])
-        mm = matmul_step(shapes, batch, args.repeats)
+        mm = matmul_step(shapes, batch, args.repeats, dtype=dtype)
         row = {
             "model_ms": 1000 * step,
             "matmuls_ms": 1000 * mm,
@@ -193,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---|---|---|---|---|")
         for batch in batches:
             step = min(steps[batch]["packed"])
-            mm = matmul_step(shapes, batch, args.repeats, packed=True)
+            mm = matmul_step(shapes, batch, args.repeats, packed=True, dtype=dtype)
             eager = results["batches"][batch]["model_ms"] / 1000
             results["packed"][batch] = {
                 "model_ms": 1000 * step,

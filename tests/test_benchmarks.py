@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import decode_floor
 
 
-def test_decode_floor_reports_every_batch(llama_dir, tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_decode_floor_reports_every_batch(llama_dir, tmp_path, dtype):
     out = tmp_path / "floor.json"
     args = ["--model", llama_dir, "--threads", "1", "--batch", "1,3", "--steps", "2"]
+    args += ["--dtype", dtype]
     args += [
         "--repeats",
         "1",
@@ -29,6 +33,7 @@ def test_decode_floor_reports_every_batch(llama_dir, tmp_path):
     for row in results["batches"].values():
         assert all(row[k] > 0 for k in ("model_ms", "matmuls_ms", "bandwidth_floor_ms"))
     assert results["weight_mb"] > 0 and results["gemm_peak_gflop_s"] > 0
+    assert results["dtype"] == dtype
     assert set(results["packed"]) == {"1", "3"}  # the prepacked model, same process
 
 
