@@ -22,6 +22,8 @@ from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
 
+from hypergen.config import DTYPE_NAMES
+from hypergen.precision import AUTO
 from service.errors import body_too_large_message, error_body
 
 logger = logging.getLogger(__name__)
@@ -75,7 +77,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--device", help="cpu, cuda, mps ...")
     p.add_argument(
         "--dtype",
-        choices=("auto", "float32", "bfloat16", "float16"),
+        choices=(AUTO, *DTYPE_NAMES),  # the names the settings check takes
         help="the base model's dtype (default auto: bfloat16 on a CPU with AMX, else float32)",
     )
     p.add_argument("-v", "--verbose", action="store_true")
